@@ -1,0 +1,25 @@
+"""Project exception types: each names the thing that failed and, where one exists, the fix."""
+
+
+class RaylibError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ClipError(RaylibError):
+    """A clip could not be read or processed; `uri` names it, `cause` says why in a few words."""
+
+    def __init__(self, uri: str, cause: str):
+        self.uri = uri
+        self.cause = cause
+        super().__init__(f"clip {uri}: {cause}")
+
+    def __reduce__(self):  # keep (uri, cause) across Ray's pickling
+        return (type(self), (self.uri, self.cause))
+
+
+class SourceError(RaylibError):
+    """A dataset folder or manifest cannot be turned into clip records."""
+
+
+class WeightsError(RaylibError):
+    """A checkpoint is missing, unsafe, or does not match the architecture."""

@@ -1,0 +1,229 @@
+"""Dataset adapters: a folder or manifest (local or any fsspec URI) -> clip records.
+
+Supported layouts (`list_clips(uri, fmt)`):
+  afew      <root>/{Train,Val,Test}/<Emotion>/<clip>   (AFEW; an unlabelled Test/<clip> is allowed)
+  ravdess   <root>/**/MM-VC-EE-II-SS-RR-AA.mp4         (EE: emotion code, table RAVDESS_EMOTIONS)
+  cremad    <root>/**/AAAA_SSS_EEE_LL.<ext>            (EEE: ANG DIS FEA HAP NEU SAD)
+  manifest  a .csv or .parquet with columns uri,label[,split] (relative uris: from its folder)
+  auto      the first of the above that the input looks like
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from dataclasses import asdict, dataclass
+
+from raylib import storage
+from raylib.errors import SourceError
+from raylib.labels import EMOTIONS, SPLITS
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".flv", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+FORMATS = ("auto", "afew", "ravdess", "cremad", "manifest")
+
+# RAVDESS emotion codes (3rd field) -> AFEW labels. RAVDESS has 8 emotions, AFEW 7: "calm" is a
+# low-arousal neutral state in RAVDESS's own description, so it maps onto Neutral.
+RAVDESS_EMOTIONS = {
+    "01": "Neutral", "02": "Neutral",  # neutral, calm
+    "03": "Happy", "04": "Sad", "05": "Angry", "06": "Fear", "07": "Disgust", "08": "Surprise",
+}
+RAVDESS_AV_MODALITY = "01"  # full audio-video; 02 is video-only (no audio), 03 audio-only (.wav)
+RAVDESS_VAL_ACTORS = range(21, 25)  # speaker-independent split: actors 21-24 are val
+RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+
+CREMAD_EMOTIONS = {"ANG": "Angry", "DIS": "Disgust", "FEA": "Fear", "HAP": "Happy", "NEU": "Neutral", "SAD": "Sad"}
+CREMAD_VAL_FIRST_ACTOR = 1079  # speaker-independent split: actors 1079-1091 (~15%) are val
+CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+
+AFEW_SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One clip: clip_id (stable hash of uri), uri, label (AFEW name, None if unlabelled), split, dataset."""
+
+    clip_id: str
+    uri: str
+    label: str | None
+    split: str
+    dataset: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clip_id(uri: str) -> str:
+    """Stable 16-hex-digit id of a source URI (sha1, independent of process and machine)."""
+    return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:16]
+
+
+def _record(uri: str, label: str | None, split: str, dataset: str) -> ClipRecord:
+    return ClipRecord(clip_id(uri), uri, label, split, dataset)
+
+
+def _canonical_label(name: str) -> str | None:
+    for known in EMOTIONS:
+        if known.lower() == name.lower():
+            return known
+    return None
+
+
+def _unknown(problems: list[str], what: str) -> SourceError:
+    shown = "\n  ".join(problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return SourceError(f"{len(problems)} clip(s) with unknown {what}:\n  {shown}{more}\n"
+                       f"expected labels: {', '.join(EMOTIONS)}")
+
+
+def _video_files(root: str) -> list[str]:
+    """Sorted URIs of the video files under root (recursive), keeping root's URI scheme."""
+    fs, path = storage.filesystem(root)
+    if not fs.exists(path):
+        raise SourceError(f"input {root} not found")
+    if not fs.isdir(path):
+        raise SourceError(f"input {root} is a file; give a folder, or a .csv/.parquet manifest")
+    prefix = root.split("://", 1)[0] + "://" if storage.is_remote(root) else ""
+    out = []
+    for p in fs.find(path):
+        if p.lower().endswith(VIDEO_EXTENSIONS) and not posixpath.basename(p).startswith("."):
+            out.append(prefix + p if prefix and not p.startswith(prefix) else p)
+    return sorted(out)
+
+
+def _relative_parts(root: str, uri: str) -> list[str]:
+    base = root.rstrip("/").split("://", 1)[-1]
+    return uri.split("://", 1)[-1][len(base):].strip("/").split("/")
+
+
+def afew_clips(root: str) -> list[ClipRecord]:
+    """AFEW class folders: <root>/<Split>/<Emotion>/<clip>; unlabelled clips only under Test/."""
+    records, problems = [], []
+    for uri in _video_files(root):
+        parts = _relative_parts(root, uri)
+        split = AFEW_SPLIT_FOLDERS.get(parts[0].lower()) if len(parts) >= 2 else None
+        if split is None:
+            problems.append(f"{uri} (not under a Train/Val/Test folder)")
+            continue
+        if len(parts) == 2 and split == "test":
+            records.append(_record(uri, None, split, "afew"))
+            continue
+        label = _canonical_label(parts[1]) if len(parts) == 3 else None
+        if label is None:
+            problems.append(f"{uri} (folder {'/'.join(parts[1:-1]) or '-'!r})")
+            continue
+        records.append(_record(uri, label, split, "afew"))
+    if problems:
+        raise _unknown(problems, "AFEW label folder")
+    return records
+
+
+def _stem(uri: str) -> str:
+    return posixpath.splitext(posixpath.basename(uri))[0]
+
+
+def ravdess_clips(root: str) -> list[ClipRecord]:
+    """RAVDESS file names MM-VC-EE-II-SS-RR-AA; audio-video files only; split by actor."""
+    records, problems = [], []
+    for uri in _video_files(root):
+        m = RAVDESS_NAME.match(_stem(uri))
+        if m is None:
+            problems.append(f"{uri} (not a RAVDESS name MM-VC-EE-II-SS-RR-AA)")
+            continue
+        modality, emotion, actor = m.group(1), m.group(3), int(m.group(7))
+        if modality != RAVDESS_AV_MODALITY:
+            continue  # video-only files have no audio track to fuse
+        label = RAVDESS_EMOTIONS.get(emotion)
+        if label is None:
+            problems.append(f"{uri} (emotion code {emotion})")
+            continue
+        split = "val" if actor in RAVDESS_VAL_ACTORS else "train"
+        records.append(_record(uri, label, split, "ravdess"))
+    if problems:
+        raise _unknown(problems, "RAVDESS emotion")
+    return records
+
+
+def cremad_clips(root: str) -> list[ClipRecord]:
+    """CREMA-D file names AAAA_SSS_EEE_LL (e.g. 1001_DFA_ANG_XX); split by actor."""
+    records, problems = [], []
+    for uri in _video_files(root):
+        m = CREMAD_NAME.match(_stem(uri))
+        label = CREMAD_EMOTIONS.get(m.group(3)) if m else None
+        if label is None:
+            problems.append(f"{uri} ({'emotion code ' + m.group(3) if m else 'not a CREMA-D name AAAA_SSS_EEE_LL'})")
+            continue
+        split = "val" if int(m.group(1)) >= CREMAD_VAL_FIRST_ACTOR else "train"
+        records.append(_record(uri, label, split, "cremad"))
+    if problems:
+        raise _unknown(problems, "CREMA-D emotion")
+    return records
+
+
+def manifest_clips(manifest: str) -> list[ClipRecord]:
+    """A CSV or Parquet manifest with columns uri,label[,split]; split defaults to 'train'."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(manifest)
+    if not fs.exists(path):
+        raise SourceError(f"manifest {manifest} not found")
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f) if path.endswith(".parquet") else pacsv.read_csv(f)
+    missing = {"uri", "label"} - set(table.column_names)
+    if missing:
+        raise SourceError(f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; "
+                          f"expected uri,label[,split]")
+    rows = table.to_pylist()
+    base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
+    records, problems = [], []
+    for row in rows:
+        uri = str(row["uri"])
+        if "://" not in uri and not uri.startswith("/"):
+            uri = storage.join(base, uri)
+        raw = row.get("label")
+        label = _canonical_label(str(raw)) if raw not in (None, "") else None
+        split = str(row.get("split") or "train").lower()
+        split = AFEW_SPLIT_FOLDERS.get(split, split)
+        if raw not in (None, "") and label is None:
+            problems.append(f"{uri} (label {raw!r})")
+        elif split not in SPLITS:
+            problems.append(f"{uri} (split {split!r}; expected {', '.join(SPLITS)})")
+        else:
+            records.append(_record(uri, label, split, "manifest"))
+    if problems:
+        raise _unknown(problems, "label or split")
+    return records
+
+
+def detect_format(uri: str) -> str:
+    """Guess the layout of an input folder or manifest (see the module docstring)."""
+    if uri.lower().endswith((".csv", ".parquet")):
+        return "manifest"
+    files = _video_files(uri)
+    if not files:
+        raise SourceError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {uri}")
+    first = _relative_parts(uri, files[0])
+    if len(first) >= 2 and first[0].lower() in AFEW_SPLIT_FOLDERS:
+        return "afew"
+    if RAVDESS_NAME.match(_stem(files[0])):
+        return "ravdess"
+    if CREMAD_NAME.match(_stem(files[0])):
+        return "cremad"
+    raise SourceError(f"cannot tell the layout of {uri} (e.g. {files[0]}); pass --dataset-format "
+                      f"one of {', '.join(FORMATS[1:])}")
+
+
+ADAPTERS = {"afew": afew_clips, "ravdess": ravdess_clips, "cremad": cremad_clips, "manifest": manifest_clips}
+
+
+def list_clips(uri: str, fmt: str = "auto") -> list[ClipRecord]:
+    """Clip records of a dataset folder or manifest; SourceError on unknown labels or empty input."""
+    if fmt not in FORMATS:
+        raise SourceError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = detect_format(uri)
+    records = ADAPTERS[fmt](uri)
+    if not records:
+        raise SourceError(f"no clips found in {uri} (format {fmt})")
+    return records
