@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,6 +68,8 @@ class Faces:
     found: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
+    detect_seconds: float = 0.0
+    align_seconds: float = 0.0
 
 
 def _best_box(image: np.ndarray, upsample: int, threshold: float):
@@ -122,13 +125,18 @@ def align_frames(frames: np.ndarray, cfg: FaceConfig = FaceConfig()) -> Faces:
     found = np.zeros(n, bool)
     boxes = np.full((n, 4), -1.0, np.float32)
     scores = np.zeros(n, np.float32)
+    detect_s = align_s = 0.0
     for i, frame in enumerate(frames):
+        t0 = time.perf_counter()
         box = detect_face(frame, cfg)
+        t1 = time.perf_counter()
         if box is None:
             chips[i] = resize(frame, cfg.chip_size, cfg.chip_size)
-            continue
-        chips[i] = align_face(frame, box, cfg)
-        found[i] = True
-        boxes[i] = box[:4]
-        scores[i] = box[4]
-    return Faces(chips=chips, found=found, boxes=boxes, scores=scores)
+        else:
+            chips[i] = align_face(frame, box, cfg)
+            found[i] = True
+            boxes[i] = box[:4]
+            scores[i] = box[4]
+        detect_s += t1 - t0
+        align_s += time.perf_counter() - t1
+    return Faces(chips, found, boxes, scores, detect_seconds=detect_s, align_seconds=align_s)

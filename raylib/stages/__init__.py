@@ -1,0 +1,1 @@
+"""Pipeline stages: per-clip preprocessing (CPU), and the Ray jobs built on it."""
