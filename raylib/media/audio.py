@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raylib.errors import ClipError
-from raylib.media.video import open_media
+from raylib.media.video import container_duration, open_media, short_cause
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 0.040  # Hamming window of 40 ms
@@ -57,16 +57,17 @@ def load_audio(uri: str, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
     import av
 
     src = open_media(uri)
+    declared = container_duration(src)
     try:
         container = av.open(src)
     except Exception as e:  # PyAV raises many types (InvalidDataError, OSError, ...)
-        raise ClipError(uri, f"not a readable media file ({str(e).splitlines()[0][:200]})") from None
+        raise ClipError(uri, f"not a readable media file ({short_cause(e)})") from None
     with container:
         if not container.streams.audio:
             return AudioTrack(uri, np.zeros(0, np.float32), sample_rate, AUDIO_MISSING)
         stream = container.streams.audio[0]
-        declared = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
-            container.duration / 1e6 if container.duration else None)
+        if stream.duration and stream.time_base:
+            declared = max(declared or 0.0, float(stream.duration * stream.time_base))
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks, skipped = [], 0
         packets = container.demux(stream)

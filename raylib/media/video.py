@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,17 +87,22 @@ def open_media(uri: str):
 
 
 def container_duration(src) -> float | None:
-    """Duration in seconds declared by the container (PyAV probe), None when it declares none."""
+    """Longest duration in seconds the container declares (frame count, stream or file
+    duration; PyAV probe, no decoding), None when it declares none."""
     import av
 
     if isinstance(src, io.BytesIO):
         src.seek(0)
     try:
         with av.open(src) as c:
-            streams = c.streams.video
-            if streams and streams[0].duration and streams[0].time_base:
-                return float(streams[0].duration * streams[0].time_base)
-            return c.duration / 1e6 if c.duration else None
+            found = [c.duration / 1e6] if c.duration else []
+            if c.streams.video:
+                v = c.streams.video[0]
+                if v.duration and v.time_base:
+                    found.append(float(v.duration * v.time_base))
+                if v.frames and v.average_rate:  # e.g. AVI headers keep the full frame count
+                    found.append(v.frames / float(v.average_rate))
+            return max(found) if found else None
     except Exception:  # the decoder proper reports unreadable files
         return None
     finally:
@@ -104,9 +110,13 @@ def container_duration(src) -> float | None:
             src.seek(0)
 
 
-def _short_cause(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
+_DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+def short_cause(e: BaseException) -> str:
+    """First line of a library error without decord's timestamps and source paths."""
+    lines = [ln for ln in _DECORD_NOISE.sub("", str(e)).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:160]
 
 
 def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Video:
@@ -122,7 +132,7 @@ def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Vide
         reported = len(reader)
         fps = float(reader.get_avg_fps())
     except (RuntimeError, decord.DECORDError) as e:
-        raise ClipError(uri, f"not a readable video ({_short_cause(e)})") from None
+        raise ClipError(uri, f"not a readable video ({short_cause(e)})") from None
     if reported <= 0 or not np.isfinite(fps) or fps <= 0:
         raise ClipError(uri, "video stream has no frames")
 
@@ -141,7 +151,7 @@ def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Vide
     except StopIteration:
         pass  # container over-reported its frame count; judged as truncation below
     except (RuntimeError, decord.DECORDError) as e:
-        raise ClipError(uri, f"corrupt video stream at frame {position} ({_short_cause(e)})") from None
+        raise ClipError(uri, f"corrupt video stream at frame {position} ({short_cause(e)})") from None
     if not frames:
         raise ClipError(uri, "no decodable video frames")
 

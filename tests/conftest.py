@@ -1,0 +1,145 @@
+"""Shared fixtures: generated clips (PyAV), bad files, real photographs, a moto S3 server."""
+
+import os
+
+# Every Ray process the tests start listens on 127.0.0.1 only.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import shutil
+import socket
+
+import numpy as np
+import pytest
+
+from raylib.sample import write_clip
+
+HERE = os.path.dirname(__file__)
+CREMAD_DIR = os.path.join(HERE, "data", "crema-d")
+
+FPS = 25
+NUM_FRAMES = 50
+SR = 16000
+TONE_HZ = 440.0
+
+
+def marker_frames(n: int = NUM_FRAMES, width: int = 160, height: int = 120) -> np.ndarray:
+    """Frames whose grey level encodes their index (i * 4), so decoded frames can be identified."""
+    levels = (np.arange(n) * 4 + 20).clip(0, 255).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
+
+
+def tone(seconds: float, hz: float = TONE_HZ, sr: int = SR, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def frame_level(frame: np.ndarray) -> int:
+    """The index a marker frame encodes."""
+    return int(round((float(frame.mean()) - 20) / 4))
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    """Generated clips: 50 frames at 25 fps with a 440 Hz tone, as mp4 (h264/AAC) and avi (MPEG-4/PCM),
+    plus one without audio and one with a silent track."""
+    root = tmp_path_factory.mktemp("clips")
+    frames = marker_frames()
+    audio = tone(NUM_FRAMES / FPS)
+    out = {}
+    for ext in ("mp4", "avi"):
+        out[ext] = str(root / f"tone.{ext}")
+        write_clip(out[ext], frames, audio, FPS, SR)
+    out["no_audio"] = str(root / "mute.mp4")
+    write_clip(out["no_audio"], frames, None, FPS, SR)
+    out["silent"] = str(root / "silent.avi")
+    write_clip(out["silent"], frames, np.zeros_like(audio), FPS, SR)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory, clips):
+    """Broken inputs of every kind seen in the wild."""
+    root = tmp_path_factory.mktemp("bad")
+    good = open(clips["mp4"], "rb").read()
+    good_avi = open(clips["avi"], "rb").read()
+    files = {}
+    files["zero_byte"] = root / "empty.mp4"
+    files["zero_byte"].write_bytes(b"")
+    files["text"] = root / "notes.mp4"
+    files["text"].write_text("this is not a video\n" * 50)
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(marker_frames(1)[0]).save(png, format="PNG")
+    files["png_renamed"] = root / "picture.mp4"
+    files["png_renamed"].write_bytes(png.getvalue())
+    files["truncated_mp4"] = root / "cut.mp4"  # moov atom at the end: header lost
+    files["truncated_mp4"].write_bytes(good[: len(good) // 2])
+    files["truncated_avi"] = root / "cut.avi"  # index lost, half the frames remain
+    files["truncated_avi"].write_bytes(good_avi[: len(good_avi) // 2])
+    corrupt = bytearray(good)
+    rng = np.random.default_rng(0)
+    start = len(corrupt) // 5
+    corrupt[start:start + len(corrupt) // 2] = rng.integers(0, 256, len(corrupt) // 2, dtype=np.uint8).tobytes()
+    files["corrupt"] = root / "corrupt.mp4"
+    files["corrupt"].write_bytes(bytes(corrupt))
+    files["missing"] = root / "does-not-exist.mp4"
+    return {k: str(v) for k, v in files.items()}
+
+
+@pytest.fixture(scope="session")
+def cremad_clips():
+    paths = sorted(os.path.join(CREMAD_DIR, f) for f in os.listdir(CREMAD_DIR) if f.endswith(".flv"))
+    assert len(paths) == 6
+    return paths
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    from skimage import data
+
+    return data.astronaut()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-speaking HTTP server (moto) on 127.0.0.1, with AWS_* pointed at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket on the moto server; yields its s3:// URI."""
+    import uuid
+
+    import s3fs
+
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing")
+    fs.mkdir(name)
+    return f"s3://{name}"
