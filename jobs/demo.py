@@ -4,8 +4,11 @@ import sys
 
 from raylib.config import parse
 from raylib.demo import DemoConfig, run_demo
+from raylib.errors import RaylibError
 
 if __name__ == "__main__":
     cfg = parse(DemoConfig, __doc__)
-    rows = run_demo(cfg)
-    sys.exit(0 if rows else 1)
+    try:
+        run_demo(cfg)
+    except RaylibError as e:
+        sys.exit(f"demo: error: {e}")

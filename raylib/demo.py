@@ -26,6 +26,11 @@ class DemoConfig:
     audio_mode: str = field(default="spectrogram", metadata={"help": "audio input", "choices": ["spectrogram", "logmel"]})
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
 
+    def __post_init__(self):
+        PreprocessConfig(frames=self.frames, audio_mode=self.audio_mode)  # ValueError on bad values
+        if min(self.train_per_class, self.val_per_class) < 0 or self.num_cpus < 1:
+            raise ValueError("clip counts must be >= 0 and --num-cpus >= 1")
+
 
 def _preprocess_row(row: dict, cfg: PreprocessConfig) -> dict:
     summary = summarize(preprocess_clip(row["uri"], cfg))

@@ -11,6 +11,7 @@ Supported layouts (`list_clips(uri, fmt)`):
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
 from dataclasses import asdict, dataclass
@@ -76,31 +77,30 @@ def _unknown(problems: list[str], what: str) -> SourceError:
                        f"expected labels: {', '.join(EMOTIONS)}")
 
 
-def _video_files(root: str) -> list[str]:
-    """Sorted URIs of the video files under root (recursive), keeping root's URI scheme."""
+def _video_files(root: str) -> list[tuple[str, list[str]]]:
+    """Sorted (uri, path parts below root) of the video files under root, keeping its scheme."""
     fs, path = storage.filesystem(root)
     if not fs.exists(path):
         raise SourceError(f"input {root} not found")
     if not fs.isdir(path):
         raise SourceError(f"input {root} is a file; give a folder, or a .csv/.parquet manifest")
-    prefix = root.split("://", 1)[0] + "://" if storage.is_remote(root) else ""
+    remote = storage.is_remote(root)
+    scheme = root.split("://", 1)[0] + "://" if remote else ""
+    base = path.rstrip("/")
     out = []
-    for p in fs.find(path):
-        if p.lower().endswith(VIDEO_EXTENSIONS) and not posixpath.basename(p).startswith("."):
-            out.append(prefix + p if prefix and not p.startswith(prefix) else p)
-    return sorted(out)
-
-
-def _relative_parts(root: str, uri: str) -> list[str]:
-    base = root.rstrip("/").split("://", 1)[-1]
-    return uri.split("://", 1)[-1][len(base):].strip("/").split("/")
+    for p in sorted(fs.find(path)):
+        if not p.lower().endswith(VIDEO_EXTENSIONS) or posixpath.basename(p).startswith("."):
+            continue
+        parts = p[len(base):].strip("/").split("/")
+        uri = scheme + p if remote else (os.path.join(root, *parts) if "://" not in root else p)
+        out.append((uri, parts))
+    return out
 
 
 def afew_clips(root: str) -> list[ClipRecord]:
     """AFEW class folders: <root>/<Split>/<Emotion>/<clip>; unlabelled clips only under Test/."""
     records, problems = [], []
-    for uri in _video_files(root):
-        parts = _relative_parts(root, uri)
+    for uri, parts in _video_files(root):
         split = AFEW_SPLIT_FOLDERS.get(parts[0].lower()) if len(parts) >= 2 else None
         if split is None:
             problems.append(f"{uri} (not under a Train/Val/Test folder)")
@@ -125,7 +125,7 @@ def _stem(uri: str) -> str:
 def ravdess_clips(root: str) -> list[ClipRecord]:
     """RAVDESS file names MM-VC-EE-II-SS-RR-AA; audio-video files only; split by actor."""
     records, problems = [], []
-    for uri in _video_files(root):
+    for uri, _ in _video_files(root):
         m = RAVDESS_NAME.match(_stem(uri))
         if m is None:
             problems.append(f"{uri} (not a RAVDESS name MM-VC-EE-II-SS-RR-AA)")
@@ -147,7 +147,7 @@ def ravdess_clips(root: str) -> list[ClipRecord]:
 def cremad_clips(root: str) -> list[ClipRecord]:
     """CREMA-D file names AAAA_SSS_EEE_LL (e.g. 1001_DFA_ANG_XX); split by actor."""
     records, problems = [], []
-    for uri in _video_files(root):
+    for uri, _ in _video_files(root):
         m = CREMAD_NAME.match(_stem(uri))
         label = CREMAD_EMOTIONS.get(m.group(3)) if m else None
         if label is None:
@@ -203,14 +203,14 @@ def detect_format(uri: str) -> str:
     files = _video_files(uri)
     if not files:
         raise SourceError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {uri}")
-    first = _relative_parts(uri, files[0])
+    example, first = files[0]
     if len(first) >= 2 and first[0].lower() in AFEW_SPLIT_FOLDERS:
         return "afew"
-    if RAVDESS_NAME.match(_stem(files[0])):
+    if RAVDESS_NAME.match(_stem(example)):
         return "ravdess"
-    if CREMAD_NAME.match(_stem(files[0])):
+    if CREMAD_NAME.match(_stem(example)):
         return "cremad"
-    raise SourceError(f"cannot tell the layout of {uri} (e.g. {files[0]}); pass --dataset-format "
+    raise SourceError(f"cannot tell the layout of {uri} (e.g. {example}); pass --dataset-format "
                       f"one of {', '.join(FORMATS[1:])}")
 
 

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from raylib.media import faces as F
+from raylib.media.video import decode_video
+
+
+def eye_centres(chip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eye centres in a chip, from dlib's 5-point model run on the chip itself."""
+    import dlib
+
+    box = F.detect_face(chip, F.FaceConfig(detect_max_side=0, threshold=0.0))
+    assert box is not None, "no face found again inside the aligned chip"
+    shape = F._landmarks()(chip, dlib.rectangle(*(int(v) for v in box[:4])))
+    p = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], float)
+    a, b = p[0:2].mean(0), p[2:4].mean(0)
+    return (a, b) if a[0] < b[0] else (b, a)
+
+
+def assert_aligned(chip: np.ndarray):
+    assert chip.shape == (224, 224, 3) and chip.dtype == np.uint8
+    left, right = eye_centres(chip)
+    # dlib's chip template with 30% padding puts the eyes ~0.33 of the height down, level,
+    # and symmetric about the vertical midline
+    for eye in (left, right):
+        assert 0.25 * 224 < eye[1] < 0.42 * 224
+    assert abs(left[1] - right[1]) < 0.03 * 224
+    assert abs((left[0] + right[0]) / 2 - 112) < 0.05 * 224
+    assert 0.2 * 224 < right[0] - left[0] < 0.45 * 224
+
+
+def test_real_photograph_has_exactly_one_face_aligned(astronaut):
+    rects, scores, _ = F._detector().run(astronaut, 0, F.DETECT_THRESHOLD)
+    assert len(rects) == 1
+    faces = F.align_frames(astronaut[None])
+    assert faces.found.tolist() == [True]
+    assert faces.scores[0] > 1.0
+    assert_aligned(faces.chips[0])
+
+
+@pytest.mark.parametrize("angle, shift", [(20, (0, 0)), (-15, (60, -30)), (8, (-80, 40))])
+def test_rotated_and_shifted_faces_still_align(astronaut, angle, shift):
+    im = Image.fromarray(astronaut).rotate(angle, resample=Image.BILINEAR, translate=shift, fillcolor=(128, 128, 128))
+    faces = F.align_frames(np.asarray(im)[None])
+    assert faces.found[0]
+    assert_aligned(faces.chips[0])
+
+
+def test_box_from_the_downscaled_frame_maps_back_to_full_resolution(astronaut):
+    big = F.resize(astronaut, 1024, 1024)  # face ~175 px; ~70 px once downscaled to 400
+    full = F.detect_face(big, F.FaceConfig(detect_max_side=0))
+    small = F.detect_face(big, F.FaceConfig(detect_max_side=400, retry_full_resolution=False))
+    assert full is not None and small is not None
+    iou_inter = max(0, min(full[2], small[2]) - max(full[0], small[0])) * max(0, min(full[3], small[3]) - max(full[1], small[1]))
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
+    assert iou_inter / (area(full) + area(small) - iou_inter) > 0.7
+
+
+def test_faceless_frame_falls_back_to_the_whole_frame():
+    from skimage import data
+
+    coffee = data.coffee()
+    faces = F.align_frames(coffee[None])
+    assert faces.found.tolist() == [False]
+    assert faces.boxes[0].tolist() == [-1, -1, -1, -1]
+    np.testing.assert_array_equal(faces.chips[0], F.resize(coffee, 224, 224))
+
+
+def test_largest_face_is_chosen(astronaut):
+    small = np.asarray(Image.fromarray(astronaut).resize((256, 256)))
+    canvas = np.full((512, 1024, 3), 128, np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[128:384, 700:956] = small
+    box = F.detect_face(canvas, F.FaceConfig(detect_max_side=0))
+    assert box is not None and box[0] < 512  # the full-size face on the left
+
+
+def test_cremad_frames_all_have_an_aligned_face(cremad_clips):
+    v = decode_video(cremad_clips[3], "uniform:6")
+    faces = F.align_frames(v.frames)
+    assert faces.found.all()
+    assert_aligned(faces.chips[0])
+
+
+def test_models_load_once_per_process():
+    assert F._detector() is F._detector()
+    assert F._landmarks() is F._landmarks()
+    assert F.dlib_model_path(F.LANDMARKS_MODEL).endswith("shape_predictor_5_face_landmarks.dat")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        F.dlib_model_path("no_such_model.dat")

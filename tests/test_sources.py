@@ -1,0 +1,114 @@
+import pytest
+
+from raylib.errors import SourceError
+from raylib.sources import clip_id, list_clips, detect_format
+
+
+def touch(root, *names):
+    for n in names:
+        p = root / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+
+
+def test_afew_class_folders(tmp_path):
+    touch(tmp_path, "Train/Angry/a.avi", "Train/happy/b.mp4", "Val/Sad/c.avi", "Test/d.avi", "Train/Angry/notes.txt")
+    recs = list_clips(str(tmp_path), "afew")
+    got = {(r.uri.split(str(tmp_path))[1], r.label, r.split) for r in recs}
+    assert got == {("/Train/Angry/a.avi", "Angry", "train"), ("/Train/happy/b.mp4", "Happy", "train"),
+                   ("/Val/Sad/c.avi", "Sad", "val"), ("/Test/d.avi", None, "test")}
+    assert all(r.dataset == "afew" for r in recs)
+    assert detect_format(str(tmp_path)) == "afew"
+
+
+def test_afew_unknown_labels_are_listed_by_file(tmp_path):
+    touch(tmp_path, "Train/Angry/a.avi", "Train/Contempt/x.avi", "Val/Bored/y.mp4", "Misc/z.mp4")
+    with pytest.raises(SourceError) as info:
+        list_clips(str(tmp_path), "afew")
+    msg = str(info.value)
+    assert msg.startswith("3 clip(s) with unknown AFEW label folder")
+    for name in ("Contempt/x.avi", "Bored/y.mp4", "Misc/z.mp4"):
+        assert name in msg
+    assert "a.avi" not in msg
+
+
+def test_ravdess_codes_map_onto_afew_labels(tmp_path):
+    touch(tmp_path, "Actor_01/01-01-02-01-01-01-01.mp4",  # calm -> Neutral
+          "Actor_01/01-01-08-02-01-01-01.mp4",  # surprised
+          "Actor_22/01-01-05-01-02-02-22.mp4",  # angry, val actor
+          "Actor_01/02-01-03-01-01-01-01.mp4")  # video-only: no audio, left out
+    recs = sorted(list_clips(str(tmp_path)), key=lambda r: r.uri)
+    assert [(r.label, r.split) for r in recs] == [("Neutral", "train"), ("Surprise", "train"), ("Angry", "val")]
+    touch(tmp_path, "Actor_01/01-01-09-01-01-01-01.mp4")
+    with pytest.raises(SourceError, match="01-01-09-01-01-01-01.mp4 \\(emotion code 09\\)"):
+        list_clips(str(tmp_path), "ravdess")
+
+
+def test_cremad_file_names(cremad_clips, tmp_path):
+    import os
+
+    recs = list_clips(os.path.dirname(cremad_clips[0]))
+    assert sorted(r.label for r in recs) == ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad"]
+    assert {r.split for r in recs} == {"train"} and {r.dataset for r in recs} == {"cremad"}
+    touch(tmp_path, "1090_IEO_HAP_HI.flv", "1001_DFA_XYZ_XX.flv")
+    with pytest.raises(SourceError, match="1001_DFA_XYZ_XX.flv \\(emotion code XYZ\\)"):
+        list_clips(str(tmp_path), "cremad")
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_manifest(tmp_path, kind):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table = pa.table({"uri": ["clips/a.mp4", "/abs/b.avi", "s3://bucket/c.mp4"],
+                      "label": ["angry", "Fear", ""], "split": ["train", "Validation", "test"]})
+    path = tmp_path / f"m.{kind}"
+    (pacsv.write_csv if kind == "csv" else pq.write_table)(table, str(path))
+    recs = list_clips(str(path))
+    assert [(r.uri, r.label, r.split) for r in recs] == [
+        (str(tmp_path / "clips/a.mp4"), "Angry", "train"), ("/abs/b.avi", "Fear", "val"),
+        ("s3://bucket/c.mp4", None, "test")]
+
+
+def test_manifest_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("uri,label\na.mp4,Joy\nb.mp4,Happy\nc.mp4,Boredom\n")
+    with pytest.raises(SourceError, match="2 clip\\(s\\) with unknown label or split") as info:
+        list_clips(str(bad))
+    assert "a.mp4 (label 'Joy')" in str(info.value) and "c.mp4 (label 'Boredom')" in str(info.value)
+    nolabel = tmp_path / "nolabel.csv"
+    nolabel.write_text("path\na.mp4\n")
+    with pytest.raises(SourceError, match="lacks column\\(s\\) label, uri"):
+        list_clips(str(nolabel))
+
+
+def test_wrong_paths_and_unknown_layouts(tmp_path):
+    with pytest.raises(SourceError, match="not found"):
+        list_clips(str(tmp_path / "absent"))
+    with pytest.raises(SourceError, match="no video files"):
+        list_clips(str(tmp_path))
+    touch(tmp_path, "holiday.mp4")
+    with pytest.raises(SourceError, match="cannot tell the layout"):
+        list_clips(str(tmp_path))
+    with pytest.raises(SourceError, match="unknown dataset format"):
+        list_clips(str(tmp_path), "kinetics")
+
+
+def test_clip_id_is_a_stable_hash_of_the_uri():
+    # fixed values: ids must not change across processes, machines or releases
+    assert clip_id("s3://bucket/Train/Angry/a.avi") == "fa2592695b2c2244"
+    assert clip_id("/data/x.mp4") == "64308c2d954cc490"
+    assert clip_id("/data/x.mp4") != clip_id("/data/x.mp4 ")
+
+
+def test_s3_folder_listing(s3_bucket):
+    from raylib import storage
+
+    fs, _ = storage.filesystem(s3_bucket)
+    for name in ("Train/Angry/a.mp4", "Val/Happy/b.avi"):
+        fs.pipe(f"{s3_bucket}/afew/{name}".removeprefix("s3://"), b"x")
+    recs = list_clips(f"{s3_bucket}/afew")
+    assert sorted((r.uri, r.label, r.split) for r in recs) == [
+        (f"{s3_bucket}/afew/Train/Angry/a.mp4", "Angry", "train"),
+        (f"{s3_bucket}/afew/Val/Happy/b.avi", "Happy", "val")]
