@@ -1,0 +1,9 @@
+"""Models of PAPER.md sections 2-5: face backbones, the audio CNN, attention, fusion, enhancement.
+
+The attention and fusion names are defined here once; jobs, sweeps and tests import them.
+"""
+
+ATTENTIONS: tuple[str, ...] = ("self", "relation", "transformer")
+FUSIONS: tuple[str, ...] = ("concat", "fbp")
+MODALITIES: tuple[str, ...] = ("av", "visual", "audio")
+BACKBONES: tuple[str, ...] = ("ir50", "resnet18", "vggface", "dlib_resnet")

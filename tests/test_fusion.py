@@ -1,0 +1,104 @@
+import itertools
+
+import pytest
+import torch
+
+from raylib.models import ATTENTIONS, FUSIONS
+from raylib.models.audio_cnn import AudioAlexNet, pool5_length
+from raylib.models.fusion import Concat, FactorizedBilinearPooling, ModelConfig, build_model
+
+
+def test_fbp_output_dimension_and_unit_norm():
+    torch.manual_seed(0)
+    fbp = FactorizedBilinearPooling(6, 4, k=3, o=5, dropout=0.5).eval()
+    z = fbp(torch.randn(8, 6), torch.randn(8, 4))
+    assert z.shape == (8, 5)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(8))
+
+
+def test_fbp_equals_the_explicit_bilinear_form():
+    """z_i = a~^T W_i v~ with W_i = sum_{j in window i} U_j V_j^T, on inputs augmented with 1
+    to carry the FC biases, then l2-normalised."""
+    torch.manual_seed(1)
+    k, o = 3, 4
+    fbp = FactorizedBilinearPooling(5, 2, k=k, o=o, dropout=0.0).eval()
+    a, v = torch.randn(5, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    U = torch.cat([fbp.U.weight, fbp.U.bias[:, None]], 1).double()  # [k*o, 6]
+    V = torch.cat([fbp.V.weight, fbp.V.bias[:, None]], 1).double()  # [k*o, 3]
+    a1, v1 = torch.cat([a, torch.ones(1, dtype=torch.float64)]), torch.cat([v, torch.ones(1, dtype=torch.float64)])
+    z = []
+    for i in range(o):
+        W = sum(torch.outer(U[j], V[j]) for j in range(i * k, (i + 1) * k))
+        z.append(a1 @ W @ v1)
+    z = torch.stack(z)
+    z = z / z.norm()
+    got = fbp.double()(a[None], v[None])[0]
+    torch.testing.assert_close(got, z, atol=1e-10, rtol=0)
+
+
+def test_fbp_power_norm_is_signed_sqrt_before_l2():
+    torch.manual_seed(2)
+    plain = FactorizedBilinearPooling(3, 3, k=2, o=4, dropout=0.0).eval()
+    signed = FactorizedBilinearPooling(3, 3, k=2, o=4, dropout=0.0, power_norm=True).eval()
+    signed.load_state_dict(plain.state_dict())
+    a, v = torch.randn(1, 3), torch.randn(1, 3)
+    raw = (plain.U(a) * plain.V(v)).view(1, 4, 2).sum(-1)
+    expected = torch.sign(raw) * raw.abs().sqrt()
+    torch.testing.assert_close(signed(a, v), expected / expected.norm(), atol=1e-5, rtol=0)
+
+
+def test_concat():
+    c = Concat(2, 3)
+    assert c.out_dim == 5
+    torch.testing.assert_close(c(torch.ones(1, 2), torch.zeros(1, 3)), torch.tensor([[1.0, 1, 0, 0, 0]]))
+
+
+def test_audio_cnn_pool5_vectors_and_time_mask():
+    cnn = AudioAlexNet(1).eval()
+    spec = torch.randn(2, 1, 200, 300)
+    spec[1, :, :, 150:] = 0
+    items, mask = cnn(spec, torch.tensor([300, 150]))
+    # H: 200 -> 49 -> 24 -> 24 -> 11 -> 5;  W: 300 -> 74 -> 36 -> 17 -> 8
+    assert items.shape == (2, 5 * 8, 256)
+    assert mask[0].all() and mask[1].sum() == 5 * int(pool5_length(torch.tensor(150)))
+    assert int(pool5_length(torch.tensor(150))) == 3
+    logmel_items, logmel_mask = AudioAlexNet(3)(torch.randn(1, 3, 40, 20), torch.tensor([20]))  # short log-Mel
+    assert logmel_items.shape == (1, 5, 256) and logmel_mask.all()
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="unknown fusion 'sum'"):
+        ModelConfig(fusion="sum")
+    with pytest.raises(ValueError, match="unknown visual_attention"):
+        ModelConfig(visual_attention="lstm")
+
+
+def batch(b=3, n=6, d=16, t=120):
+    visual = torch.randn(b, n, d)
+    vmask = torch.ones(b, n, dtype=torch.bool)
+    vmask[0, 4:] = False
+    audio = torch.randn(b, 1, 200, t)
+    lengths = torch.tensor([t, t - 30, t - 50])[:b]
+    return visual, vmask, audio, lengths
+
+
+@pytest.mark.parametrize("va, aa, fu", list(itertools.product(ATTENTIONS, ATTENTIONS, FUSIONS)))
+def test_gradients_reach_every_parameter(va, aa, fu):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(visual_dim=16, visual_attention=va, audio_attention=aa, fusion=fu,
+                                    attention_hidden=8, fbp_k=2, fbp_o=8, dropout=0.0))
+    logits, weights = model(*batch())
+    assert logits.shape == (3, 7)
+    assert weights["visual"].shape == (3, 6) and (weights["visual"][0, 4:] == 0).all()
+    logits.logsumexp(-1).sum().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, silent
+
+
+@pytest.mark.parametrize("modalities", ["visual", "audio"])
+def test_single_modality_variants(modalities):
+    model = build_model(dict(visual_dim=16, modalities=modalities, attention_hidden=8))
+    v, m, a, l = batch()
+    logits, weights = model(v, m, a, l)
+    assert logits.shape == (3, 7) and set(weights) == {modalities}
+    assert (hasattr(model, "audio_cnn")) == (modalities == "audio")
