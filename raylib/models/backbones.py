@@ -1,0 +1,198 @@
+"""Face backbones behind one builder: `build_backbone(name, weights=URI | "random")`.
+
+Architectures never load anything; the builder does, and fails loudly: a torch backbone without
+weights is an error, random initialisation must be asked for as weights="random" and is recorded
+in `encoder.weights`. Every encoder maps aligned chips [B, 3, H, W] uint8 RGB to [B, D] float32,
+doing its own resize and normalisation; fp32 on CPU, autocast bf16/fp16 on GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+from torch import nn
+
+from raylib.errors import WeightsError
+from raylib.media.faces import CHIP_PADDING, dlib_model_path
+from raylib.models import BACKBONES
+from raylib.models.ir50 import IR50
+from raylib.models.weights import RANDOM, load_into, read_checkpoint
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VGGFACE_MEAN = (129.186279296875 / 255, 104.76238250732422 / 255, 93.59396362304688 / 255)
+DLIB_RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
+DLIB_CHIP_SIZE, DLIB_CHIP_PADDING = 150, 0.25  # what dlib's face ResNet was trained on
+PACKAGED = "packaged"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Output dimension, input size and normalisation (on 0..1 RGB) of a backbone."""
+
+    name: str
+    dim: int
+    input_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    head_prefixes: tuple[str, ...] = ()  # classifier keys a checkpoint may carry; dropped on load
+
+
+SPECS = {
+    "ir50": BackboneSpec("ir50", 512, 112),
+    "resnet18": BackboneSpec("resnet18", 512, 224, IMAGENET_MEAN, IMAGENET_STD, ("fc.",)),
+    "vggface": BackboneSpec("vggface", 4096, 224, VGGFACE_MEAN, (1 / 255,) * 3, ("fc8.",)),
+    "dlib_resnet": BackboneSpec("dlib_resnet", 128, DLIB_CHIP_SIZE),
+}
+
+
+class VGGFace(nn.Module):
+    """VGG-16 face network (Parkhi et al. 2015); returns relu(fc7), 4096-d. Layer names follow
+    the common PyTorch port of the released model (conv1_1 ... conv5_3, fc6, fc7)."""
+
+    BLOCKS = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
+
+    def __init__(self):
+        super().__init__()
+        self.convs = []
+        for b, (cin, cout, n) in enumerate(self.BLOCKS, start=1):
+            for i in range(1, n + 1):
+                name = f"conv{b}_{i}"
+                setattr(self, name, nn.Conv2d(cin if i == 1 else cout, cout, 3, padding=1))
+                self.convs.append((name, i == n))
+        self.fc6 = nn.Linear(512 * 7 * 7, 4096)
+        self.fc7 = nn.Linear(4096, 4096)
+
+    def forward(self, x):
+        for name, pool_after in self.convs:
+            x = Fn.relu(getattr(self, name)(x))
+            if pool_after:
+                x = Fn.max_pool2d(x, 2, 2)
+        x = Fn.relu(self.fc6(x.flatten(1)))
+        return Fn.relu(self.fc7(x))
+
+
+def resnet18_trunk() -> nn.Module:
+    """torchvision ResNet-18 with the classifier replaced by identity: 512-d pooled features."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def architecture(name: str, input_size: int | None = None) -> nn.Module:
+    if name == "ir50":
+        return IR50(input_size or SPECS["ir50"].input_size)
+    if name == "resnet18":
+        return resnet18_trunk()
+    if name == "vggface":
+        return VGGFace()
+    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; None (fp32) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class TorchFaceEncoder:
+    """A torch backbone with its preprocessing: chips [B, 3, H, W] uint8 -> [B, D] float32."""
+
+    def __init__(self, module: nn.Module, spec: BackboneSpec, weights: str, digest: str,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.spec = spec
+        self.weights, self.weights_digest = weights, digest
+        self.dtype = autocast_dtype(self.device)
+        self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def preprocess(self, chips: torch.Tensor) -> torch.Tensor:
+        x = chips.to(self.device).float() / 255.0
+        size = self.spec.input_size
+        if x.shape[-2:] != (size, size):
+            x = Fn.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - self._mean) / self._std
+
+    @torch.no_grad()
+    def embed(self, chips: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(torch.as_tensor(chips))
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.module(x)
+        return out.float()
+
+
+class DlibFaceEncoder:
+    """dlib's face-recognition ResNet (face-recognition-models), 128-d, CPU: the embedded default.
+
+    Our chips are 224 px with 30% padding; dlib's network expects 150 px with 25% padding, so
+    the central 224 * 1.5 / 1.6 = 210 px are cropped and resized to 150.
+    """
+
+    def __init__(self, path: str):
+        import dlib
+
+        self.spec = SPECS["dlib_resnet"]
+        self.weights = path
+        with open(path, "rb") as f:
+            import hashlib
+
+            self.weights_digest = hashlib.sha256(f.read()).hexdigest()
+        self.model = dlib.face_recognition_model_v1(path)
+        self.device = torch.device("cpu")
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def to_dlib_chips(self, chips: np.ndarray) -> list[np.ndarray]:
+        from raylib.media.faces import resize
+
+        size = chips.shape[1]
+        keep = int(round(size * (1 + 2 * DLIB_CHIP_PADDING) / (1 + 2 * CHIP_PADDING)))
+        off = (size - keep) // 2
+        return [np.ascontiguousarray(resize(np.ascontiguousarray(c[off:off + keep, off:off + keep]),
+                                            DLIB_CHIP_SIZE, DLIB_CHIP_SIZE)) for c in chips]
+
+    def embed(self, chips) -> torch.Tensor:
+        x = torch.as_tensor(chips).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # -> [B, H, W, 3]
+        if len(x) == 0:
+            return torch.zeros(0, self.dim)
+        desc = self.model.compute_face_descriptor(self.to_dlib_chips(x))
+        return torch.tensor(np.array([np.asarray(d) for d in desc]), dtype=torch.float32)
+
+
+def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
+                   input_size: int | None = None):
+    """An encoder for backbone `name` with weights from a path/URI, "random", or (dlib_resnet
+    only) the packaged model. Errors name the backbone and the fix."""
+    if name == "dlib_resnet":
+        if weights == RANDOM:
+            raise WeightsError("dlib_resnet has no random initialisation: use its packaged model "
+                               "(--weights packaged) or a .dat file")
+        path = dlib_model_path(DLIB_RESNET_MODEL) if weights in (None, PACKAGED) else weights
+        return DlibFaceEncoder(path)
+    if name not in SPECS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    if not weights:
+        raise WeightsError(f"backbone {name} needs weights: a checkpoint path or URI (s3://...), "
+                           f"or 'random' to ask for random initialisation")
+    module = architecture(name, input_size)
+    spec = SPECS[name]
+    if input_size and name == "ir50":
+        spec = BackboneSpec(**{**spec.__dict__, "input_size": input_size})
+    if weights == RANDOM:
+        return TorchFaceEncoder(module, spec, RANDOM, RANDOM, device)
+    state, digest = read_checkpoint(weights)
+    load_into(module, state, weights, name, spec.head_prefixes)
+    return TorchFaceEncoder(module, spec, weights, digest, device)
