@@ -15,6 +15,9 @@ import fsspec
 from fsspec.core import url_to_fs
 
 
+TMP_PREFIX = ".tmp-"  # hidden: pyarrow, Ray and our readers skip names starting with "." or "_"
+
+
 def is_remote(uri: str) -> bool:
     """True for URIs with a protocol other than file://."""
     return "://" in uri and not uri.startswith("file://")
@@ -52,18 +55,43 @@ def read_bytes(uri: str) -> bytes:
         raise FileNotFoundError(f"{uri} not found") from None
 
 
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Paths (inside the filesystem) of the files under uri ending with suffix, sorted."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    return sorted(p for p in fs.find(path) if p.endswith(suffix))
+
+
 @contextmanager
 def atomic_write(uri: str, mode: str = "wb") -> Iterator:
-    """Write to a temporary sibling, then move into place: readers never see a partial file."""
+    """Open uri for writing so that readers never see a partial file.
+
+    Object stores publish an object only when its upload completes, so remote URIs are written
+    in place; local files are written to a hidden temporary sibling and renamed into place.
+    """
     fs, path = filesystem(uri)
+    if is_remote(uri):
+        with fs.open(path, mode) as f:
+            yield f
+        return
     parent = path.rsplit("/", 1)[0] if "/" in path else "."
     fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
+    tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
     try:
         with fs.open(tmp, mode) as f:
             yield f
-        fs.mv(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
+
+
+def remove_stale_temporaries(uri: str) -> int:
+    """Delete temporary files an interrupted writer left under uri; returns how many."""
+    fs, _ = filesystem(uri)
+    stale = [p for p in list_files(uri) if p.rsplit("/", 1)[-1].startswith(TMP_PREFIX)]
+    for p in stale:
+        fs.rm(p)
+    return len(stale)

@@ -29,6 +29,27 @@ def _listing(keys) -> str:
     return ", ".join(keys[:MAX_LISTED]) + more
 
 
+def weights_digest(backbone: str, weights: str | None) -> str:
+    """sha256 of a backbone's weights file (streamed, not loaded); "random" for random init."""
+    if weights == RANDOM:
+        return RANDOM
+    if backbone == "dlib_resnet" and weights in (None, "packaged"):
+        from raylib.media.faces import dlib_model_path
+
+        weights = dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
+    if not weights:
+        raise WeightsError(f"backbone {backbone} needs weights: a checkpoint path or URI, or 'random'")
+    fs, path = storage.filesystem(weights)
+    h = hashlib.sha256()
+    try:
+        with fs.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint {weights} not found") from None
+    return h.hexdigest()
+
+
 def read_checkpoint(uri: str) -> tuple[dict, str]:
     """(tensor state dict, sha256 of the file) from a local path or URI; WeightsError on failure."""
     try:

@@ -1,0 +1,32 @@
+"""Extract features: video clips (folder, s3:// prefix or manifest) -> a Parquet feature store.
+
+Runs on the Ray cluster named by RAY_ADDRESS (as under `ray job submit`), else on a local Ray.
+Re-running with the same --output skips clips already stored.
+"""
+
+import json
+import sys
+
+from raylib.config import parse
+from raylib.errors import RaylibError
+from raylib.stages.extract import ExtractConfig, run_extract
+
+
+def main(argv=None) -> int:
+    cfg = parse(ExtractConfig, __doc__, argv)
+    try:
+        summary = run_extract(cfg)
+    except RaylibError as e:
+        print(f"extract: error: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()) or "nothing new"
+    print(f"extract: {summary['clips_processed']} clips processed ({counts}), "
+          f"{summary['clips_already_stored']} already stored, {summary['clips_stored']} in {summary['output']}; "
+          f"{summary['elapsed_s']} s, {summary['clips_per_s']} clips/s")
+    if not cfg.quiet:
+        print(json.dumps({k: summary[k] for k in ("status_counts", "failures", "failure_rate")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The feature store's Parquet schema, defined once and versioned.
+
+One row per clip. Plain Arrow types only (no Ray extension types), so the store reads with
+pyarrow, pandas or duckdb. Layout of a store:
+    <output>/<split>/part-<hash>.parquet   committed shards (written under a temporary name first)
+    <output>/_summary.json                 the last run's summary
+Files whose name starts with "." or "_" are not data (pyarrow and Ray skip them too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+import raylib
+from raylib.labels import LABEL_INDEX
+
+SCHEMA_VERSION = "1"
+METADATA_KEY = b"raylib.schema_version"
+
+SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),  # sha1(uri)[:16]
+        ("uri", pa.string()),
+        ("label", pa.string()),  # AFEW name, null when unlabelled
+        ("label_index", pa.int16()),  # index in raylib.labels.EMOTIONS, -1 when unlabelled
+        ("split", pa.string()),
+        ("dataset", pa.string()),
+        ("status", pa.string()),  # ok | no_audio | silent | no_face | truncated | error
+        ("error", pa.string()),
+        ("num_frames", pa.int32()),  # sampled frames with features
+        ("frame_timestamps", pa.list_(pa.float32())),  # seconds, [num_frames]
+        ("face_found", pa.list_(pa.bool_())),  # [num_frames]; False: whole-frame fallback
+        ("visual_dim", pa.int32()),
+        ("visual_features", pa.list_(pa.list_(pa.float32()))),  # [num_frames][visual_dim]
+        ("audio_shape", pa.list_(pa.int32())),  # [C, F, T], empty without audio
+        ("audio", pa.list_(pa.float32())),  # C*F*T values, row-major
+        ("duration", pa.float32()),  # seconds, from the container
+        ("backbone", pa.string()),
+        ("weights", pa.string()),
+        ("weights_digest", pa.string()),  # sha256 of the checkpoint file, or "random"
+        ("enhancement", pa.string()),
+        ("audio_mode", pa.string()),
+        ("frames", pa.string()),  # sampling policy
+        ("code_version", pa.string()),
+    ],
+    metadata={METADATA_KEY: SCHEMA_VERSION.encode(), b"raylib.version": raylib.__version__.encode()},
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+def _list_array(chunks: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
+    """A list<value_type> column from one 1-D numpy array per row (no Python lists)."""
+    offsets = np.zeros(len(chunks) + 1, np.int32)
+    np.cumsum([len(c) for c in chunks], out=offsets[1:])
+    values = np.concatenate(chunks) if chunks else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+
+
+def _frames(r: dict) -> np.ndarray:
+    feats = r.get("visual_features")
+    return np.zeros((0, 0), np.float32) if feats is None else np.asarray(feats, np.float32).reshape(len(feats), -1)
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts with numpy arrays; missing arrays = none) -> a table with exactly SCHEMA."""
+    feats = [_frames(r) for r in rows]
+    audio = [None if r.get("audio") is None else np.asarray(r["audio"], np.float32) for r in rows]
+    labels = [r.get("label") or None for r in rows]
+    per_frame_vectors = [f[i] for f in feats for i in range(len(f))]
+    inner = _list_array(per_frame_vectors, pa.float32())
+    outer_offsets = np.zeros(len(rows) + 1, np.int32)
+    np.cumsum([len(f) for f in feats], out=outer_offsets[1:])
+    cols = {
+        "clip_id": [r["clip_id"] for r in rows],
+        "uri": [r["uri"] for r in rows],
+        "label": labels,
+        "label_index": [LABEL_INDEX[x] if x else -1 for x in labels],
+        "split": [r["split"] for r in rows],
+        "dataset": [r["dataset"] for r in rows],
+        "status": [r["status"] for r in rows],
+        "error": [r.get("error") or None for r in rows],
+        "num_frames": [len(f) for f in feats],
+        "frame_timestamps": _list_array([np.asarray(r.get("timestamps", ()), np.float32) for r in rows], pa.float32()),
+        "face_found": _list_array([np.asarray(r.get("face_found", ()), bool) for r in rows], pa.bool_()),
+        "visual_dim": [f.shape[1] if len(f) else 0 for f in feats],
+        "visual_features": pa.ListArray.from_arrays(pa.array(outer_offsets), inner),
+        "audio_shape": _list_array([np.asarray(a.shape if a is not None else (), np.int32) for a in audio], pa.int32()),
+        "audio": _list_array([a.ravel() if a is not None else np.zeros(0, np.float32) for a in audio], pa.float32()),
+        "duration": [float(r.get("duration") or 0.0) for r in rows],
+    }
+    for key in ("backbone", "weights", "weights_digest", "enhancement", "audio_mode", "frames", "code_version"):
+        cols[key] = [r.get(key) for r in rows]
+    return pa.Table.from_pydict(cols, schema=SCHEMA)
+
+
+def visual_array(row: dict) -> np.ndarray:
+    """[num_frames, visual_dim] float32 of a row read back (pyarrow to_pylist or pandas)."""
+    feats = row["visual_features"]
+    if len(feats) == 0:
+        return np.zeros((0, row["visual_dim"]), np.float32)
+    return np.stack([np.asarray(f, np.float32) for f in feats])
+
+
+def audio_array(row: dict) -> np.ndarray | None:
+    """[C, F, T] float32 of a row read back, None without audio."""
+    shape = list(row["audio_shape"])
+    return None if not shape else np.asarray(row["audio"], np.float32).reshape(shape)

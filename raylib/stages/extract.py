@@ -1,0 +1,358 @@
+"""The extraction job: video clips -> faces + spectrograms -> features -> a Parquet feature store.
+
+    clip records (minus clips already stored)
+        |  ray.data.from_items, one block per clip
+        v
+    cpu_stage        tasks, 1 CPU each: decode, detect, align, spectrogram   (1 row in, 1 row out)
+        |
+        v
+    FeatureStage     actor pool, backbone loaded once per actor, GPU when asked: features of the
+        |            (enhanced) face chips                                   (1 row in, 1 row out)
+        v
+    write_shard      one Parquet file per batch of rows, committed atomically (1 row out per clip:
+        |            clip_id, split, status, error, file)
+        v
+    driver           counts statuses, prints and stores the summary
+
+A clip that cannot be read is a row with status "error", never a failed job. Shard names are a
+hash of their clip ids, so a retried task rewrites the same file; a re-run skips clips already
+stored, so an interrupted run followed by a re-run stores every clip exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+import raylib
+from raylib import storage
+from raylib.errors import RaylibError
+from raylib.media.audio import AUDIO_MODES
+from raylib.media.faces import FaceConfig
+from raylib.media.video import FrameSampling
+from raylib.models import BACKBONES, ENHANCEMENTS
+from raylib.sources import FORMATS, list_clips
+from raylib.stages.preprocess import STATUS_ERROR, PreprocessConfig, preprocess_clip
+
+SUMMARY_FILE = "_summary.json"
+CPU_TASK_RETRIES = 3
+FAILURE_STATUSES = (STATUS_ERROR,)  # the rest (no_face, no_audio, silent, truncated) keep features
+
+
+class ExtractError(RaylibError):
+    """The job as a whole failed (too many failed clips, nothing to read)."""
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Every knob of jobs/extract.py; defaults run the embedded default on one machine."""
+
+    input: str = field(default="data/demo/videos", metadata={"help": "folder, s3:// prefix or .csv/.parquet manifest of clips"})
+    dataset_format: str = field(default="auto", metadata={"help": "input layout", "choices": list(FORMATS)})
+    output: str = field(default="data/demo/features", metadata={"help": "feature store: local folder or s3://bucket/prefix"})
+    backbone: str = field(default="dlib_resnet", metadata={"help": "face backbone", "choices": list(BACKBONES)})
+    weights: str = field(default="packaged", metadata={"help": "checkpoint path or URI; 'random' for random init; "
+                                                                  "'packaged' for dlib_resnet's shipped model"})
+    second_backbone: str = field(default="", metadata={"help": "second backbone for --enhance ar-mean"})
+    second_weights: str = field(default="", metadata={"help": "weights of the second backbone"})
+    enhance: str = field(default="basic", metadata={"help": "feature enhancement (PAPER.md section 5)", "choices": list(ENHANCEMENTS)})
+    audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
+    frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
+    detect_max_side: int = field(default=320, metadata={"help": "downscale frames to this long side for face detection (0: full size)"})
+    cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
+    gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
+    cpu_actors: int = field(default=1, metadata={"help": "feature actors on CPU when --gpu-actors is 0"})
+    batch_size: int = field(default=8, metadata={"help": "clips per feature batch"})
+    shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
+    max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})
+    limit: int = field(default=0, metadata={"help": "process at most this many clips (0: all)"})
+    s3_endpoint: str = field(default="", metadata={"help": "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"})
+    num_cpus: int = field(default=0, metadata={"help": "CPUs of the local Ray when RAY_ADDRESS is unset (0: all)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars (CI, logs)"})
+
+    def __post_init__(self):
+        FrameSampling.parse(self.frames)
+        if self.enhance == "ar-mean" and not self.second_backbone:
+            raise ValueError("--enhance ar-mean needs --second-backbone (and --second-weights)")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError("--max-failure-rate must be within [0, 1]")
+        if min(self.batch_size, self.shard_size) < 1 or min(self.cpu_workers, self.gpu_actors, self.limit) < 0:
+            raise ValueError("--batch-size and --shard-size must be >= 1; counts must be >= 0")
+        if self.gpu_actors == 0 and self.cpu_actors < 1:
+            raise ValueError("--cpu-actors must be >= 1 when --gpu-actors is 0")
+
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(frames=self.frames, audio_mode=self.audio,
+                                faces=FaceConfig(detect_max_side=self.detect_max_side))
+
+
+_USERINFO = re.compile(r"(://)[^/@]*@")
+
+
+def public_uri(uri: str) -> str:
+    """uri without any user:password@ part, fit for logs and provenance."""
+    return _USERINFO.sub(r"\1", uri)
+
+
+# ---- CPU stage ---------------------------------------------------------------------------------
+
+def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
+    """Rows (clip record columns) -> the same rows plus chips, face_found, timestamps, audio,
+    status, error, duration. One row out per row in; a bad clip is a row with status "error"."""
+    out: dict[str, list] = {k: list(v) for k, v in batch.items()}
+    extra: dict[str, list] = {k: [] for k in ("chips", "face_found", "timestamps", "audio", "has_audio",
+                                              "status", "error", "duration", "seconds_cpu")}
+    for uri in batch["uri"]:
+        r = preprocess_clip(str(uri), cfg)
+        ok = "chips" in r
+        audio = r.get("audio")
+        extra["chips"].append(r["chips"] if ok else np.zeros((0, 224, 224, 3), np.uint8))
+        extra["face_found"].append(r["face_found"] if ok else np.zeros(0, bool))
+        extra["timestamps"].append(r["timestamps"] if ok else np.zeros(0, np.float32))
+        extra["audio"].append(audio if audio is not None else np.zeros((0, 0, 0), np.float32))
+        extra["has_audio"].append(audio is not None)
+        extra["status"].append(r["status"])
+        extra["error"].append(r["error"] or "")
+        extra["duration"].append(float(r.get("duration", 0.0)))
+        extra["seconds_cpu"].append(float(r.get("seconds_total", 0.0)))
+    out.update(extra)
+    return {k: _column(v) for k, v in out.items()}
+
+
+def _column(values: list) -> np.ndarray:
+    """A batch column: stacked when shapes agree, else an object array of per-row arrays."""
+    if values and isinstance(values[0], np.ndarray):
+        if len({v.shape for v in values}) == 1:
+            return np.stack(values)
+        col = np.empty(len(values), dtype=object)
+        col[:] = values
+        return col
+    return np.asarray(values)
+
+
+# ---- feature stage -----------------------------------------------------------------------------
+
+def featurize_batch(batch: dict, encoder, mode: str, second_encoder=None) -> dict:
+    """Adds visual_features ([N_i, D] per row) from the rows' chips; drops the chips."""
+    import torch
+
+    from raylib.models.enhance import enhance
+
+    chips = [np.asarray(c) for c in batch["chips"]]
+    counts = [len(c) for c in chips]
+    out = {k: v for k, v in batch.items() if k != "chips"}
+    if sum(counts):
+        stacked = torch.from_numpy(np.concatenate([c for c in chips if len(c)])).permute(0, 3, 1, 2)
+        feats = enhance(encoder, stacked, mode, second_encoder).cpu().numpy().astype(np.float32)
+    else:
+        feats = np.zeros((0, 0), np.float32)
+    dim = feats.shape[1] if len(feats) else 0
+    bounds = np.cumsum([0, *counts])
+    out["visual_features"] = _column([feats[a:b] if b > a else np.zeros((0, dim), np.float32)
+                                      for a, b in zip(bounds[:-1], bounds[1:])])
+    return out
+
+
+class FeatureStage:
+    """Holds the loaded backbone(s); each call maps a batch with featurize_batch."""
+
+    def __init__(self, cfg: ExtractConfig):
+        import torch
+
+        from raylib.models.backbones import build_backbone
+
+        device = "cuda" if cfg.gpu_actors and torch.cuda.is_available() else "cpu"
+        self.mode = cfg.enhance
+        self.encoder = build_backbone(cfg.backbone, cfg.weights, device=device)
+        self.second = build_backbone(cfg.second_backbone, cfg.second_weights or None, device=device) \
+            if cfg.enhance == "ar-mean" else None
+
+    def __call__(self, batch: dict) -> dict:
+        return featurize_batch(batch, self.encoder, self.mode, self.second)
+
+
+def provenance(cfg: ExtractConfig) -> dict:
+    """What made the features, stored with every row. Checks that the weights exist without
+    loading them on the driver (the feature actors load them)."""
+    from raylib.models.weights import weights_digest
+
+    backbone, weights, digest = cfg.backbone, cfg.weights, weights_digest(cfg.backbone, cfg.weights)
+    if cfg.enhance == "ar-mean":
+        backbone += "+" + cfg.second_backbone
+        weights += "+" + cfg.second_weights
+        digest += "+" + weights_digest(cfg.second_backbone, cfg.second_weights or None)
+    return {"backbone": backbone, "weights": public_uri(weights), "weights_digest": digest,
+            "enhancement": cfg.enhance, "audio_mode": cfg.audio, "frames": cfg.frames,
+            "code_version": raylib.__version__}
+
+
+# ---- writer ------------------------------------------------------------------------------------
+
+def shard_name(clip_ids) -> str:
+    """Deterministic file name for a set of clips: a retried write lands on the same file."""
+    return "part-" + hashlib.sha1("\n".join(sorted(map(str, clip_ids))).encode()).hexdigest()[:20] + ".parquet"
+
+
+def batch_rows(batch: dict) -> list[dict]:
+    n = len(batch["clip_id"])
+    rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+    for r in rows:
+        if not r.get("has_audio", True):
+            r["audio"] = None
+        r["label"] = str(r["label"]) if r.get("label") not in (None, "") else None
+    return rows
+
+
+def write_shard(batch: dict, output: str, prov: dict) -> dict:
+    """Rows with features -> one Parquet file per split under output; returns per-clip outcomes
+    (clip_id, split, status, error, seconds_cpu, file)."""
+    import pyarrow.parquet as pq
+
+    from raylib.schema import to_table
+
+    rows = batch_rows(batch)
+    out: dict[str, list] = {k: [] for k in ("clip_id", "split", "status", "error", "seconds_cpu", "file")}
+    for split in sorted({r["split"] for r in rows}):
+        part = [r for r in rows if r["split"] == split]
+        uri = storage.join(output, split, shard_name(r["clip_id"] for r in part))
+        with storage.atomic_write(uri) as f:
+            pq.write_table(to_table([{**r, **prov} for r in part]), f, compression="zstd")
+        for r in part:
+            for k in ("clip_id", "split", "status", "error", "seconds_cpu"):
+                out[k].append(r[k])
+            out["file"].append(uri)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+# ---- reading the store -------------------------------------------------------------------------
+
+def data_files(output: str) -> list[str]:
+    """Committed Parquet shards of a store (hidden and _-prefixed names are not data)."""
+    fs, root = storage.filesystem(output)
+    root = root.rstrip("/")
+    out = []
+    for p in storage.list_files(output, ".parquet"):
+        rel = p[len(root):].strip("/")
+        if not any(part.startswith((".", "_")) for part in rel.split("/")):
+            out.append(p)
+    return out
+
+
+def stored_clip_ids(output: str) -> set[str]:
+    """Clip ids already in the store."""
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(output)
+    ids: set[str] = set()
+    for p in data_files(output):
+        with fs.open(p, "rb") as f:
+            ids.update(pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist())
+    return ids
+
+
+def read_store(output: str, columns: list[str] | None = None):
+    """The whole store as one pyarrow Table (plain pyarrow; for tests and small stores)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raylib.schema import SCHEMA
+
+    fs, _ = storage.filesystem(output)
+    tables = []
+    for p in data_files(output):
+        with fs.open(p, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    if not tables:
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    return pa.concat_tables(tables)
+
+
+# ---- the job -----------------------------------------------------------------------------------
+
+def _check_failures(summary: dict, cfg: ExtractConfig) -> None:
+    if summary["clips_processed"] and summary["failure_rate"] > cfg.max_failure_rate:
+        raise ExtractError(f"{summary['failures']} of {summary['clips_processed']} clips failed "
+                           f"({summary['failure_rate']:.0%} > --max-failure-rate {cfg.max_failure_rate:.0%}); "
+                           f"see the 'error' column or {storage.join(cfg.output, SUMMARY_FILE)}")
+
+
+def run_extract(cfg: ExtractConfig) -> dict:
+    """Run the extraction graph over cfg.input into cfg.output; returns the summary dict.
+
+    Raises SourceError (bad input), WeightsError (bad weights) or ExtractError (too many failures)."""
+    import ray
+
+    from raylib.runtime import init_ray
+
+    t0 = time.perf_counter()
+    env = {}
+    if cfg.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = cfg.s3_endpoint
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
+    records = list_clips(cfg.input, cfg.dataset_format)
+    prov = provenance(cfg)
+    storage.remove_stale_temporaries(cfg.output)
+    done = stored_clip_ids(cfg.output)
+    pending = [r.to_dict() for r in records if r.clip_id not in done]
+    if cfg.limit:
+        pending = pending[: cfg.limit]
+    summary = {"input": public_uri(cfg.input), "output": public_uri(cfg.output), "clips_in_input": len(records),
+               "clips_already_stored": len(records) - len([r for r in records if r.clip_id not in done]),
+               "clips_processed": 0, "status_counts": {}, "failures": 0, "failure_rate": 0.0,
+               "config": {k: (public_uri(v) if isinstance(v, str) else v) for k, v in asdict(cfg).items()},
+               "provenance": prov}
+    if pending:
+        init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = not cfg.quiet
+        outcomes = _run_graph(pending, cfg, prov)
+        counts = Counter(o["status"] for o in outcomes)
+        failures = sum(counts[s] for s in FAILURE_STATUSES)
+        summary.update(clips_processed=len(outcomes), status_counts=dict(sorted(counts.items())),
+                       failures=failures, failure_rate=failures / len(outcomes),
+                       errors=[{"uri": o["uri"], "status": o["status"], "error": o["error"]}
+                               for o in outcomes if o["status"] != "ok"][:200],
+                       cpu_seconds_per_clip=float(np.mean([o["seconds_cpu"] for o in outcomes])))
+    elapsed = time.perf_counter() - t0
+    summary.update(elapsed_s=round(elapsed, 2),
+                   clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0,
+                   clips_stored=len(stored_clip_ids(cfg.output)))
+    with storage.atomic_write(storage.join(cfg.output, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    _check_failures(summary, cfg)
+    return summary
+
+
+def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict) -> list[dict]:
+    import ray
+
+    uris = {r["clip_id"]: r["uri"] for r in pending}
+    ds = ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096))
+    # max_retries: a decode task lost with its worker or node is run again; it also keeps Ray from
+    # fusing this stage into the feature actors, which would serialise decoding behind them
+    ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
+                        max_retries=CPU_TASK_RETRIES,
+                        compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
+    gpu = cfg.gpu_actors > 0
+    ds = ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=cfg.gpu_actors if gpu else cfg.cpu_actors),
+                        num_gpus=1 if gpu else 0, num_cpus=1)
+    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, fn_kwargs={"output": cfg.output, "prov": prov},
+                        num_cpus=0.5)
+    outcomes = []
+    try:
+        for row in ds.iter_rows():
+            outcomes.append({**row, "uri": uris[row["clip_id"]]})
+    except Exception as e:  # a stage failed as a whole (e.g. weights that do not fit the backbone)
+        cause = getattr(e, "cause", None) or e
+        lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+        raise ExtractError(f"extraction failed: {type(cause).__name__}: {lines[-1] if lines else ''}") from None
+    return outcomes
