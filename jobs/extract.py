@@ -5,7 +5,11 @@ Re-running with the same --output skips clips already stored.
 """
 
 import json
+import os
 import sys
+
+# runnable from a checkout (e.g. `ray job submit --working-dir .`) without installing the package
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import RaylibError

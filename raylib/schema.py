@@ -59,7 +59,8 @@ def _list_array(chunks: list[np.ndarray], value_type: pa.DataType) -> pa.ListArr
 
 def _frames(r: dict) -> np.ndarray:
     feats = r.get("visual_features")
-    return np.zeros((0, 0), np.float32) if feats is None else np.asarray(feats, np.float32).reshape(len(feats), -1)
+    arr = np.zeros((0, 0), np.float32) if feats is None else np.asarray(feats, np.float32)
+    return arr if arr.ndim == 2 else np.zeros((0, 0), np.float32)
 
 
 def to_table(rows: list[dict]) -> pa.Table:

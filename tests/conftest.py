@@ -143,3 +143,18 @@ def s3_bucket(s3_server):
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing")
     fs.mkdir(name)
     return f"s3://{name}"
+
+
+def _load_job(name: str):
+    """Import jobs/<name>.py as a module (jobs/ is not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", os.path.join(os.path.dirname(HERE), "jobs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"jobs_{name}"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load_job("extract")

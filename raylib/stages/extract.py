@@ -42,7 +42,7 @@ from raylib.sources import FORMATS, list_clips
 from raylib.stages.preprocess import STATUS_ERROR, PreprocessConfig, preprocess_clip
 
 SUMMARY_FILE = "_summary.json"
-CPU_TASK_RETRIES = 3
+CPU_TASK_MEMORY = 512 * 1024**2  # bytes reserved per decode task: frames + chips of one clip
 FAILURE_STATUSES = (STATUS_ERROR,)  # the rest (no_face, no_audio, silent, truncated) keep features
 
 
@@ -313,7 +313,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not cfg.quiet
-        outcomes = _run_graph(pending, cfg, prov)
+        outcomes = _run_graph(pending, cfg, prov, env)
         counts = Counter(o["status"] for o in outcomes)
         failures = sum(counts[s] for s in FAILURE_STATUSES)
         summary.update(clips_processed=len(outcomes), status_counts=dict(sorted(counts.items())),
@@ -331,28 +331,41 @@ def run_extract(cfg: ExtractConfig) -> dict:
     return summary
 
 
-def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict) -> list[dict]:
+_EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(Error|Exception)): (.+)$")
+
+
+def root_cause(e: BaseException) -> str:
+    """The original exception line inside a Ray task error ("ValueError: ..."), else str(e)."""
+    for line in str(e).splitlines():
+        m = _EXCEPTION_LINE.match(line)
+        if m and "UserCodeException" not in m.group(1) and "RayTaskError" not in m.group(1):
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(3)[:300]}"
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+
+
+def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict) -> list[dict]:
     import ray
 
+    # the S3 endpoint reaches every stage even on a Ray that was started without it
+    extra = {"runtime_env": {"env_vars": env}} if env else {}
     uris = {r["clip_id"]: r["uri"] for r in pending}
     ds = ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096))
-    # max_retries: a decode task lost with its worker or node is run again; it also keeps Ray from
-    # fusing this stage into the feature actors, which would serialise decoding behind them
+    # The memory reservation bounds how many decoded clips a node holds at once; being a resource
+    # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
+    # would run decoding inside the (few) actors instead of on every CPU.
     ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
-                        max_retries=CPU_TASK_RETRIES,
+                        memory=CPU_TASK_MEMORY, **extra,
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
     gpu = cfg.gpu_actors > 0
     ds = ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=cfg.gpu_actors if gpu else cfg.cpu_actors),
-                        num_gpus=1 if gpu else 0, num_cpus=1)
+                        num_gpus=1 if gpu else 0, num_cpus=1, **extra)
     ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, fn_kwargs={"output": cfg.output, "prov": prov},
-                        num_cpus=0.5)
+                        num_cpus=0.5, **extra)
     outcomes = []
     try:
         for row in ds.iter_rows():
             outcomes.append({**row, "uri": uris[row["clip_id"]]})
     except Exception as e:  # a stage failed as a whole (e.g. weights that do not fit the backbone)
-        cause = getattr(e, "cause", None) or e
-        lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
-        raise ExtractError(f"extraction failed: {type(cause).__name__}: {lines[-1] if lines else ''}") from None
+        raise ExtractError(f"extraction failed: {root_cause(e)}") from None
     return outcomes

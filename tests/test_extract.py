@@ -1,0 +1,207 @@
+"""The extraction job on a real local Ray (2 CPUs) over real generated and real CREMA-D clips."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import FPS, marker_frames, tone
+from raylib.models.backbones import build_backbone
+from raylib.sample import face_photo, render_frames, speech_like, write_clip
+from raylib.schema import SCHEMA, SCHEMA_VERSION, audio_array, visual_array
+from raylib.sources import clip_id
+from raylib.stages.extract import ExtractConfig, ExtractError, read_store, run_extract, stored_clip_ids
+from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
+
+pytestmark = pytest.mark.slow
+
+FRAMES = "uniform:4"
+
+
+def face_clip(path, seed, width=1.0, audio=True, slope=0.3):
+    rng = np.random.default_rng(seed)
+    frames = render_frames(face_photo(), 40, 320, 240, width, rng)
+    write_clip(path, frames, speech_like(1.6, 16000, slope, rng) if audio else None, FPS)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, bad_files, clips):
+    """AFEW layout: 3 good face clips, and one clip of each bad kind, with the expected status."""
+    root = tmp_path_factory.mktemp("afew")
+    expected = {}
+
+    def put(rel, status, src=None, make=None):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if src:
+            shutil.copy(src, path)
+        else:
+            make(str(path))
+        expected[str(path)] = status
+
+    put("Train/Happy/good_0.mp4", "ok", make=lambda p: face_clip(p, 0))
+    put("Train/Sad/good_1.avi", "ok", make=lambda p: face_clip(p, 1, width=0.85))
+    put("Val/Angry/good_2.mp4", "ok", make=lambda p: face_clip(p, 2, slope=-0.3))
+    put("Train/Fear/mute.mp4", "no_audio", make=lambda p: face_clip(p, 3, audio=False))
+    put("Train/Disgust/faceless.avi", "no_face", src=clips["avi"])
+    put("Train/Neutral/corrupt.mp4", "error", src=bad_files["corrupt"])
+    put("Train/Neutral/empty.mp4", "error", src=bad_files["zero_byte"])
+    put("Train/Surprise/notes.mp4", "error", src=bad_files["text"])
+    put("Val/Sad/cut.avi", "truncated", src=bad_files["truncated_avi"])
+    return str(root), expected
+
+
+@pytest.fixture(scope="module")
+def local_ray(s3_server):
+    """One local Ray with 2 CPUs for the module (started after the S3 env is in place)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store(local_ray, dataset, tmp_path_factory):
+    root, _ = dataset
+    out = str(tmp_path_factory.mktemp("store"))
+    cfg = ExtractConfig(input=root, output=out, frames=FRAMES, quiet=True, max_failure_rate=0.5, shard_size=4)
+    return out, cfg, run_extract(cfg)
+
+
+def test_rows_columns_dtypes_and_statuses(store, dataset):
+    out, _, summary = store
+    _, expected = dataset
+    table = read_store(out)
+    assert table.num_rows == len(expected)
+    assert table.schema.equals(SCHEMA, check_metadata=False)  # plain Arrow types, no extension types
+    assert table.schema.metadata[b"raylib.schema_version"] == SCHEMA_VERSION.encode()
+    rows = {r["uri"]: r for r in table.to_pylist()}
+    assert {u: r["status"] for u, r in rows.items()} == expected
+    for uri, r in rows.items():
+        assert r["clip_id"] == clip_id(uri)
+        assert r["backbone"] == "dlib_resnet" and len(r["weights_digest"]) == 64 and r["frames"] == FRAMES
+        if r["status"] == "error":
+            assert r["error"] and r["num_frames"] == 0 and r["visual_features"] == []
+            continue
+        assert r["num_frames"] == 4 and visual_array(r).shape == (4, 128)
+        assert len(r["face_found"]) == 4 and len(r["frame_timestamps"]) == 4
+        if r["status"] in ("ok", "no_audio"):
+            assert all(r["face_found"])
+        if r["status"] == "no_face":
+            assert not any(r["face_found"])
+        spec = audio_array(r)
+        assert (spec is None) == (r["status"] == "no_audio")
+        if spec is not None:
+            assert spec.shape[:2] == (1, 200) and spec.dtype == np.float32
+    assert {r["split"] for r in rows.values()} == {"train", "val"}
+    assert summary["status_counts"] == {"error": 3, "no_audio": 1, "no_face": 1, "ok": 3, "truncated": 1}
+    assert summary["failures"] == 3 and summary["clips_stored"] == 9
+
+
+def test_features_equal_the_library_called_directly(store, dataset):
+    out, _, _ = store
+    root, _ = dataset
+    uri = os.path.join(root, "Train/Happy/good_0.mp4")
+    row = next(r for r in read_store(out).to_pylist() if r["uri"] == uri)
+    direct = preprocess_clip(uri, PreprocessConfig(frames=FRAMES))
+    enc = build_backbone("dlib_resnet")
+    feats = enc.embed(torch.from_numpy(direct["chips"]).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(visual_array(row), feats, atol=1e-6)
+    np.testing.assert_array_equal(audio_array(row), direct["audio"])
+    np.testing.assert_array_equal(row["face_found"], direct["face_found"])
+
+
+def test_store_reads_with_plain_pandas_and_summary_is_beside_it(store):
+    import pandas as pd
+
+    out, _, _ = store
+    df = pd.read_parquet(out)
+    assert len(df) == 9 and df["clip_id"].is_unique
+    summary = json.load(open(os.path.join(out, "_summary.json")))
+    assert summary["clips_processed"] == 9 and summary["failure_rate"] == pytest.approx(3 / 9)
+
+
+def test_rerun_writes_nothing_new(store):
+    out, cfg, _ = store
+    files = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs if f.endswith(".parquet"))
+    again = run_extract(cfg)
+    assert again["clips_processed"] == 0 and again["clips_already_stored"] == 9
+    assert sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs if f.endswith(".parquet")) == files
+
+
+def test_too_many_failures_fail_the_job_with_one_line(local_ray, dataset, tmp_path, capsys):
+    from jobs_extract import main
+
+    root, _ = dataset
+    rc = main(["--input", root, "--output", str(tmp_path / "s"), "--frames", "uniform:2", "--quiet",
+               "--max-failure-rate", "0.1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("extract: error: 3 of 9 clips failed (33% > --max-failure-rate 10%)")
+    assert len(stored_clip_ids(str(tmp_path / "s"))) == 9  # the rows are stored all the same
+
+
+def test_empty_or_missing_input_is_one_clear_line(local_ray, dataset, tmp_path, capsys):
+    from jobs_extract import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "no video files" in capsys.readouterr().err
+    assert main(["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "not found" in capsys.readouterr().err
+    root, _ = dataset
+    assert main(["--input", root, "--output", str(tmp_path / "o"), "--backbone", "ir50",
+                 "--weights", str(tmp_path / "w.pth"), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == f"extract: error: checkpoint {tmp_path / 'w.pth'} not found"
+
+
+def test_weights_that_do_not_fit_fail_the_job_with_the_key_listing(local_ray, dataset, tmp_path, capsys):
+    from jobs_extract import main
+
+    from raylib.models.backbones import resnet18_trunk
+
+    state = resnet18_trunk().state_dict()
+    state["layer1.0.conv1.weights"] = state.pop("layer1.0.conv1.weight")
+    torch.save(state, tmp_path / "r18.pth")
+    root, _ = dataset
+    assert main(["--input", root, "--output", str(tmp_path / "o"), "--backbone", "resnet18",
+                 "--weights", str(tmp_path / "r18.pth"), "--frames", "uniform:1", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("extract: error: extraction failed: WeightsError: missing keys in resnet18 checkpoint")
+    assert "layer1.0.conv1.weight" in err
+
+
+def test_cremad_clips_through_the_job(local_ray, cremad_clips, tmp_path):
+    summary = run_extract(ExtractConfig(input=os.path.dirname(cremad_clips[0]), dataset_format="cremad",
+                                        output=str(tmp_path / "cremad"), frames="uniform:3", quiet=True))
+    assert summary["status_counts"] == {"ok": 6}
+    table = read_store(str(tmp_path / "cremad"))
+    assert sorted(table.column("label").to_pylist()) == ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad"]
+    assert all(len(f) == 3 for f in table.column("visual_features").to_pylist())
+
+
+def test_s3_input_and_output_through_moto(local_ray, s3_bucket, dataset):
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from raylib import storage
+
+    root, expected = dataset
+    fs, _ = storage.filesystem(s3_bucket)
+    good = [u for u, s in expected.items() if s in ("ok", "no_audio")]
+    for uri in good:
+        fs.put(uri, f"{s3_bucket}/videos/{os.path.relpath(uri, root)}".removeprefix("s3://"))
+    out = f"{s3_bucket}/features"
+    summary = run_extract(ExtractConfig(input=f"{s3_bucket}/videos", output=out, frames="uniform:2", quiet=True))
+    assert summary["clips_processed"] == len(good) and summary["failures"] == 0
+    # read back with plain pyarrow over s3fs, as a user would
+    s3 = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    table = pq.read_table(out.removeprefix("s3://"), filesystem=s3)
+    assert sorted(table.column("uri").to_pylist()) == sorted(f"{s3_bucket}/videos/{os.path.relpath(u, root)}" for u in good)
+    assert not [p for p in s3.find(out.removeprefix("s3://")) if ".tmp-" in p]
+    assert run_extract(ExtractConfig(input=f"{s3_bucket}/videos", output=out, frames="uniform:2", quiet=True))["clips_processed"] == 0
