@@ -1,0 +1,64 @@
+"""`ray start --head` on 127.0.0.1 with token auth, then `ray job submit -- python jobs/extract.py`."""
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from raylib.sample import SampleConfig, generate_sample_set
+from raylib.stages.extract import read_store
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head(tmp_path):
+    """A Ray head node started with the `ray` CLI from this venv, token auth on, loopback only."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    port, dash = free_port(), free_port()
+    start = subprocess.run([f"{BIN}/ray", "start", "--head", f"--port={port}", "--num-cpus=2",
+                            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                            "--include-dashboard=true", "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run([f"{BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def submit(env, address, *args):
+    runtime_env = json.dumps({"working_dir": ROOT, "excludes": [".venv", "data", ".git", "mlflow"]})
+    return subprocess.run([f"{BIN}/ray", "job", "submit", "--address", address, "--runtime-env-json", runtime_env,
+                           "--", "python", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_extract_job_submitted_to_a_token_authenticated_head(head, tmp_path):
+    env, address = head
+    videos, out = str(tmp_path / "videos"), str(tmp_path / "store")
+    n = len(generate_sample_set(SampleConfig(out_dir=videos, train_per_class=1, val_per_class=0)))
+    job = submit(env, address, "jobs/extract.py", "--input", videos, "--output", out, "--frames", "uniform:2", "--quiet")
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    assert f"extract: {n} clips processed (ok {n})" in job.stdout
+    assert "succeeded" in job.stdout
+    table = read_store(out, ["clip_id", "status"])
+    assert table.num_rows == n and set(table.column("status").to_pylist()) == {"ok"}
+
+    wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    refused = submit(wrong, address, "jobs/extract.py", "--help")
+    assert refused.returncode != 0
+    assert "Invalid authentication token" in refused.stdout + refused.stderr  # the server said no
