@@ -1,7 +1,7 @@
 """`make demo`: the whole suite on the embedded default (local Ray, local folders), one machine.
 
-Now: generate the sample set, then run the per-clip preprocessing over it on a local Ray and
-print a per-clip summary.
+Now: generate the sample set, run the extraction job over it into a local feature store, and
+print a per-clip summary read back from the store.
 """
 
 from __future__ import annotations
@@ -11,30 +11,26 @@ import time
 from dataclasses import dataclass, field
 
 from raylib.sample import SampleConfig, generate_sample_set
-from raylib.sources import list_clips
-from raylib.stages.preprocess import PreprocessConfig, preprocess_clip, summarize
+from raylib.stages.extract import ExtractConfig, read_store, run_extract
+from raylib.stages.preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     """Knobs of the demo; defaults run in a few minutes on 2 cores."""
 
-    data_dir: str = field(default="data/demo", metadata={"help": "where the sample set and outputs go"})
+    data_dir: str = field(default="data/demo", metadata={"help": "where the sample set and the feature store go"})
     train_per_class: int = field(default=4, metadata={"help": "generated training clips per emotion"})
     val_per_class: int = field(default=2, metadata={"help": "generated validation clips per emotion"})
-    frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
+    frames: str = field(default="uniform:8", metadata={"help": "frame sampling: all | every:K | uniform:N"})
     audio_mode: str = field(default="spectrogram", metadata={"help": "audio input", "choices": ["spectrogram", "logmel"]})
     num_cpus: int = field(default=2, metadata={"help": "CPUs for the local Ray"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
     def __post_init__(self):
         PreprocessConfig(frames=self.frames, audio_mode=self.audio_mode)  # ValueError on bad values
         if min(self.train_per_class, self.val_per_class) < 0 or self.num_cpus < 1:
             raise ValueError("clip counts must be >= 0 and --num-cpus >= 1")
-
-
-def _preprocess_row(row: dict, cfg: PreprocessConfig) -> dict:
-    summary = summarize(preprocess_clip(row["uri"], cfg))
-    return {**row, **{k: ("" if v is None else str(v) if isinstance(v, tuple) else v) for k, v in summary.items() if k != "uri"}}
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
@@ -44,32 +40,32 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
 
 
-def run_demo(cfg: DemoConfig) -> list[dict]:
-    """Generate the sample set, preprocess every clip on a local Ray, print and return summaries."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded default: loopback only
-    import ray
+def clip_summaries(store: str, videos: str) -> list[dict]:
+    """One printable dict per stored clip: status, frames, faces, audio seconds, spectrogram shape."""
+    cols = ["uri", "label", "split", "status", "num_frames", "face_found", "audio_seconds", "audio_shape", "error"]
+    rows = []
+    for r in sorted(read_store(store, cols).to_pylist(), key=lambda r: r["uri"]):
+        rows.append({"clip": os.path.relpath(r["uri"], videos), "label": r["label"], "split": r["split"],
+                     "status": r["status"], "frames": r["num_frames"], "faces": sum(r["face_found"]),
+                     "audio_s": f"{r['audio_seconds']:.2f}",
+                     "spectrogram": "x".join(map(str, r["audio_shape"])) or "-", "error": r["error"] or ""})
+    return rows
 
+
+def run_demo(cfg: DemoConfig) -> list[dict]:
+    """Generate the sample set, extract it into data/demo/features, print and return the summary."""
     t0 = time.perf_counter()
     videos = os.path.join(cfg.data_dir, "videos")
+    store = os.path.join(cfg.data_dir, "features")
     paths = generate_sample_set(SampleConfig(out_dir=videos, train_per_class=cfg.train_per_class,
                                              val_per_class=cfg.val_per_class))
     print(f"sample set: {len(paths)} synthetic clips under {videos} ({time.perf_counter() - t0:.1f} s)")
-    records = [r.to_dict() for r in list_clips(videos, "afew")]
-    pre = PreprocessConfig(frames=cfg.frames, audio_mode=cfg.audio_mode)
-    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False,
-             ignore_reinit_error=True)
-    try:
-        t1 = time.perf_counter()
-        ds = ray.data.from_items(records).map(_preprocess_row, fn_kwargs={"cfg": pre})
-        rows = sorted(ds.take_all(), key=lambda r: r["uri"])
-        elapsed = time.perf_counter() - t1
-    finally:
-        ray.shutdown()
-    for r in rows:
-        r["clip"] = os.path.relpath(r["uri"], videos)
-    print_table(rows, ["clip", "label", "split", "status", "frames", "faces", "audio_seconds",
-                       "spectrogram", "seconds_total", "error"])
-    ok = sum(r["status"] == "ok" for r in rows)
-    print(f"preprocessed {len(rows)} clips ({ok} ok) in {elapsed:.1f} s "
-          f"({len(rows) / elapsed:.2f} clips/s on {cfg.num_cpus} CPUs)")
+    summary = run_extract(ExtractConfig(input=videos, dataset_format="afew", output=store, frames=cfg.frames,
+                                        audio=cfg.audio_mode, num_cpus=cfg.num_cpus, quiet=cfg.quiet))
+    rows = clip_summaries(store, videos)
+    print_table(rows, ["clip", "label", "split", "status", "frames", "faces", "audio_s", "spectrogram", "error"])
+    print(f"extracted {summary['clips_processed']} clips ({summary['clips_already_stored']} already stored) "
+          f"in {summary['elapsed_s']} s; status counts {summary['status_counts'] or 'unchanged'}")
+    print(f"feature store: {os.path.abspath(store)} ({len(rows)} clips; "
+          f"pandas.read_parquet({store!r}) reads it)")
     return rows

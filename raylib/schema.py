@@ -36,6 +36,7 @@ SCHEMA = pa.schema(
         ("audio_shape", pa.list_(pa.int32())),  # [C, F, T], empty without audio
         ("audio", pa.list_(pa.float32())),  # C*F*T values, row-major
         ("duration", pa.float32()),  # seconds, from the container
+        ("audio_seconds", pa.float32()),  # decoded audio, 0 without audio
         ("backbone", pa.string()),
         ("weights", pa.string()),
         ("weights_digest", pa.string()),  # sha256 of the checkpoint file, or "random"
@@ -89,6 +90,7 @@ def to_table(rows: list[dict]) -> pa.Table:
         "audio_shape": _list_array([np.asarray(a.shape if a is not None else (), np.int32) for a in audio], pa.int32()),
         "audio": _list_array([a.ravel() if a is not None else np.zeros(0, np.float32) for a in audio], pa.float32()),
         "duration": [float(r.get("duration") or 0.0) for r in rows],
+        "audio_seconds": [float(r.get("audio_seconds") or 0.0) for r in rows],
     }
     for key in ("backbone", "weights", "weights_digest", "enhancement", "audio_mode", "frames", "code_version"):
         cols[key] = [r.get(key) for r in rows]

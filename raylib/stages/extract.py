@@ -108,7 +108,8 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
     status, error, duration. One row out per row in; a bad clip is a row with status "error"."""
     out: dict[str, list] = {k: list(v) for k, v in batch.items()}
     extra: dict[str, list] = {k: [] for k in ("chips", "face_found", "timestamps", "audio", "has_audio",
-                                              "status", "error", "duration", "seconds_cpu")}
+                                              "status", "error", "duration", "audio_seconds",
+                                              "seconds_cpu")}
     for uri in batch["uri"]:
         r = preprocess_clip(str(uri), cfg)
         ok = "chips" in r
@@ -121,6 +122,7 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
         extra["status"].append(r["status"])
         extra["error"].append(r["error"] or "")
         extra["duration"].append(float(r.get("duration", 0.0)))
+        extra["audio_seconds"].append(float(r.get("audio_seconds", 0.0)))
         extra["seconds_cpu"].append(float(r.get("seconds_total", 0.0)))
     out.update(extra)
     return {k: _column(v) for k, v in out.items()}

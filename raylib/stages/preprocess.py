@@ -94,18 +94,3 @@ def preprocess_clip(uri: str, cfg: PreprocessConfig = PreprocessConfig()) -> dic
         out["error"] = (f"decoded {video.num_frames} frames / {track.seconds:.2f} s audio of a "
                         f"{video.duration:.2f} s clip")
     return out
-
-
-def summarize(result: dict) -> dict:
-    """The small, printable part of a preprocess_clip result (no arrays)."""
-    row = {"uri": result["uri"], "status": result["status"], "error": result.get("error")}
-    if "chips" in result:
-        spec = result["audio"]
-        row.update(
-            frames=len(result["chips"]),
-            faces=int(result["face_found"].sum()),
-            audio_seconds=round(float(result["audio_seconds"]), 3),
-            spectrogram=tuple(spec.shape) if spec is not None else None,
-            **{k: round(float(v), 4) for k, v in result.items() if k.startswith("seconds_")},
-        )
-    return row
