@@ -89,3 +89,39 @@ def test_models_load_once_per_process():
     assert F.dlib_model_path(F.LANDMARKS_MODEL).endswith("shape_predictor_5_face_landmarks.dat")
     with pytest.raises(FileNotFoundError, match="not found"):
         F.dlib_model_path("no_such_model.dat")
+
+
+def moving_face_frames(astronaut, n=12):
+    """The photograph drifting and turning a little from frame to frame."""
+    out = []
+    for i in range(n):
+        im = Image.fromarray(astronaut).rotate(1.5 * i - 8, resample=Image.BILINEAR, translate=(4 * i - 20, 2 * i),
+                                               fillcolor=(128, 128, 128))
+        out.append(np.asarray(im))
+    return np.stack(out)
+
+
+def box_iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
+
+
+def test_tracked_boxes_agree_with_detection_on_every_frame(astronaut):
+    frames = moving_face_frames(astronaut)
+    tracked = F.align_frames(frames, F.FaceConfig(detect_every=4))
+    detected = F.align_frames(frames, F.FaceConfig(detect_every=1))
+    assert tracked.found.all() and detected.found.all()
+    ious = [box_iou(a, b) for a, b in zip(tracked.boxes, detected.boxes)]
+    assert np.mean(ious) > 0.8 and sum(i > 0.7 for i in ious) >= 10, ious
+    for chip in tracked.chips[[1, 2, 3, 5]]:  # frames that were tracked, not detected
+        assert_aligned(chip)
+
+
+def test_a_cut_to_a_faceless_shot_is_not_tracked_into(astronaut):
+    from skimage import data
+
+    coffee = F.resize(data.coffee(), 512, 512)
+    frames = np.concatenate([moving_face_frames(astronaut, 2), np.stack([coffee] * 3)])
+    faces = F.align_frames(frames, F.FaceConfig(detect_every=8))
+    assert faces.found.tolist() == [True, True, False, False, False]
