@@ -2,6 +2,7 @@
 # The embedded default keeps every Ray listener on 127.0.0.1.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
+export MLFLOW_DISABLE_TELEMETRY := true
 
 PYTHON ?= python3
 VENV := .venv

@@ -17,6 +17,7 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
         ray.init(runtime_env=runtime_env, log_to_driver=not quiet)
     else:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded default: loopback only
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=not quiet,
                  configure_logging=not quiet)
     return ray

@@ -33,6 +33,7 @@ SCHEMA = pa.schema(
         ("face_found", pa.list_(pa.bool_())),  # [num_frames]; False: whole-frame fallback
         ("visual_dim", pa.int32()),
         ("visual_features", pa.list_(pa.list_(pa.float32()))),  # [num_frames][visual_dim]
+        ("thumbnails", pa.binary()),  # uint8 [num_frames, 32, 32, 3] face chips, for plots
         ("audio_shape", pa.list_(pa.int32())),  # [C, F, T], empty without audio
         ("audio", pa.list_(pa.float32())),  # C*F*T values, row-major
         ("duration", pa.float32()),  # seconds, from the container
@@ -87,6 +88,8 @@ def to_table(rows: list[dict]) -> pa.Table:
         "face_found": _list_array([np.asarray(r.get("face_found", ()), bool) for r in rows], pa.bool_()),
         "visual_dim": [f.shape[1] if len(f) else 0 for f in feats],
         "visual_features": pa.ListArray.from_arrays(pa.array(outer_offsets), inner),
+        "thumbnails": [np.asarray(r["thumbnails"], np.uint8).tobytes() if r.get("thumbnails") is not None else b""
+                       for r in rows],
         "audio_shape": _list_array([np.asarray(a.shape if a is not None else (), np.int32) for a in audio], pa.int32()),
         "audio": _list_array([a.ravel() if a is not None else np.zeros(0, np.float32) for a in audio], pa.float32()),
         "duration": [float(r.get("duration") or 0.0) for r in rows],
@@ -103,6 +106,14 @@ def visual_array(row: dict) -> np.ndarray:
     if len(feats) == 0:
         return np.zeros((0, row["visual_dim"]), np.float32)
     return np.stack([np.asarray(f, np.float32) for f in feats])
+
+
+THUMB_SIZE = 32
+
+
+def thumbnails_array(row: dict) -> np.ndarray:
+    """[num_frames, 32, 32, 3] uint8 face thumbnails of a row read back."""
+    return np.frombuffer(row["thumbnails"] or b"", np.uint8).reshape(-1, THUMB_SIZE, THUMB_SIZE, 3)
 
 
 def audio_array(row: dict) -> np.ndarray | None:

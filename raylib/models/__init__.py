@@ -4,6 +4,7 @@ The attention and fusion names are defined here once; jobs, sweeps and tests imp
 """
 
 ATTENTIONS: tuple[str, ...] = ("self", "relation", "transformer")
+POOLINGS: tuple[str, ...] = ATTENTIONS + ("mean",)  # "mean": plain averaging, the baseline
 FUSIONS: tuple[str, ...] = ("concat", "fbp")
 MODALITIES: tuple[str, ...] = ("av", "visual", "audio")
 BACKBONES: tuple[str, ...] = ("ir50", "resnet18", "vggface", "dlib_resnet")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raylib.models import ATTENTIONS
+from raylib.models import ATTENTIONS, POOLINGS
 
 EPS = 1e-12
 
@@ -72,12 +72,25 @@ class TransformerAttention(nn.Module):
         return torch.einsum("bn,bnd->bd", gamma, f), gamma
 
 
+class MeanPooling(nn.Module):
+    """Plain average of the real items: the no-attention baseline (not part of the paper's grid)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, f: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _weighted_mean(f, mask.to(f.dtype))
+
+
 def build_attention(name: str, dim: int, hidden: int = 128) -> nn.Module:
-    """One of ATTENTIONS by name, for features of dimension dim."""
+    """One of ATTENTIONS (or "mean", the baseline) by name, for features of dimension dim."""
+    if name == "mean":
+        return MeanPooling(dim)
     if name == "self":
         return SelfAttention(dim)
     if name == "relation":
         return RelationAttention(dim)
     if name == "transformer":
         return TransformerAttention(dim, hidden)
-    raise ValueError(f"unknown attention {name!r}; expected one of {', '.join(ATTENTIONS)}")
+    raise ValueError(f"unknown attention {name!r}; expected one of {', '.join(POOLINGS)}")

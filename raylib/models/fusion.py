@@ -13,7 +13,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from raylib.labels import NUM_CLASSES
-from raylib.models import ATTENTIONS, FUSIONS, MODALITIES
+from raylib.models import FUSIONS, MODALITIES, POOLINGS
 from raylib.models.attention import build_attention
 from raylib.models.audio_cnn import AudioAlexNet
 
@@ -67,8 +67,8 @@ class ModelConfig:
     num_classes: int = NUM_CLASSES
 
     def __post_init__(self):
-        for name, value, allowed in (("visual_attention", self.visual_attention, ATTENTIONS),
-                                     ("audio_attention", self.audio_attention, ATTENTIONS),
+        for name, value, allowed in (("visual_attention", self.visual_attention, POOLINGS),
+                                     ("audio_attention", self.audio_attention, POOLINGS),
                                      ("fusion", self.fusion, FUSIONS), ("modalities", self.modalities, MODALITIES)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")

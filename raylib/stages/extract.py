@@ -159,7 +159,20 @@ def featurize_batch(batch: dict, encoder, mode: str, second_encoder=None) -> dic
     bounds = np.cumsum([0, *counts])
     out["visual_features"] = _column([feats[a:b] if b > a else np.zeros((0, dim), np.float32)
                                       for a, b in zip(bounds[:-1], bounds[1:])])
+    out["thumbnails"] = _column([thumbnails(c) for c in chips])
     return out
+
+
+def thumbnails(chips: np.ndarray) -> np.ndarray:
+    """[N, S, S, 3] chips -> [N, 32, 32, 3] uint8 thumbnails (block means)."""
+    from raylib.schema import THUMB_SIZE
+
+    if len(chips) == 0:
+        return np.zeros((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)
+    n, s = chips.shape[0], chips.shape[1]
+    k = s // THUMB_SIZE
+    cropped = chips[:, : k * THUMB_SIZE, : k * THUMB_SIZE].astype(np.float32)
+    return cropped.reshape(n, THUMB_SIZE, k, THUMB_SIZE, k, 3).mean(axis=(2, 4)).astype(np.uint8)
 
 
 class FeatureStage:
@@ -235,14 +248,16 @@ def write_shard(batch: dict, output: str, prov: dict) -> dict:
 
 # ---- reading the store -------------------------------------------------------------------------
 
-def data_files(output: str) -> list[str]:
-    """Committed Parquet shards of a store (hidden and _-prefixed names are not data)."""
+def data_files(output: str, split: str | None = None) -> list[str]:
+    """Committed Parquet shards of a store, of one split if given (hidden and _-prefixed names
+    are not data)."""
     fs, root = storage.filesystem(output)
     root = root.rstrip("/")
     out = []
     for p in storage.list_files(output, ".parquet"):
         rel = p[len(root):].strip("/")
-        if not any(part.startswith((".", "_")) for part in rel.split("/")):
+        parts = rel.split("/")
+        if not any(part.startswith((".", "_")) for part in parts) and (split is None or parts[0] == split):
             out.append(p)
     return out
 
@@ -259,8 +274,8 @@ def stored_clip_ids(output: str) -> set[str]:
     return ids
 
 
-def read_store(output: str, columns: list[str] | None = None):
-    """The whole store as one pyarrow Table (plain pyarrow; for tests and small stores)."""
+def read_store(output: str, columns: list[str] | None = None, split: str | None = None):
+    """The store (or one split of it) as one pyarrow Table (plain pyarrow; small stores, val sets)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -268,7 +283,7 @@ def read_store(output: str, columns: list[str] | None = None):
 
     fs, _ = storage.filesystem(output)
     tables = []
-    for p in data_files(output):
+    for p in data_files(output, split):
         with fs.open(p, "rb") as f:
             tables.append(pq.read_table(f, columns=columns))
     if not tables:

@@ -1,0 +1,38 @@
+"""Train one fusion model on a feature store with Ray Train (DDP), logging to MLflow.
+
+Runs on the Ray cluster named by RAY_ADDRESS, else on a local Ray. MLflow: MLFLOW_TRACKING_URI,
+else the embedded store under ./mlflow.
+"""
+
+import json
+import os
+import sys
+
+# runnable from a checkout (e.g. `ray job submit --working-dir .`) without installing the package
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from raylib.config import parse
+from raylib.errors import RaylibError
+from raylib.runtime import init_ray
+from raylib.stages.train import TrainConfig, run_train
+from raylib.tracking import ui_command
+
+
+def main(argv=None) -> int:
+    cfg = parse(TrainConfig, __doc__, argv)
+    init_ray(quiet=cfg.quiet)
+    try:
+        summary = run_train(cfg)
+    except (RaylibError, ValueError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 1
+    print(f"train: best epoch {summary['best_epoch']}: val accuracy {summary.get('val_accuracy', 0):.3f}, "
+          f"UAR {summary.get('val_uar', 0):.3f}; checkpoint {summary['best_checkpoint']}")
+    print(f"train: MLflow run {summary['run_id']}; look at it with: {ui_command()}")
+    if not cfg.quiet:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
