@@ -22,6 +22,8 @@ from raylib.labels import EMOTIONS
 from raylib.models import FUSIONS, MODALITIES, POOLINGS
 
 CHECKPOINT_FILE = "model.pt"
+READ_CPUS = 0.25  # per Ray Data task reading the store for training
+DATA_CPUS = 0.5  # all of Ray Data's reading for one training run
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -186,6 +188,27 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
+def train_epoch(model, optimizer, batches, device="cpu") -> tuple[float, int, int]:
+    """One pass of cross-entropy training over collated batches: (loss sum, correct, samples)."""
+    import torch
+
+    from raylib.batches import model_inputs
+
+    model.train()
+    loss_sum, correct, total = 0.0, 0, 0
+    for batch in batches:
+        labels = batch["labels"].to(device)
+        logits, _ = model(*model_inputs(batch, device))
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss) * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        total += len(labels)
+    return loss_sum, correct, total
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: config = {"train": TrainConfig dict, "model": ModelConfig dict, "run_id"}."""
     import ray.train
@@ -193,7 +216,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from raylib import tracking
-    from raylib.batches import COLUMNS, collate, model_inputs, usable
+    from raylib.batches import COLUMNS, collate, usable
     from raylib.models.fusion import ModelConfig, build_model
     from raylib.stages.extract import read_store
 
@@ -227,24 +250,12 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     val = usable(read_store(cfg.store, COLUMNS, split="val")) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
-    loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        total, correct, loss_sum, samples = 0, 0, 0.0, 0
-        for arrow in shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow",
-                                        local_shuffle_buffer_size=4 * cfg.batch_size,
-                                        local_shuffle_seed=cfg.seed + epoch):
-            batch = collate(arrow)
-            labels = batch["labels"].to(device)
-            logits, _ = model(*model_inputs(batch, device))
-            loss = loss_fn(logits, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            total += len(labels)
+        batches = (collate(arrow) for arrow in shard.iter_batches(
+            batch_size=cfg.batch_size, batch_format="pyarrow", local_shuffle_buffer_size=4 * cfg.batch_size,
+            local_shuffle_seed=cfg.seed + epoch))
+        loss_sum, correct, total = train_epoch(model, optimizer, batches, device)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
                    "train_samples_per_s_per_worker": total / max(seconds, 1e-9)}
@@ -292,8 +303,10 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         raise ValueError(f"feature store {cfg.store} has no train split")
     from raylib.batches import COLUMNS
 
-    train_ds = ray.data.read_parquet(files, columns=COLUMNS, filesystem=fs if storage.is_remote(cfg.store) else None)
-    train_ds = train_ds.filter(expr="label_index >= 0 and status != 'error'")
+    # fractional CPUs: on a small machine the workers' reservations must leave room for reading
+    train_ds = ray.data.read_parquet(files, columns=COLUMNS, num_cpus=READ_CPUS,
+                                     filesystem=fs if storage.is_remote(cfg.store) else None)
+    train_ds = train_ds.filter(expr="label_index >= 0 and status != 'error'", num_cpus=READ_CPUS)
     output = cfg.output
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -302,6 +315,10 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         datasets={"train": train_ds},
+        # an explicit budget for reading: inside a Tune trial Ray Data would otherwise compute 0 CPU
+        # left for itself and wait forever
+        dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(
+            resource_limits=ray.data.ExecutionResources(cpu=DATA_CPUS))),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=output, callbacks=callbacks or None,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),

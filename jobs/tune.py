@@ -1,0 +1,37 @@
+"""Sweep visual attention x audio attention x fusion (PAPER.md Table 2) with Ray Tune.
+
+Each trial is a Ray Train run; MLflow gets one parent run with a child run per trial, and the
+Table-2 report (markdown + heat-map PNG).
+"""
+
+import os
+import sys
+
+# runnable from a checkout (e.g. `ray job submit --working-dir .`) without installing the package
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from raylib.config import parse
+from raylib.errors import RaylibError
+from raylib.runtime import init_ray
+from raylib.stages.tune import TuneConfig, run_tune
+from raylib.tracking import ui_command
+
+
+def main(argv=None) -> int:
+    cfg = parse(TuneConfig, __doc__, argv)
+    init_ray(quiet=cfg.quiet)
+    try:
+        out = run_tune(cfg)
+    except (RaylibError, ValueError) as e:
+        print(f"tune: error: {e}", file=sys.stderr)
+        return 1
+    print(out["report"])
+    print(f"tune: {out['trials']} trials in {out['elapsed_s']} s; report {out['report_markdown']} and {out['report_png']}")
+    print(f"tune: MLflow parent run {out['parent_run_id']}; look at it with: {ui_command()}")
+    for e in out["errors"]:
+        print(f"tune: a trial failed: {e}", file=sys.stderr)
+    return 1 if out["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

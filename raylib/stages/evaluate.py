@@ -1,0 +1,147 @@
+"""Evaluation and prediction: checkpoints or MLflow runs -> ensemble scores -> metrics, predictions.
+
+Ensemble = mean of the models' class probabilities. Optional class re-weighting of the scores
+(PAPER.md section 6): "train" computes w_c proportional to sqrt(n_c) from the training counts of
+the store (the paper's rule; it is silent on the exact form, we normalise the weights to sum 1),
+"afew" uses the paper's AFEW vector. Predictions (clip_id, uri, label, prediction, one score per
+class) are written as Parquet and CSV; metrics and the confusion matrix go to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raylib import storage
+from raylib.labels import EMOTIONS
+
+AFEW_WEIGHTS = (0.15, 0.097, 0.129, 0.185, 0.138, 0.082, 0.215)  # PAPER.md section 6, label order
+REWEIGHTS = ("none", "train", "afew")
+_RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Every knob of jobs/evaluate.py."""
+
+    checkpoints: str = field(default="", metadata={"help": "comma-separated checkpoint folders/model.pt files "
+                                                           "or MLflow run ids (runs:/<id>); their mean is the ensemble"})
+    store: str = field(default="data/demo/features", metadata={"help": "feature store"})
+    split: str = field(default="val", metadata={"help": "split to evaluate", "choices": ["train", "val", "test"]})
+    reweight: str = field(default="none", metadata={"help": "class re-weighting of the scores", "choices": list(REWEIGHTS)})
+    output: str = field(default="data/demo/predictions", metadata={"help": "folder for predictions.parquet/.csv (local or s3://)"})
+    experiment: str = field(default="emotion-evaluation", metadata={"help": "MLflow experiment"})
+    batch_size: int = field(default=32, metadata={"help": "clips per forward pass"})
+
+    def __post_init__(self):
+        if not [c for c in self.checkpoints.split(",") if c.strip()]:
+            raise ValueError("--checkpoints: give at least one checkpoint or MLflow run id")
+
+
+def class_weights(mode: str, train_counts=None) -> np.ndarray | None:
+    """[7] weights for re-weighting, None for "none"."""
+    if mode == "none":
+        return None
+    if mode == "afew":
+        return np.asarray(AFEW_WEIGHTS, np.float64)
+    if mode == "train":
+        root = np.sqrt(np.asarray(train_counts, np.float64))
+        if root.sum() == 0:
+            raise ValueError("re-weighting by training counts needs a train split with labels")
+        return root / root.sum()
+    raise ValueError(f"unknown re-weighting {mode!r}; expected one of {', '.join(REWEIGHTS)}")
+
+
+def apply_weights(probs: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Scores multiplied by class weights and renormalised per clip."""
+    if weights is None:
+        return probs
+    scored = probs * weights[None, :]
+    return scored / np.maximum(scored.sum(axis=1, keepdims=True), 1e-12)
+
+
+def resolve_checkpoint(ref: str) -> str:
+    """A checkpoint path/URI, or an MLflow run id whose logged checkpoint is downloaded."""
+    m = _RUN_ID.match(ref.strip())
+    if not m:
+        return ref.strip()
+    import mlflow
+
+    from raylib import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    local = mlflow.artifacts.download_artifacts(run_id=m.group(2), artifact_path="checkpoint/model.pt",
+                                                dst_path=tempfile.mkdtemp(prefix="ckpt-"))
+    return local
+
+
+def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32) -> np.ndarray:
+    """Mean of the class probabilities of each checkpoint's model on the rows of table."""
+    from raylib.stages.train import model_from_checkpoint, predict
+
+    total = None
+    for ref in checkpoints:
+        model, _ = model_from_checkpoint(resolve_checkpoint(ref))
+        probs, _ = predict(model, table, batch_size)
+        total = probs if total is None else total + probs
+    return total / len(checkpoints)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """Evaluate the ensemble on cfg.split; writes predictions; logs an MLflow run."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from raylib import tracking
+    from raylib.batches import COLUMNS, usable
+    from raylib.metrics import summarize
+    from raylib.stages.extract import read_store
+    from raylib.stages.train import store_info
+
+    t0 = time.perf_counter()
+    refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
+    table = usable(read_store(cfg.store, COLUMNS + ["label"], split=cfg.split), labelled=False)
+    if table.num_rows == 0:
+        raise ValueError(f"no clips with features in split {cfg.split!r} of {cfg.store}")
+    weights = class_weights(cfg.reweight, store_info(cfg.store)["train_counts"] if cfg.reweight == "train" else None)
+    probs = apply_weights(ensemble_probs(refs, table, cfg.batch_size), weights)
+    preds = probs.argmax(axis=1)
+    labels = table.column("label_index").to_numpy()
+    labelled = labels >= 0
+    metrics = summarize(labels[labelled], preds[labelled]) if labelled.any() else None
+
+    out = pa.table({"clip_id": table.column("clip_id"), "uri": table.column("uri"), "label": table.column("label"),
+                    "prediction": pa.array([EMOTIONS[p] for p in preds]),
+                    **{f"score_{name}": pa.array(probs[:, i].astype(np.float32)) for i, name in enumerate(EMOTIONS)}})
+    parquet_uri = storage.join(cfg.output, "predictions.parquet")
+    csv_uri = storage.join(cfg.output, "predictions.csv")
+    with storage.atomic_write(parquet_uri) as f:
+        pq.write_table(out, f)
+    with storage.atomic_write(csv_uri) as f:
+        pacsv.write_csv(out, f)
+
+    run_id = tracking.start_run(cfg.experiment, f"evaluate-{cfg.split}-{len(refs)}-models",
+                                tracking.config_params(cfg), {"store": cfg.store, "kind": "evaluation"})
+    summary = {"run_id": run_id, "clips": table.num_rows, "models": len(refs), "split": cfg.split,
+               "predictions_parquet": parquet_uri, "predictions_csv": csv_uri}
+    if metrics:
+        summary.update(accuracy=metrics["accuracy"], uar=metrics["uar"],
+                       recall={n: (None if not np.isfinite(r) else float(r)) for n, r in zip(EMOTIONS, metrics["recall"])})
+        tracking.log_metrics(run_id, {"accuracy": metrics["accuracy"], "uar": metrics["uar"],
+                                      **{f"recall_{n}": r for n, r in zip(EMOTIONS, metrics["recall"])}}, 0)
+        with tempfile.TemporaryDirectory() as d:
+            tracking.log_artifact(run_id, tracking.confusion_png(metrics["confusion"], os.path.join(d, "confusion_matrix.png"),
+                                                                 f"{cfg.split}: accuracy {metrics['accuracy']:.2f}, UAR {metrics['uar']:.2f}"))
+    with tempfile.TemporaryDirectory() as d:
+        local = os.path.join(d, "predictions.csv")
+        pacsv.write_csv(out, local)
+        tracking.log_artifact(run_id, local)
+    tracking.end_run(run_id)
+    summary["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    return summary

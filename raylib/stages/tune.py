@@ -1,0 +1,229 @@
+"""The attention x fusion sweep (PAPER.md Table 2) with Ray Tune, each trial a Ray Train run.
+
+    Tuner(grid: visual attention x audio attention x fusion [x lr])
+        trial = a function trainable that runs run_train(...) with TuneReportCallback
+    MLflow: one parent run for the sweep, one child run per trial (params, per-epoch metrics,
+    artifacts); the report (markdown + heat-map PNG, Table 2 layout) goes to the parent run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+
+from raylib import storage
+from raylib.models import ATTENTIONS, FUSIONS
+from raylib.stages.train import TrainConfig
+
+PAPER_TABLE2_FBP = {  # AFEW val accuracy, speech spectrogram + FBP (PAPER.md section 6)
+    ("self", "self"): 54.6, ("self", "relation"): 56.9, ("self", "transformer"): 60.3,
+    ("relation", "self"): 54.0, ("relation", "relation"): 57.2, ("relation", "transformer"): 60.0,
+    ("transformer", "self"): 54.8, ("transformer", "relation"): 58.0, ("transformer", "transformer"): 61.1,
+}
+
+
+def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if not names or bad:
+        raise ValueError(f"{flag}: expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Every knob of jobs/tune.py; the training knobs are those of jobs/train.py."""
+
+    visual_attentions: str = field(default=",".join(ATTENTIONS), metadata={"help": "visual attentions to sweep (comma-separated)"})
+    audio_attentions: str = field(default=",".join(ATTENTIONS), metadata={"help": "audio attentions to sweep"})
+    fusions: str = field(default=",".join(FUSIONS), metadata={"help": "fusions to sweep"})
+    lrs: str = field(default="", metadata={"help": "extra grid over learning rates, e.g. 1e-3,3e-4 (default: --lr only)"})
+    asha: bool = field(default=False, metadata={"help": "ASHA early stopping on the selection metric"})
+    max_concurrent_trials: int = field(default=1, metadata={"help": "trials run at once (each holds its Train workers; raise it on a cluster)"})
+    store: str = field(default="data/demo/features", metadata={"help": "feature store"})
+    output: str = field(default="data/demo/sweeps", metadata={"help": "checkpoints and the report (local folder or s3://)"})
+    experiment: str = field(default="emotion-fusion-sweep", metadata={"help": "MLflow experiment"})
+    sweep_name: str = field(default="", metadata={"help": "name of the parent run (default: a time stamp)"})
+    epochs: int = field(default=8, metadata={"help": "epochs per trial"})
+    batch_size: int = field(default=8, metadata={"help": "clips per batch and worker"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (when --lrs is empty)"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
+    optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": ["adam", "adamw", "sgd"]})
+    fbp_k: int = field(default=5, metadata={"help": "FBP window k"})
+    fbp_o: int = field(default=128, metadata={"help": "FBP output dimension o"})
+    attention_hidden: int = field(default=64, metadata={"help": "hidden size m of the transformer attention"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    num_workers: int = field(default=1, metadata={"help": "Ray Train workers per trial"})
+    cpus_per_worker: float = field(default=0.5, metadata={"help": "CPUs reserved per worker"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
+    select_metric: str = field(default="val_uar", metadata={"help": "metric of the report and of ASHA", "choices": ["val_uar", "val_accuracy"]})
+    quiet: bool = field(default=False, metadata={"help": "less output"})
+
+    def __post_init__(self):
+        _names(self.visual_attentions, ATTENTIONS, "--visual-attentions")
+        _names(self.audio_attentions, ATTENTIONS, "--audio-attentions")
+        _names(self.fusions, FUSIONS, "--fusions")
+        [float(x) for x in self.lrs.split(",") if x.strip()]
+        if self.epochs < 1 or self.max_concurrent_trials < 1:
+            raise ValueError("--epochs and --max-concurrent-trials must be >= 1")
+
+    def base_train_config(self) -> TrainConfig:
+        shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(TuneConfig)}
+        return TrainConfig(**{k: getattr(self, k) for k in shared}, max_failures=0)
+
+
+def trial(config: dict) -> None:
+    """A Tune trial: one Ray Train run whose epochs are reported to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raylib.stages.train import run_train
+
+    os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
+    cfg = TrainConfig(**{**config["base"], "visual_attention": config["visual_attention"],
+                         "audio_attention": config["audio_attention"], "fusion": config["fusion"],
+                         "lr": config.get("lr", config["base"]["lr"]),
+                         "run_name": f"{config['visual_attention']}-{config['audio_attention']}-{config['fusion']}"
+                                     + (f"-lr{config['lr']:g}" if "lr" in config else "")})
+    run_train(cfg, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()])
+
+
+def report(cells: list[dict], visual: list[str], audio: list[str], fusions: list[str], metric: str) -> str:
+    """Table 2 layout, one table per fusion: best val accuracy / UAR per (visual, audio) cell."""
+    lines = []
+    for fusion in fusions:
+        lines += [f"### fusion: {fusion} (best val accuracy / UAR, %)", "",
+                  "| visual \\ audio | " + " | ".join(a.capitalize() for a in audio) + " |",
+                  "|---|" + "---|" * len(audio)]
+        for v in visual:
+            row = []
+            for a in audio:
+                c = next((c for c in cells if (c["visual"], c["audio"], c["fusion"]) == (v, a, fusion)), None)
+                row.append("-" if c is None else f"{100 * c['val_accuracy']:.1f} / {100 * c['val_uar']:.1f}")
+            lines.append(f"| {v.capitalize()} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["Paper (AFEW val accuracy, FBP): " + ", ".join(
+        f"{v}/{a} {PAPER_TABLE2_FBP[(v, a)]}" for v in visual for a in audio if (v, a) in PAPER_TABLE2_FBP), ""]
+    return "\n".join(lines)
+
+
+def heatmap_png(cells: list[dict], visual, audio, fusions, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(fusions), figsize=(4.5 * len(fusions), 4), squeeze=False)
+    for ax, fusion in zip(axes[0], fusions):
+        grid = np.full((len(visual), len(audio)), np.nan)
+        for c in cells:
+            if c["fusion"] == fusion:
+                grid[visual.index(c["visual"]), audio.index(c["audio"])] = 100 * c["val_accuracy"]
+        ax.imshow(grid, cmap="viridis", vmin=0, vmax=100)
+        ax.set_xticks(range(len(audio)), [a.capitalize() for a in audio])
+        ax.set_yticks(range(len(visual)), [v.capitalize() for v in visual])
+        ax.set_xlabel("audio attention")
+        ax.set_ylabel("visual attention")
+        ax.set_title(f"{fusion}: best val accuracy (%)")
+        for i in range(len(visual)):
+            for j in range(len(audio)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def child_results(parent_run_id: str) -> list[dict]:
+    """Per trial (from MLflow): visual, audio, fusion, lr, best val accuracy and UAR, run id."""
+    from mlflow.tracking import MlflowClient
+
+    from raylib import tracking
+
+    client = MlflowClient(tracking.tracking_uri())
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    out = []
+    for r in runs:
+        p, m = r.data.params, r.data.metrics
+        out.append({"visual": p["visual_attention"], "audio": p["audio_attention"], "fusion": p["fusion"],
+                    "lr": float(p["lr"]), "val_accuracy": m.get("best_val_accuracy", float("nan")),
+                    "val_uar": m.get("best_val_uar", float("nan")), "run_id": r.info.run_id,
+                    "status": r.info.status})
+    return out
+
+
+def best_cells(results: list[dict], metric: str) -> list[dict]:
+    """The best trial (by metric) of each (visual, audio, fusion) cell, over any extra grid axes."""
+    cells: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["visual"], r["audio"], r["fusion"])
+        if key not in cells or r[metric] > cells[key][metric]:
+            cells[key] = r
+    return list(cells.values())
+
+
+def run_tune(cfg: TuneConfig) -> dict:
+    """Run the sweep; returns {parent_run_id, results, report_markdown, report_png, ...}."""
+    import tempfile
+
+    from ray import tune
+
+    from raylib import tracking
+
+    visual = _names(cfg.visual_attentions, ATTENTIONS, "--visual-attentions")
+    audio = _names(cfg.audio_attentions, ATTENTIONS, "--audio-attentions")
+    fusions = _names(cfg.fusions, FUSIONS, "--fusions")
+    lrs = [float(x) for x in cfg.lrs.split(",") if x.strip()]
+    local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output") if not storage.is_remote(getattr(cfg, k))}
+    cfg = replace(cfg, **local)
+    base = cfg.base_train_config()
+    name = cfg.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg), {"store": cfg.store, "kind": "sweep"})
+    space = {"visual_attention": tune.grid_search(visual), "audio_attention": tune.grid_search(audio),
+             "fusion": tune.grid_search(fusions), "base": asdict(base), "parent_run_id": parent,
+             "tracking_uri": tracking.tracking_uri()}
+    if lrs:
+        space["lr"] = tune.grid_search(lrs)
+    scheduler = None
+    if cfg.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric=cfg.select_metric, mode="max", max_t=cfg.epochs, grace_period=min(2, cfg.epochs))
+    import ray.tune
+
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"cpu": 0.01}),  # the trial only drives; its Train workers hold the CPUs
+        param_space=space,
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=cfg.max_concurrent_trials),
+        run_config=ray.tune.RunConfig(name=name, storage_path=storage.join(cfg.output, "tune"),
+                                      verbose=0 if cfg.quiet else 1),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error]
+    results = child_results(parent)
+    cells = best_cells(results, cfg.select_metric)
+    text = report(cells, visual, audio, fusions, cfg.select_metric)
+    out_dir = storage.join(cfg.output, name)
+    with tempfile.TemporaryDirectory() as d:
+        md = os.path.join(d, "table2.md")
+        with open(md, "w") as f:
+            f.write(f"# Sweep {name}\n\n{text}")
+        png = heatmap_png(cells, visual, audio, fusions, os.path.join(d, "table2.png"))
+        for path in (md, png):
+            tracking.log_artifact(parent, path)
+            with open(path, "rb") as src, storage.atomic_write(storage.join(out_dir, os.path.basename(path))) as dst:
+                dst.write(src.read())
+    best = max(results, key=lambda r: r[cfg.select_metric]) if results else None
+    if best:
+        tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
+    tracking.end_run(parent, "FAILED" if errors and not results else "FINISHED")
+    return {"parent_run_id": parent, "sweep_name": name, "trials": len(results), "errors": errors,
+            "results": results, "report": text, "report_markdown": storage.join(out_dir, "table2.md"),
+            "report_png": storage.join(out_dir, "table2.png"), "best": best,
+            "elapsed_s": round(time.perf_counter() - t0, 1)}
