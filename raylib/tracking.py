@@ -49,9 +49,12 @@ def experiment_id(name: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
-        os.makedirs(os.path.join(EMBEDDED_DIR, "artifacts"), exist_ok=True)
-        location = "file://" + os.path.abspath(os.path.join(EMBEDDED_DIR, "artifacts", name))
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):  # a file store: artifacts beside the database, not in ./mlruns
+        root = os.path.join(os.path.dirname(uri[len("sqlite:///"):] if uri.startswith("sqlite:////")
+                                            else os.path.abspath(uri[len("sqlite:///"):])), "artifacts")
+        os.makedirs(root, exist_ok=True)
+        location = "file://" + os.path.join(root, name)
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another process

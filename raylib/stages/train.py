@@ -119,7 +119,7 @@ def load_checkpoint(uri: str) -> dict:
         uri = storage.join(uri, CHECKPOINT_FILE)
     try:
         blob = storage.read_bytes(uri)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise WeightsError(f"checkpoint {uri} not found") from None
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)

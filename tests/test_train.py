@@ -1,0 +1,177 @@
+"""Training (Ray Train), the sweep (Ray Tune), MLflow tracking and evaluation, on a real store
+extracted from the sample set by the real extraction job, on a local Ray."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raylib.sample import SampleConfig, generate_sample_set
+from raylib.stages.extract import ExtractConfig, run_extract
+
+pytestmark = pytest.mark.slow
+CHANCE = 1 / 7
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """A fresh SQLite MLflow store for the module (MLFLOW_TRACKING_URI)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    yield os.environ["MLFLOW_TRACKING_URI"]
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, mlflow_uri):
+    import ray
+
+    root = tmp_path_factory.mktemp("train")
+    generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=4, val_per_class=2))
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), frames="uniform:4", quiet=True))
+    yield str(root / "features"), root
+    ray.shutdown()
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def artifact_names(run_id, path=""):
+    return {os.path.basename(a.path) for a in client().list_artifacts(run_id, path)}
+
+
+@pytest.fixture(scope="module")
+def trained(store):
+    from raylib.stages.train import TrainConfig, run_train
+
+    path, root = store
+    return run_train(TrainConfig(store=path, output=str(root / "runs"), epochs=12, num_workers=2, quiet=True))
+
+
+def test_two_workers_learn_the_planted_signal(trained):
+    # 14 val clips; the visual cue alone separates 4 groups of labels (up to 4/7 = 0.57), chance is
+    # 1/7 = 0.14: 0.35 needs at least 5 of 14 right, well above the ~2 that chance gives
+    print(f"2-worker training: val accuracy {trained['val_accuracy']:.3f}, UAR {trained['val_uar']:.3f}, "
+          f"{trained['train_samples_per_s_per_worker']:.1f} samples/s per worker")
+    assert trained["val_accuracy"] >= 0.35 > 2 * CHANCE
+
+
+def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
+    run = client().get_run(trained["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["fusion"] == "fbp" and run.data.params["num_workers"] == "2"
+    assert run.data.tags["store.backbone"] == "dlib_resnet" and run.data.tags["schema_version"] == "1"
+    history = client().get_metric_history(trained["run_id"], "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(12))
+    assert {"confusion_matrix.png", "per_class.md", "attention_weights.png", "model", "checkpoint"} <= artifact_names(trained["run_id"])
+    assert "model.pt" in artifact_names(trained["run_id"], "checkpoint")
+
+
+def test_resume_continues_the_epoch_count(store, trained):
+    from raylib.stages.train import TrainConfig, load_checkpoint, run_train
+
+    path, root = store
+    first = load_checkpoint(trained["best_checkpoint"])
+    resumed = run_train(TrainConfig(store=path, output=str(root / "resumed"), epochs=first["epoch"] + 3, num_workers=2,
+                                    resume_from=trained["best_checkpoint"], quiet=True))
+    steps = sorted(m.step for m in client().get_metric_history(resumed["run_id"], "train_loss"))
+    assert steps == [first["epoch"] + 1, first["epoch"] + 2]
+    assert load_checkpoint(resumed["best_checkpoint"])["epoch"] > first["epoch"]
+
+
+def test_evaluate_ensemble_reweighting_and_predictions(store, trained, tmp_path):
+    from raylib.batches import COLUMNS, usable
+    from raylib.stages.evaluate import EvaluateConfig, apply_weights, class_weights, ensemble_probs, run_evaluate
+    from raylib.stages.extract import read_store
+
+    path, _ = store
+    val = usable(read_store(path, COLUMNS, split="val"))
+    one = ensemble_probs([trained["best_checkpoint"]], val)
+    two = ensemble_probs([trained["best_checkpoint"], trained["best_checkpoint"]], val)
+    np.testing.assert_allclose(two, one, atol=1e-7)  # a model averaged with itself is the model
+    np.testing.assert_allclose(apply_weights(one, class_weights("train", [5] * 7)), one, atol=1e-7)
+    assert not np.allclose(apply_weights(one, class_weights("afew")), one)
+    # by MLflow run id too: the logged checkpoint is the same model
+    np.testing.assert_allclose(ensemble_probs([f"runs:/{trained['run_id']}"], val), one, atol=1e-6)
+    s = run_evaluate(EvaluateConfig(checkpoints=f"{trained['best_checkpoint']},runs:/{trained['run_id']}",
+                                    store=path, split="val", reweight="train", output=str(tmp_path)))
+    table = pq.read_table(s["predictions_parquet"])
+    assert table.num_rows == val.num_rows == 14 and len(set(table.column("clip_id").to_pylist())) == 14
+    assert {f"score_{n}" for n in ("Angry", "Surprise")} <= set(table.column_names)
+    assert open(s["predictions_csv"]).read().count("\n") == 15
+    assert client().get_run(s["run_id"]).data.metrics["accuracy"] == pytest.approx(s["accuracy"])
+
+
+def test_sweep_writes_parent_and_child_runs_and_the_table2_report(store):
+    from raylib.stages.tune import TuneConfig, run_tune
+
+    path, root = store
+    out = run_tune(TuneConfig(store=path, output=str(root / "sweeps"), visual_attentions="self,transformer",
+                              audio_attentions="transformer", fusions="concat,fbp", epochs=1, quiet=True))
+    assert out["errors"] == [] and out["trials"] == 4
+    children = client().search_runs([client().get_run(out["parent_run_id"]).info.experiment_id],
+                                    f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    assert len(children) == 4
+    assert {(c.data.params["visual_attention"], c.data.params["fusion"]) for c in children} == {
+        ("self", "concat"), ("self", "fbp"), ("transformer", "concat"), ("transformer", "fbp")}
+    for c in children:
+        assert c.data.params["audio_attention"] == "transformer"
+        assert len(client().get_metric_history(c.info.run_id, "val_accuracy")) == 1
+        assert "confusion_matrix.png" in artifact_names(c.info.run_id)
+    report = out["report"]
+    assert "### fusion: concat" in report and "### fusion: fbp" in report
+    assert report.count("| Self |") == 2 and report.count("| Transformer |") == 2 and " - |" not in report
+    assert os.path.exists(out["report_markdown"]) and os.path.getsize(out["report_png"]) > 1000
+    assert {"table2.md", "table2.png"} <= artifact_names(out["parent_run_id"])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
+    from raylib.stages.train import TrainConfig, run_train
+
+    path, root = store
+    port = free_port()
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server",
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--default-artifact-root", str(tmp_path / "artifacts"),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    old = os.environ["MLFLOW_TRACKING_URI"]
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+        s = run_train(TrainConfig(store=path, output=str(root / "server-runs"), epochs=2, num_workers=1,
+                                  experiment="on-server", quiet=True))
+        run = client().get_run(s["run_id"])
+        assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
+        assert len(client().get_metric_history(s["run_id"], "val_accuracy")) == 2
+        assert "confusion_matrix.png" in artifact_names(s["run_id"])
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+        server.terminate()
+        server.wait(timeout=30)
