@@ -69,7 +69,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     print(f"sample set: {len(paths)} synthetic clips under {videos} ({time.perf_counter() - t0:.1f} s)")
     from raylib.runtime import init_ray
 
-    init_ray(cfg.num_cpus, quiet=cfg.quiet)
+    init_ray(cfg.num_cpus, quiet=True)  # worker logs stay in /tmp/ray; errors still surface here
     summary = run_extract(ExtractConfig(input=videos, dataset_format="afew", output=store, frames=cfg.frames,
                                         audio=cfg.audio_mode, num_cpus=cfg.num_cpus, quiet=cfg.quiet))
     rows = clip_summaries(store, videos)

@@ -203,7 +203,7 @@ def train_epoch(model, optimizer, batches, device="cpu") -> tuple[float, int, in
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss) * len(labels)
+        loss_sum += float(loss.detach()) * len(labels)
         correct += int((logits.argmax(1) == labels).sum())
         total += len(labels)
     return loss_sum, correct, total

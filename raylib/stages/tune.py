@@ -86,8 +86,8 @@ def trial(config: dict) -> None:
     cfg = TrainConfig(**{**config["base"], "visual_attention": config["visual_attention"],
                          "audio_attention": config["audio_attention"], "fusion": config["fusion"],
                          "lr": config.get("lr", config["base"]["lr"]),
-                         "run_name": f"{config['visual_attention']}-{config['audio_attention']}-{config['fusion']}"
-                                     + (f"-lr{config['lr']:g}" if "lr" in config else "")})
+                         "run_name": f"{config['sweep']}-{config['visual_attention']}-{config['audio_attention']}-"
+                                     f"{config['fusion']}" + (f"-lr{config['lr']:g}" if "lr" in config else "")})
     run_train(cfg, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()])
 
 
@@ -185,7 +185,7 @@ def run_tune(cfg: TuneConfig) -> dict:
     name = cfg.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
     parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg), {"store": cfg.store, "kind": "sweep"})
     space = {"visual_attention": tune.grid_search(visual), "audio_attention": tune.grid_search(audio),
-             "fusion": tune.grid_search(fusions), "base": asdict(base), "parent_run_id": parent,
+             "fusion": tune.grid_search(fusions), "base": asdict(base), "parent_run_id": parent, "sweep": name,
              "tracking_uri": tracking.tracking_uri()}
     if lrs:
         space["lr"] = tune.grid_search(lrs)
