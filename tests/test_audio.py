@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import FPS, NUM_FRAMES, TONE_HZ, tone
+from conftest import FPS, NUM_FRAMES, tone
 from raylib.errors import ClipError
 from raylib.media import audio as A
 

@@ -7,7 +7,6 @@ first damaged packet, where PyAV lets us skip that packet and keep the rest.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raylib.models import ATTENTIONS, POOLINGS
+from raylib.models import POOLINGS
 
 EPS = 1e-12
 
