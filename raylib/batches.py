@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-USABLE = ("ok", "no_face", "no_audio", "silent", "truncated")  # "error" rows carry no features
+from raylib.stages.preprocess import STATUS_ERROR, STATUSES
+
+USABLE = tuple(s for s in STATUSES if s != STATUS_ERROR)  # "error" rows carry no features
 COLUMNS = ["clip_id", "uri", "label_index", "status", "visual_dim", "visual_features", "audio_shape", "audio"]
 
 
@@ -22,11 +24,6 @@ def usable(table: pa.Table, labelled: bool = True) -> pa.Table:
     if labelled:
         keep = pc.and_(keep, pc.greater_equal(table.column("label_index"), 0))
     return table.filter(keep)
-
-
-def _offsets(arr) -> np.ndarray:
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    return arr.offsets.to_numpy(), arr
 
 
 def collate(table: pa.Table) -> dict:

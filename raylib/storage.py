@@ -7,6 +7,7 @@ come from the usual AWS environment/instance chain and are never logged.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
@@ -16,6 +17,14 @@ from fsspec.core import url_to_fs
 
 
 TMP_PREFIX = ".tmp-"  # hidden: pyarrow, Ray and our readers skip names starting with "." or "_"
+
+
+_USERINFO = re.compile(r"(://)[^/@]*@")
+
+
+def public_uri(uri: str) -> str:
+    """uri without any user:password@ part, fit for logs, MLflow and provenance."""
+    return _USERINFO.sub(r"\1", uri)
 
 
 def is_remote(uri: str) -> bool:

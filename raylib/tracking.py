@@ -14,13 +14,13 @@ import re
 import numpy as np
 
 from raylib.labels import EMOTIONS
+from raylib.storage import public_uri
 
 # Nothing leaves the machine unasked: MLflow's usage telemetry is off unless a user turns it on.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 EMBEDDED_DIR = "mlflow"
 SECRET_WORDS = re.compile(r"(secret|password|token|credential|access_key|private)", re.IGNORECASE)
-_USERINFO = re.compile(r"(://)[^/@]*@")
 
 
 def embedded_uri(root: str = EMBEDDED_DIR) -> str:
@@ -63,9 +63,7 @@ def experiment_id(name: str) -> str:
 
 def public(value):
     """A config value fit for logging: URIs lose user:password@, secret-looking values are masked."""
-    if isinstance(value, str):
-        return _USERINFO.sub(r"\1", value)
-    return value
+    return public_uri(value) if isinstance(value, str) else value
 
 
 def config_params(cfg, prefix: str = "") -> dict[str, str]:

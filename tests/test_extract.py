@@ -13,7 +13,8 @@ from raylib.models.backbones import build_backbone
 from raylib.sample import face_photo, render_frames, speech_like, write_clip
 from raylib.schema import SCHEMA, SCHEMA_VERSION, audio_array, visual_array
 from raylib.sources import clip_id
-from raylib.stages.extract import ExtractConfig, read_store, run_extract, stored_clip_ids
+from raylib.schema import read_store, stored_clip_ids
+from raylib.stages.extract import ExtractConfig, run_extract
 from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
 
 pytestmark = pytest.mark.slow

@@ -102,7 +102,7 @@ def test_resume_continues_the_epoch_count(store, trained):
 def test_evaluate_ensemble_reweighting_and_predictions(store, trained, tmp_path):
     from raylib.batches import COLUMNS, usable
     from raylib.stages.evaluate import EvaluateConfig, apply_weights, class_weights, ensemble_probs, run_evaluate
-    from raylib.stages.extract import read_store
+    from raylib.schema import read_store
 
     path, _ = store
     val = usable(read_store(path, COLUMNS, split="val"))

@@ -33,6 +33,8 @@ import numpy as np
 
 import raylib
 from raylib import storage
+from raylib.schema import stored_clip_ids
+from raylib.storage import public_uri
 from raylib.errors import RaylibError
 from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import FaceConfig
@@ -91,14 +93,6 @@ class ExtractConfig:
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(frames=self.frames, audio_mode=self.audio,
                                 faces=FaceConfig(detect_max_side=self.detect_max_side))
-
-
-_USERINFO = re.compile(r"(://)[^/@]*@")
-
-
-def public_uri(uri: str) -> str:
-    """uri without any user:password@ part, fit for logs and provenance."""
-    return _USERINFO.sub(r"\1", uri)
 
 
 # ---- CPU stage ---------------------------------------------------------------------------------
@@ -244,51 +238,6 @@ def write_shard(batch: dict, output: str, prov: dict) -> dict:
                 out[k].append(r[k])
             out["file"].append(uri)
     return {k: np.asarray(v) for k, v in out.items()}
-
-
-# ---- reading the store -------------------------------------------------------------------------
-
-def data_files(output: str, split: str | None = None) -> list[str]:
-    """Committed Parquet shards of a store, of one split if given (hidden and _-prefixed names
-    are not data)."""
-    fs, root = storage.filesystem(output)
-    root = root.rstrip("/")
-    out = []
-    for p in storage.list_files(output, ".parquet"):
-        rel = p[len(root):].strip("/")
-        parts = rel.split("/")
-        if not any(part.startswith((".", "_")) for part in parts) and (split is None or parts[0] == split):
-            out.append(p)
-    return out
-
-
-def stored_clip_ids(output: str) -> set[str]:
-    """Clip ids already in the store."""
-    import pyarrow.parquet as pq
-
-    fs, _ = storage.filesystem(output)
-    ids: set[str] = set()
-    for p in data_files(output):
-        with fs.open(p, "rb") as f:
-            ids.update(pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist())
-    return ids
-
-
-def read_store(output: str, columns: list[str] | None = None, split: str | None = None):
-    """The store (or one split of it) as one pyarrow Table (plain pyarrow; small stores, val sets)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from raylib.schema import SCHEMA
-
-    fs, _ = storage.filesystem(output)
-    tables = []
-    for p in data_files(output, split):
-        with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    if not tables:
-        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-    return pa.concat_tables(tables)
 
 
 # ---- the job -----------------------------------------------------------------------------------

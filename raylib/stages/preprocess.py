@@ -23,6 +23,7 @@ STATUS_SILENT = "silent"  # audio stream present but silent
 STATUS_NO_FACE = "no_face"  # no face in any sampled frame: whole-frame fallback throughout
 STATUS_TRUNCATED = "truncated"  # decoded far less than the container declares
 STATUS_ERROR = "error"  # unreadable: no features
+STATUSES = (STATUS_OK, STATUS_NO_AUDIO, STATUS_SILENT, STATUS_NO_FACE, STATUS_TRUNCATED, STATUS_ERROR)
 
 
 @dataclass(frozen=True)
