@@ -7,6 +7,7 @@ first damaged packet, where PyAV lets us skip that packet and keep the rest.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,7 +109,9 @@ def stft_magnitude(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.nd
     y = np.asarray(samples, dtype=np.float32)
     if len(y) < n_fft // 2 + 1:  # too short for reflect padding: pad with silence
         y = np.pad(y, (0, n_fft // 2 + 1 - len(y)))
-    spec = librosa.stft(y, n_fft=n_fft, hop_length=hop, win_length=n_fft, window="hamming", center=True)
+    with warnings.catch_warnings():  # clips shorter than one window are zero-padded by design
+        warnings.simplefilter("ignore", UserWarning)
+        spec = librosa.stft(y, n_fft=n_fft, hop_length=hop, win_length=n_fft, window="hamming", center=True)
     return np.abs(spec)
 
 
