@@ -268,13 +268,15 @@ def run_extract(cfg: ExtractConfig) -> dict:
     storage.remove_stale_temporaries(cfg.output)
     done = stored_clip_ids(cfg.output)
     pending = [r.to_dict() for r in records if r.clip_id not in done]
+    already = len(records) - len(pending)
     if cfg.limit:
         pending = pending[: cfg.limit]
     summary = {"input": public_uri(cfg.input), "output": public_uri(cfg.output), "clips_in_input": len(records),
-               "clips_already_stored": len(records) - len([r for r in records if r.clip_id not in done]),
+               "clips_already_stored": already,
                "clips_processed": 0, "status_counts": {}, "failures": 0, "failure_rate": 0.0,
                "config": {k: (public_uri(v) if isinstance(v, str) else v) for k, v in asdict(cfg).items()},
                "provenance": prov}
+    outcomes = []
     if pending:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
         ctx = ray.data.DataContext.get_current()
@@ -290,7 +292,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     elapsed = time.perf_counter() - t0
     summary.update(elapsed_s=round(elapsed, 2),
                    clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0,
-                   clips_stored=len(stored_clip_ids(cfg.output)))
+                   clips_stored=len(done | {o["clip_id"] for o in outcomes}))
     with storage.atomic_write(storage.join(cfg.output, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     _check_failures(summary, cfg)
