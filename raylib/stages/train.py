@@ -286,8 +286,7 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     from ray.train.torch import TorchTrainer
 
     from raylib import tracking
-    from raylib.schema import SCHEMA_VERSION
-    from raylib.schema import data_files
+    from raylib.schema import SCHEMA_VERSION, data_files
 
     local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output", "resume_from")
              if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
@@ -315,8 +314,7 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         datasets={"train": train_ds},
-        # an explicit budget for reading: inside a Tune trial Ray Data would otherwise compute 0 CPU
-        # left for itself and wait forever
+        # reading is capped at DATA_CPUS so that it never competes with the workers' reservations
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(
             resource_limits=ray.data.ExecutionResources(cpu=DATA_CPUS))),
         run_config=ray.train.RunConfig(
