@@ -147,10 +147,10 @@ def confusion_png(cm: np.ndarray, path: str, title: str = "confusion matrix", la
 
 
 def attention_png(clips: list[dict], path: str) -> str:
-    """Per clip: frame weights as bars over the face thumbnails, audio weights over time.
+    """Per clip: frame weights as bars under the face thumbnails, audio weights over time.
 
     Each clip dict: title, thumbnails [N, h, w, 3] uint8 (or None), visual [N] weights,
-    audio [M] weights (or None)."""
+    audio [W] weights per time column (or None)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,18 +161,22 @@ def attention_png(clips: list[dict], path: str) -> str:
         ax = row[0]
         weights = np.asarray(clip.get("visual") if clip.get("visual") is not None else [])
         n = len(weights)
-        if clip.get("thumbnails") is not None and n:
+        if clip.get("thumbnails") is not None and n:  # faces on top, their weights as bars below
             strip = np.concatenate(list(clip["thumbnails"][:n]), axis=1)
-            ax.imshow(strip, extent=(0, n, 0, 1), aspect="auto")
-        ax.bar(np.arange(n) + 0.5, weights / max(weights.max(), 1e-9), width=0.6, alpha=0.6, color="tab:red")
+            ax.imshow(strip, extent=(0, n, 0.45, 1.0), aspect="auto")
+        ax.bar(np.arange(n) + 0.5, 0.4 * weights / max(weights.max(), 1e-9) if n else [], width=0.6,
+               color="tab:red")
+        ax.axhline(0.4 / max(n, 1) / max(weights.max(), 1e-9) if n else 0, color="grey", lw=0.8, ls="--")
         ax.set_xlim(0, max(n, 1))
         ax.set_ylim(0, 1)
-        ax.set_title(f"{clip['title']}: frame weights")
         ax.set_yticks([])
+        ax.set_xlabel("frame")
+        ax.set_title(f"{clip['title']}: frame weights (dashed: uniform)")
         ax = row[1]
         if clip.get("audio") is not None:
-            ax.plot(np.asarray(clip["audio"]), color="tab:blue")
-        ax.set_title("audio weights (pool5 positions over time)")
+            ax.plot(np.asarray(clip["audio"]), color="tab:blue", marker=".")
+        ax.set_xlabel("pool5 time column")
+        ax.set_title("audio weights over time (summed over frequency)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -376,7 +376,7 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
         tracking.log_artifact(run_id, table)
         rows = val.slice(0, len(weights)).to_pylist()
         clips = [{"title": f"{EMOTIONS[r['label_index']]} ({os.path.basename(r['uri'])})",
-                  "thumbnails": thumbnails_array(r), "visual": w.get("visual"), "audio": w.get("audio")}
+                  "thumbnails": thumbnails_array(r), "visual": w.get("visual"), "audio": audio_over_time(w.get("audio"))}
                  for r, w in zip(rows, weights)]
         if clips:
             tracking.log_artifact(run_id, tracking.attention_png(clips, os.path.join(d, "attention_weights.png")))
@@ -388,6 +388,19 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
         save_checkpoint(d, model, None, int(state["epoch"]), float(state["best"]),
                         _model_config(state), TrainConfig(**state["train_config"]), state.get("metrics", {}))
         tracking.log_artifact(run_id, os.path.join(d, CHECKPOINT_FILE), "checkpoint")
+
+
+def audio_over_time(weights):
+    """Audio attention weights [H * W] (pool5, row-major) -> [W] per time column, or None."""
+    if weights is None:
+        return None
+    import torch
+
+    from raylib.models.audio_cnn import MIN_FREQ_BINS, pool5_length
+
+    rows = int(pool5_length(torch.tensor(MIN_FREQ_BINS)))  # the audio CNN sees >= 200 frequency rows
+    w = np.asarray(weights)
+    return w.reshape(rows, -1).sum(axis=0) if w.size % rows == 0 else w
 
 
 def _model_config(state: dict):
