@@ -23,3 +23,7 @@ class SourceError(RaylibError):
 
 class WeightsError(RaylibError):
     """A checkpoint is missing, unsafe, or does not match the architecture."""
+
+
+class StorageError(RaylibError):
+    """The store (local folder or object store) could not be read or written, after retries."""

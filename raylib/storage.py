@@ -6,8 +6,10 @@ come from the usual AWS environment/instance chain and are never logged.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
@@ -15,6 +17,9 @@ from typing import Iterator
 import fsspec
 from fsspec.core import url_to_fs
 
+from raylib.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"  # hidden: pyarrow, Ray and our readers skip names starting with "." or "_"
 
@@ -104,3 +109,44 @@ def remove_stale_temporaries(uri: str) -> int:
     for p in stale:
         fs.rm(p)
     return len(stale)
+
+
+# ---- retries -----------------------------------------------------------------------------------
+
+WRITE_RETRIES = 3  # extra attempts after a failed write; each attempt already includes botocore's
+RETRY_DELAY_S = 2.0  # first pause between attempts; doubles each time
+
+
+def transient(e: BaseException) -> bool:
+    """True for errors a retry may cure: lost connections, timeouts, 5xx from an object store.
+    Missing files, permissions and bad arguments are not."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)):
+        return False
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    name, module = type(e).__name__, type(e).__module__
+    if module.startswith(("botocore", "aiobotocore", "aiohttp", "urllib3")):
+        return any(w in name for w in ("Connection", "Timeout", "Endpoint", "ReadTimeout", "ClientPayload",
+                                       "ServerDisconnected", "IncompleteRead"))
+    if isinstance(e, OSError):  # s3fs maps 5xx / throttling to OSError subclasses
+        return True
+    return False
+
+
+def with_retries(what: str, fn, retries: int = WRITE_RETRIES, delay_s: float = RETRY_DELAY_S):
+    """fn() with up to `retries` more attempts on transient errors, pausing delay_s, 2*delay_s, ...
+    Returns (result, attempts). Raises StorageError naming `what` and the cause when all fail."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn(), attempt
+        except Exception as e:
+            if not transient(e):
+                raise
+            cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            if attempt > retries:
+                raise StorageError(f"{what} failed after {attempt} attempt(s): {cause}") from None
+            pause = delay_s * 2 ** (attempt - 1)
+            log.warning("%s: %s; retrying in %.0f s (attempt %d of %d)", what, cause, pause, attempt + 1, retries + 1)
+            time.sleep(pause)

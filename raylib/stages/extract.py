@@ -9,14 +9,17 @@
     FeatureStage     actor pool, backbone loaded once per actor, GPU when asked: features of the
         |            (enhanced) face chips                                   (1 row in, 1 row out)
         v
-    write_shard      one Parquet file per batch of rows, committed atomically (1 row out per clip:
-        |            clip_id, split, status, error, file)
+    write_shard      one Parquet file per batch of rows, committed atomically, retried through
+        |            storage outages (1 row out per clip: clip_id, split, status, error, file,
+        |            write attempts, the nodes that ran its stages)
         v
-    driver           counts statuses, prints and stores the summary
+    driver           counts statuses and nodes, prints and stores the summary
 
 A clip that cannot be read is a row with status "error", never a failed job. Shard names are a
 hash of their clip ids, so a retried task rewrites the same file; a re-run skips clips already
-stored, so an interrupted run followed by a re-run stores every clip exactly once.
+stored, so an interrupted run followed by a re-run stores every clip exactly once. On a cluster,
+--cpu-resource / --feature-resource pin the two stages to node types that declare those custom
+resources (cluster.yaml: decode_node on CPU workers, gpu_node on GPU workers).
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ import numpy as np
 
 import raylib
 from raylib import storage
-from raylib.schema import stored_clip_ids
-from raylib.storage import public_uri
 from raylib.errors import RaylibError
+from raylib.schema import stored_clip_ids
+from raylib.storage import public_uri, with_retries
 from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import FaceConfig
 from raylib.media.video import FrameSampling
@@ -46,6 +49,7 @@ from raylib.stages.preprocess import STATUS_ERROR, PreprocessConfig, preprocess_
 SUMMARY_FILE = "_summary.json"
 CPU_TASK_MEMORY = 512 * 1024**2  # bytes reserved per decode task: frames + chips of one clip
 FAILURE_STATUSES = (STATUS_ERROR,)  # the rest (no_face, no_audio, silent, truncated) keep features
+RESOURCE_SHARE = 0.001  # of a node's custom resource per task/actor: it selects nodes, the CPUs bound concurrency
 
 
 class ExtractError(RaylibError):
@@ -74,6 +78,12 @@ class ExtractConfig:
     batch_size: int = field(default=8, metadata={"help": "clips per feature batch"})
     shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
     max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})
+    write_retries: int = field(default=storage.WRITE_RETRIES, metadata={"help": "extra attempts of a shard write on a storage "
+                                                                               "outage (pauses 2, 4, 8 ... s)"})
+    cpu_resource: str = field(default="", metadata={"help": "custom Ray resource the decode/align tasks require "
+                                                            "(e.g. decode_node; '' : any node with CPUs)"})
+    feature_resource: str = field(default="", metadata={"help": "custom Ray resource the feature actors require "
+                                                                "(e.g. gpu_node; '' : any node)"})
     limit: int = field(default=0, metadata={"help": "process at most this many clips (0: all)"})
     s3_endpoint: str = field(default="", metadata={"help": "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs of the local Ray when RAY_ADDRESS is unset (0: all)"})
@@ -85,7 +95,8 @@ class ExtractConfig:
             raise ValueError("--enhance ar-mean needs --second-backbone (and --second-weights)")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError("--max-failure-rate must be within [0, 1]")
-        if min(self.batch_size, self.shard_size) < 1 or min(self.cpu_workers, self.gpu_actors, self.limit) < 0:
+        if min(self.batch_size, self.shard_size) < 1 or min(self.cpu_workers, self.gpu_actors, self.limit,
+                                                            self.write_retries) < 0:
             raise ValueError("--batch-size and --shard-size must be >= 1; counts must be >= 0")
         if self.gpu_actors == 0 and self.cpu_actors < 1:
             raise ValueError("--cpu-actors must be >= 1 when --gpu-actors is 0")
@@ -103,7 +114,7 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
     out: dict[str, list] = {k: list(v) for k, v in batch.items()}
     extra: dict[str, list] = {k: [] for k in ("chips", "face_found", "timestamps", "audio", "has_audio",
                                               "status", "error", "duration", "audio_seconds",
-                                              "seconds_cpu")}
+                                              "seconds_cpu", "cpu_node")}
     for uri in batch["uri"]:
         r = preprocess_clip(str(uri), cfg)
         ok = "chips" in r
@@ -118,8 +129,16 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
         extra["duration"].append(float(r.get("duration", 0.0)))
         extra["audio_seconds"].append(float(r.get("audio_seconds", 0.0)))
         extra["seconds_cpu"].append(float(r.get("seconds_total", 0.0)))
+        extra["cpu_node"].append(node_id())
     out.update(extra)
     return {k: _column(v) for k, v in out.items()}
+
+
+def node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _column(values: list) -> np.ndarray:
@@ -154,6 +173,7 @@ def featurize_batch(batch: dict, encoder, mode: str, second_encoder=None) -> dic
     out["visual_features"] = _column([feats[a:b] if b > a else np.zeros((0, dim), np.float32)
                                       for a, b in zip(bounds[:-1], bounds[1:])])
     out["thumbnails"] = _column([thumbnails(c) for c in chips])
+    out["feature_node"] = np.asarray([node_id()] * len(chips))
     return out
 
 
@@ -219,24 +239,34 @@ def batch_rows(batch: dict) -> list[dict]:
     return rows
 
 
-def write_shard(batch: dict, output: str, prov: dict) -> dict:
+OUTCOME_KEYS = ("clip_id", "split", "status", "error", "seconds_cpu", "cpu_node", "feature_node")
+
+
+def write_shard(batch: dict, output: str, prov: dict, retries: int = storage.WRITE_RETRIES) -> dict:
     """Rows with features -> one Parquet file per split under output; returns per-clip outcomes
-    (clip_id, split, status, error, seconds_cpu, file)."""
+    (OUTCOME_KEYS, file, write_attempts). A write that fails on a storage outage is retried;
+    StorageError when it still fails."""
     import pyarrow.parquet as pq
 
     from raylib.schema import to_table
 
     rows = batch_rows(batch)
-    out: dict[str, list] = {k: [] for k in ("clip_id", "split", "status", "error", "seconds_cpu", "file")}
+    out: dict[str, list] = {k: [] for k in (*OUTCOME_KEYS, "file", "write_attempts")}
     for split in sorted({r["split"] for r in rows}):
         part = [r for r in rows if r["split"] == split]
         uri = storage.join(output, split, shard_name(r["clip_id"] for r in part))
-        with storage.atomic_write(uri) as f:
-            pq.write_table(to_table([{**r, **prov} for r in part]), f, compression="zstd")
+        table = to_table([{**r, **prov} for r in part])
+
+        def write():
+            with storage.atomic_write(uri) as f:
+                pq.write_table(table, f, compression="zstd")
+
+        _, attempts = with_retries(f"writing {public_uri(uri)}", write, retries)
         for r in part:
-            for k in ("clip_id", "split", "status", "error", "seconds_cpu"):
-                out[k].append(r[k])
+            for k in OUTCOME_KEYS:
+                out[k].append(r.get(k, ""))
             out["file"].append(uri)
+            out["write_attempts"].append(attempts)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -265,8 +295,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
     records = list_clips(cfg.input, cfg.dataset_format)
     prov = provenance(cfg)
-    storage.remove_stale_temporaries(cfg.output)
-    done = stored_clip_ids(cfg.output)
+    done, _ = with_retries(f"reading the store {public_uri(cfg.output)}", lambda: _stored(cfg.output), cfg.write_retries)
     pending = [r.to_dict() for r in records if r.clip_id not in done]
     already = len(records) - len(pending)
     if cfg.limit:
@@ -284,7 +313,10 @@ def run_extract(cfg: ExtractConfig) -> dict:
         outcomes = _run_graph(pending, cfg, prov, env)
         counts = Counter(o["status"] for o in outcomes)
         failures = sum(counts[s] for s in FAILURE_STATUSES)
+        shards = {o["file"]: int(o["write_attempts"]) for o in outcomes}
         summary.update(clips_processed=len(outcomes), status_counts=dict(sorted(counts.items())),
+                       nodes={stage: dict(Counter(o[f"{stage}_node"] for o in outcomes)) for stage in ("cpu", "feature")},
+                       shards_written=len(shards), write_retries=sum(a - 1 for a in shards.values()),
                        failures=failures, failure_rate=failures / len(outcomes),
                        errors=[{"uri": o["uri"], "status": o["status"], "error": o["error"]}
                                for o in outcomes if o["status"] != "ok"][:200],
@@ -293,10 +325,24 @@ def run_extract(cfg: ExtractConfig) -> dict:
     summary.update(elapsed_s=round(elapsed, 2),
                    clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0,
                    clips_stored=len(done | {o["clip_id"] for o in outcomes}))
-    with storage.atomic_write(storage.join(cfg.output, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    _write_summary(cfg, summary)
     _check_failures(summary, cfg)
     return summary
+
+
+def _stored(output: str) -> set[str]:
+    storage.remove_stale_temporaries(output)
+    return stored_clip_ids(output)
+
+
+def _write_summary(cfg: ExtractConfig, summary: dict) -> None:
+    uri = storage.join(cfg.output, SUMMARY_FILE)
+
+    def write():
+        with storage.atomic_write(uri, "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+
+    with_retries(f"writing {public_uri(uri)}", write, cfg.write_retries)
 
 
 _EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(Error|Exception)): (.+)$")
@@ -321,19 +367,23 @@ def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict) -
     # The memory reservation bounds how many decoded clips a node holds at once; being a resource
     # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
     # would run decoding inside the (few) actors instead of on every CPU.
+    def placed(resource: str) -> dict:
+        return {"resources": {resource: RESOURCE_SHARE}} if resource else {}
+
     ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
-                        memory=CPU_TASK_MEMORY, **extra,
+                        memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
     gpu = cfg.gpu_actors > 0
     ds = ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=cfg.gpu_actors if gpu else cfg.cpu_actors),
-                        num_gpus=1 if gpu else 0, num_cpus=1, **extra)
-    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, fn_kwargs={"output": cfg.output, "prov": prov},
-                        num_cpus=0.5, **extra)
+                        num_gpus=1 if gpu else 0, num_cpus=1, **extra, **placed(cfg.feature_resource))
+    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=0.5, **extra,
+                        fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
     outcomes = []
     try:
         for row in ds.iter_rows():
             outcomes.append({**row, "uri": uris[row["clip_id"]]})
-    except Exception as e:  # a stage failed as a whole (e.g. weights that do not fit the backbone)
-        raise ExtractError(f"extraction failed: {root_cause(e)}") from None
+    except Exception as e:  # a stage failed as a whole (weights that do not fit, storage down for good)
+        raise ExtractError(f"extraction failed: {root_cause(e)} (shards already written are kept; a re-run "
+                           f"continues from them)") from None
     return outcomes
