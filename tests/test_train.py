@@ -99,6 +99,74 @@ def test_resume_continues_the_epoch_count(store, trained):
     assert load_checkpoint(resumed["best_checkpoint"])["epoch"] > first["epoch"]
 
 
+def train_worker_pids() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+
+
+def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run(store):
+    import threading
+
+    from raylib.stages.train import TrainConfig, load_checkpoint, run_train
+
+    path, root = store
+    out = root / "fault-runs"
+    killed = {}
+
+    def kill_a_worker_after_the_first_checkpoint():
+        # Kill mid-epoch, once the newest checkpoint is the last logged epoch and is older than
+        # Ray Train's 2 s poll (so the controller has registered it).
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            time.sleep(0.1)
+            files = [os.path.join(d, "model.pt") for d, _, fs in os.walk(out) if "model.pt" in fs]
+            pids = train_worker_pids()
+            history = client().get_metric_history(run_ids[0], "val_accuracy") if run_ids else []
+            if not files or len(pids) != 2 or not history:
+                continue
+            newest = max(files, key=os.path.getmtime)
+            try:
+                epoch = load_checkpoint(newest)["epoch"]
+            except Exception:  # still being written
+                continue
+            if epoch == max(m.step for m in history) and time.time() - os.path.getmtime(newest) > 2.5:
+                os.kill(pids[-1], 9)
+                killed.update(pid=pids[-1], t=time.time(), after_epoch=epoch)
+
+    run_ids = []
+
+    def find_run():
+        while not run_ids and time.time() < t0 + 120:
+            found = client().search_runs([client().get_experiment_by_name("emotion-fusion").experiment_id],
+                                         "attributes.run_name = 'worker-fault'") \
+                if client().get_experiment_by_name("emotion-fusion") else []
+            run_ids.extend(r.info.run_id for r in found)
+            time.sleep(0.2)
+        kill_a_worker_after_the_first_checkpoint()
+
+    killer = threading.Thread(target=find_run, daemon=True)
+    t0 = time.time()
+    killer.start()
+    s = run_train(TrainConfig(store=path, output=str(out), epochs=5, num_workers=2, max_failures=1,
+                              run_name="worker-fault", quiet=True))
+    killer.join(timeout=5)
+    assert killed, "no training worker was killed"
+    restarts = client().get_metric_history(s["run_id"], "restarted_at_epoch")
+    print(f"worker {killed['pid']} killed {killed['t'] - t0:.1f} s in, after the checkpoint of epoch {killed['after_epoch']}; "
+          f"restarted at epoch {[int(m.value) for m in restarts]}; the run finished "
+          f"{time.time() - killed['t']:.1f} s after the kill")
+    assert [m.value for m in restarts] == [killed["after_epoch"] + 1]  # restarted once, from that checkpoint
+    run = client().get_run(s["run_id"])
+    assert run.info.status == "FINISHED"
+    experiment = run.info.experiment_id
+    assert len(client().search_runs([experiment], "attributes.run_name = 'worker-fault'")) == 1
+    steps = sorted(m.step for m in client().get_metric_history(s["run_id"], "val_accuracy"))
+    assert steps == list(range(5))  # one continuous history: every epoch once, none lost, none repeated
+    assert load_checkpoint(s["best_checkpoint"])["epoch"] <= 4
+
+
 def test_evaluate_ensemble_reweighting_and_predictions(store, trained, tmp_path):
     from raylib.batches import COLUMNS, usable
     from raylib.stages.evaluate import EvaluateConfig, apply_weights, class_weights, ensemble_probs, run_evaluate

@@ -245,6 +245,9 @@ def train_loop_per_worker(config: dict) -> None:
         if state.get("optimizer"):
             optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
+        if checkpoint is not None and rank == 0 and config.get("run_id"):
+            # the same MLflow run goes on: its history shows where the worker group restarted
+            tracking.log_metrics(config["run_id"], {"restarted_at_epoch": start_epoch}, start_epoch)
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
