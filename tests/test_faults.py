@@ -1,0 +1,192 @@
+"""Storage faults and secrets, with real processes on 127.0.0.1: the moto S3 server stopped mid-write
+and restarted (same port, same objects), and a secret key that must not leak into any output."""
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from raylib.sample import SampleConfig, generate_sample_set
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RestartableS3:
+    """moto's S3 server in this process; stop() closes the port, start() reopens it. Objects live
+    in this process, so they survive a restart, as they would on a real store."""
+
+    def __init__(self):
+        from conftest import _free_port
+
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self):
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self):
+        self.server.stop()
+
+    def fs(self, secret="testing"):
+        import s3fs
+
+        return s3fs.S3FileSystem(endpoint_url=self.endpoint, key="testing", secret=secret, skip_instance_cache=True)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = RestartableS3()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("faults") / "videos")
+    return root, len(generate_sample_set(SampleConfig(out_dir=root, train_per_class=1, val_per_class=1)))
+
+
+def job_env(s3, secret="testing", **extra):
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def extract(videos, out, *flags):
+    return [sys.executable, "jobs/extract.py", "--input", videos, "--output", out, "--frames", "uniform:4",
+            "--shard-size", "1", "--batch-size", "1", "--cpu-workers", "1", "--num-cpus", "2", *flags]
+
+
+def shards(s3, prefix):
+    fs = s3.fs()
+    return [p for p in fs.find(prefix) if p.endswith(".parquet")] if fs.exists(prefix) else []
+
+
+def stored_ids(s3, prefix):
+    import pyarrow.parquet as pq
+
+    fs = s3.fs()
+    ids = []
+    for p in shards(s3, prefix):
+        with fs.open(p, "rb") as f:
+            ids += pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist()
+    return ids
+
+
+def outage_during(proc, s3, prefix, seconds, after_shards=2):
+    """Stop the server once `after_shards` shards are stored, restart it `seconds` later."""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(shards(s3, prefix)) < after_shards:
+        time.sleep(0.3)
+    assert proc.poll() is None, "the job ended before the outage"
+    stored = len(shards(s3, prefix))
+    s3.stop()
+    time.sleep(seconds)
+    s3.start()
+    return stored
+
+
+def test_s3_outage_mid_write_retried_through_or_failed_clearly_then_rerun(s3, videos):
+    videos, n = videos
+    s3.fs().mkdir("faults")
+
+    # 1. a 15 s outage: shard writes are retried (botocore's own ~11 s, then ours) and the job finishes
+    prefix = "faults/retried"
+    proc = subprocess.Popen(extract(videos, f"s3://{prefix}", "--quiet"), cwd=ROOT, env=job_env(s3),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = outage_during(proc, s3, prefix, 15)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads(s3.fs().cat(f"{prefix}/_summary.json"))
+    print(f"15 s outage after {before} shards: {summary['write_retries']} shard write(s) retried, "
+          f"job {summary['elapsed_s']} s")
+    assert summary["write_retries"] >= 1
+    ids = stored_ids(s3, prefix)
+    assert len(ids) == n and len(set(ids)) == n
+
+    # 2. no retries allowed: the job stops with one clear line; after the restart a re-run completes
+    prefix = "faults/failed"
+    proc = subprocess.Popen(extract(videos, f"s3://{prefix}", "--quiet", "--write-retries", "0"), cwd=ROOT,
+                            env=job_env(s3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = outage_during(proc, s3, prefix, 14)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stdout[-2000:] + stderr[-2000:]
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("extract: error: extraction failed: StorageError: writing s3://faults/failed/"), error
+    assert "failed after 1 attempt(s)" in error and "Traceback" not in stderr
+    partial = stored_ids(s3, prefix)
+    assert len(partial) == len(set(partial)) < n
+    rerun = subprocess.run(extract(videos, f"s3://{prefix}", "--quiet"), cwd=ROOT, env=job_env(s3),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    print(f"outage with --write-retries 0 after {before} shards: '{error[:120]}...'; "
+          f"{len(partial)} clips kept, the re-run processed {n - len(partial)}")
+    assert f"{n - len(partial)} clips processed" in rerun.stdout
+    ids = stored_ids(s3, prefix)
+    assert len(ids) == n and len(set(ids)) == n  # nothing lost, nothing duplicated
+
+
+def test_the_secret_key_appears_in_no_log_mlflow_record_or_parquet_metadata(s3, videos, tmp_path):
+    import pyarrow.parquet as pq
+
+    videos, n = videos
+    marker = "SECRETMARKER" + secrets.token_hex(8)
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    mlflow_dir = tmp_path / "mlflow"
+    mlflow_dir.mkdir()
+    env = job_env(s3, secret=marker, RAY_TMPDIR=ray_tmp, MLFLOW_TRACKING_URI=f"sqlite:///{mlflow_dir}/mlflow.db")
+    s3.fs(marker).mkdir("secrets")
+    store = "s3://secrets/store"
+    try:
+        ext = subprocess.run(extract(videos, store), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert ext.returncode == 0, ext.stderr[-3000:]
+        train = subprocess.run([sys.executable, "jobs/train.py", "--store", store, "--output", str(tmp_path / "runs"),
+                                "--epochs", "1", "--num-workers", "1"], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert train.returncode == 0, train.stderr[-3000:]
+
+        places = {"extract stdout/stderr": (ext.stdout + ext.stderr).encode(),
+                  "train stdout/stderr": (train.stdout + train.stderr).encode()}
+        for label, root in (("Ray session", ray_tmp), ("MLflow store", str(mlflow_dir)), ("checkpoints", str(tmp_path / "runs"))):
+            for d, _, files in os.walk(root):
+                for f in files:
+                    path = os.path.join(d, f)
+                    if os.path.isfile(path) and not os.path.islink(path):
+                        with open(path, "rb") as fh:
+                            places[f"{label}: {os.path.relpath(path, root)}"] = fh.read()
+        fs = s3.fs(marker)
+        for p in fs.find("secrets/store"):
+            if p.endswith(".parquet"):
+                with fs.open(p, "rb") as f:
+                    meta = pq.ParquetFile(f).metadata
+                places[f"Parquet metadata: {p}"] = repr(meta.metadata).encode() + str(meta.schema).encode()
+            places[f"store object: {p}"] = fs.cat(p)
+        logs = sum(1 for k in places if k.startswith("Ray session") and k.endswith((".log", ".out", ".err")))
+        mlflow_files = sum(1 for k in places if k.startswith("MLflow store"))
+        print(f"secret marker searched in {len(places)} files/streams ({logs} Ray log files, "
+              f"{mlflow_files} MLflow files)")
+        assert logs >= 5 and mlflow_files >= 3 and any(k.startswith("Parquet metadata") for k in places)
+        leaks = [k for k, blob in places.items() if marker.encode() in blob]
+        assert leaks == []
+
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert runs and all(marker not in json.dumps([r.data.params, r.data.tags]) for r in runs)
+        assert "AWS_SECRET_ACCESS_KEY" not in json.dumps([r.data.params for r in runs])
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
