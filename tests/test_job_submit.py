@@ -58,6 +58,26 @@ def test_extract_job_submitted_to_a_token_authenticated_head(head, tmp_path):
     table = read_store(out, ["clip_id", "status"])
     assert table.num_rows == n and set(table.column("status").to_pylist()) == {"ok"}
 
+    # no token at all: a client with token auth off and no ~/.ray/auth_token to fall back on
+    home = tmp_path / "home"
+    home.mkdir()
+    anonymous = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    refused = submit({**anonymous, "HOME": str(home)}, address, "jobs/extract.py", "--help")
+    assert refused.returncode != 0
+    assert "no authentication token was found" in refused.stdout + refused.stderr
+    # and the job server itself answers a request without the token with 401
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"entrypoint": "python -c 'print(1)'"}).encode()
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(urllib.request.Request(f"{address}/api/jobs/", data=body, method="POST",
+                                                      headers={"Content-Type": "application/json"}), timeout=30)
+    assert denied.value.code in (401, 403)
+    listing = subprocess.run([f"{BIN}/ray", "job", "list", "--address", address], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert listing.stdout.count("submission_id") == 1  # only the authenticated job ever ran
+
     wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     refused = submit(wrong, address, "jobs/extract.py", "--help")
     assert refused.returncode != 0
