@@ -9,7 +9,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+# the cluster image (infra/Dockerfile); CHANGE to your registry
+IMAGE ?= ghcr.io/your-org/emotion-recognition:0.1.0
+
+.PHONY: demo test test-fast install clean mlflow-ui image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +34,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# the MLflow UI over the embedded store on http://127.0.0.1:5000 (mlflow/server.sh says how to
+# serve a team store instead)
+mlflow-ui: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash mlflow/server.sh
+
+image:
+	docker build -f infra/Dockerfile -t $(IMAGE) .
 
 clean:
 	rm -rf data/demo .pytest_cache

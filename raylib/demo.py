@@ -2,7 +2,7 @@
 
 sample set -> extract (dlib_resnet) -> train one model (Ray Train, 2 workers) -> a small sweep
 (visual attention x fusion, Ray Tune) -> evaluate an ensemble of two -> the Table-2 report and
-the `mlflow ui` command that shows every run.
+the command that shows every run in the MLflow UI.
 """
 
 from __future__ import annotations

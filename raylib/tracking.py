@@ -1,8 +1,8 @@
 """MLflow: the embedded default store, run set-up, config logging without secrets, plots.
 
 When MLFLOW_TRACKING_URI is unset, runs go to an embedded store under ./mlflow (SQLite database
-mlflow/mlflow.db, artifacts in mlflow/artifacts), which `mlflow ui --backend-store-uri
-sqlite:///mlflow/mlflow.db` shows. Otherwise the given server is used.
+mlflow/mlflow.db, artifacts in mlflow/artifacts), which `make mlflow-ui` (mlflow/server.sh) shows.
+Otherwise the given server is used.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from raylib.storage import public_uri
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 EMBEDDED_DIR = "mlflow"
+# the embedded store of a checkout, which `make mlflow-ui` serves
+REPO_STORE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), EMBEDDED_DIR, "mlflow.db")
 SECRET_WORDS = re.compile(r"(secret|password|token|credential|access_key|private)", re.IGNORECASE)
 
 
@@ -35,8 +37,10 @@ def tracking_uri() -> str:
 def ui_command() -> str:
     """The command that shows the runs of the store in use."""
     uri = tracking_uri()
+    if uri == f"sqlite:///{REPO_STORE}":
+        return "make mlflow-ui   (then open http://127.0.0.1:5000)"
     if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        return f"MLFLOW_BACKEND_STORE_URI={uri} bash mlflow/server.sh   (then open http://127.0.0.1:5000)"
     return f"open {uri} in a browser"
 
 

@@ -22,8 +22,10 @@ def test_embedded_store_by_default_and_the_ui_command(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
-    assert tracking.ui_command() == (f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow/mlflow.db "
-                                     "--host 127.0.0.1 --port 5000")
+    assert tracking.ui_command().startswith(f"MLFLOW_BACKEND_STORE_URI=sqlite:///{tmp_path}/mlflow/mlflow.db "
+                                            "bash mlflow/server.sh")
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a checkout's own store
+    assert tracking.ui_command().startswith("make mlflow-ui")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5555")
     assert tracking.tracking_uri() == "http://127.0.0.1:5555"
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"

@@ -223,13 +223,17 @@ def free_port():
 def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
     from raylib.stages.train import TrainConfig, run_train
 
+    import psutil
+
     path, root = store
     port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server",
-                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                               "--default-artifact-root", str(tmp_path / "artifacts"),
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the team server's script (mlflow/server.sh), on a store of its own
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "MLFLOW_PORT": str(port),
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/server.db",
+           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
+    env.pop("MLFLOW_HOST", None)
+    server = subprocess.Popen(["bash", "mlflow/server.sh"], cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     old = os.environ["MLFLOW_TRACKING_URI"]
     try:
         deadline = time.time() + 90
@@ -239,6 +243,9 @@ def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
                     break
             except OSError:
                 time.sleep(0.5)
+        tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        listening = {c.laddr for p in tree for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        assert listening and {a.ip for a in listening} == {"127.0.0.1"}  # loopback only, by default
         os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
         s = run_train(TrainConfig(store=path, output=str(root / "server-runs"), epochs=2, num_workers=1,
                                   experiment="on-server", quiet=True))
@@ -246,7 +253,9 @@ def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
         assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
         assert len(client().get_metric_history(s["run_id"], "val_accuracy")) == 2
         assert "confusion_matrix.png" in artifact_names(s["run_id"])
+        # artifacts went through the server into its artifacts destination
+        assert [f for _, _, fs in os.walk(tmp_path / "artifacts") for f in fs if f == "confusion_matrix.png"]
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = old
-        server.terminate()
+        os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -53,6 +53,8 @@ class TrainConfig:
     num_workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, nccl"})
     cpus_per_worker: float = field(default=0.5, metadata={"help": "CPUs reserved per worker"})
+    worker_resource: str = field(default="", metadata={"help": "custom Ray resource the workers require, e.g. "
+                                                               "gpu_node (cluster.yaml); '' : any node"})
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint"})
     select_metric: str = field(default="val_uar", metadata={"help": "metric that picks the best checkpoint", "choices": ["val_uar", "val_accuracy"]})
     resume_from: str = field(default="", metadata={"help": "checkpoint folder or model.pt to continue from"})
@@ -277,6 +279,13 @@ def train_loop_per_worker(config: dict) -> None:
 
 # ---- the driver --------------------------------------------------------------------------------
 
+def worker_resources(cfg: TrainConfig) -> dict:
+    """Ray resources of one training worker (the GPU comes from use_gpu)."""
+    from raylib.stages.extract import RESOURCE_SHARE
+
+    return {"CPU": cfg.cpus_per_worker, **({cfg.worker_resource: RESOURCE_SHARE} if cfg.worker_resource else {})}
+
+
 def default_run_name(cfg: TrainConfig) -> str:
     return f"{cfg.visual_attention}-{cfg.audio_attention}-{cfg.fusion}-{cfg.modalities}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -315,7 +324,7 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         train_loop_config={"train": asdict(cfg), "model": asdict(model_cfg), "run_id": run_id,
                            "tracking_uri": tracking.tracking_uri(), "resume_from": cfg.resume_from},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                               resources_per_worker=worker_resources(cfg)),
         datasets={"train": train_ds},
         # reading is capped at DATA_CPUS so that it never competes with the workers' reservations
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(

@@ -60,6 +60,7 @@ class TuneConfig:
     num_workers: int = field(default=1, metadata={"help": "Ray Train workers per trial"})
     cpus_per_worker: float = field(default=0.5, metadata={"help": "CPUs reserved per worker"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
+    worker_resource: str = field(default="", metadata={"help": "custom Ray resource the workers require (e.g. gpu_node)"})
     select_metric: str = field(default="val_uar", metadata={"help": "metric of the report and of ASHA", "choices": ["val_uar", "val_accuracy"]})
     quiet: bool = field(default=False, metadata={"help": "less output"})
 
