@@ -342,7 +342,10 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         tracking.end_run(run_id, "FAILED")
         raise
     best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(cfg.select_metric, -1))
-    summary = {"run_id": run_id, "run_name": run_name, "best_checkpoint": best_ckpt.path,
+    path = best_ckpt.path  # a path inside the storage filesystem: give it back its scheme
+    if storage.is_remote(output) and "://" not in path:
+        path = output.split("://", 1)[0] + "://" + path.lstrip("/")
+    summary = {"run_id": run_id, "run_name": run_name, "best_checkpoint": path,
                "best_epoch": int(best_metrics["epoch"]), "elapsed_s": round(time.perf_counter() - t0, 1),
                **{k: v for k, v in best_metrics.items() if k.startswith(("val_", "train_"))}}
     if log_artifacts:
