@@ -104,6 +104,15 @@ def astronaut():
     return data.astronaut()
 
 
+@pytest.fixture(scope="session")
+def sample_videos(tmp_path_factory):
+    """A small sample set (7 classes x 1 train + 1 val clip) in AFEW layout: (folder, clip count)."""
+    from raylib.sample import SampleConfig, generate_sample_set
+
+    root = str(tmp_path_factory.mktemp("sample") / "videos")
+    return root, len(generate_sample_set(SampleConfig(out_dir=root, train_per_class=1, val_per_class=1)))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,6 @@ import time
 import psutil
 import pytest
 
-from raylib.sample import SampleConfig, generate_sample_set
 from raylib.schema import data_files, read_store
 
 pytestmark = pytest.mark.slow
@@ -35,12 +34,6 @@ def cluster():
     c.wait_for_nodes()
     yield c
     c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("multinode") / "videos")
-    return root, len(generate_sample_set(SampleConfig(out_dir=root, train_per_class=1, val_per_class=1)))
 
 
 def workers(cluster):
@@ -81,8 +74,8 @@ def assert_exactly_once(out, n):
     assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".tmp-")]
 
 
-def test_worker_node_killed_mid_run_every_clip_once(cluster, videos, tmp_path):
-    videos, n = videos
+def test_worker_node_killed_mid_run_every_clip_once(cluster, sample_videos, tmp_path):
+    videos, n = sample_videos
     out = str(tmp_path / "store")
     before = {node.node_id for node in workers(cluster)}
     proc = start_job(cluster, videos, out)
@@ -110,8 +103,8 @@ def test_worker_node_killed_mid_run_every_clip_once(cluster, videos, tmp_path):
     cluster.wait_for_nodes()
 
 
-def test_killed_driver_on_a_cluster_then_rerun_every_clip_once(cluster, videos, tmp_path):
-    videos, n = videos
+def test_killed_driver_on_a_cluster_then_rerun_every_clip_once(cluster, sample_videos, tmp_path):
+    videos, n = sample_videos
     out = str(tmp_path / "store")
     proc = start_job(cluster, videos, out)
     try:

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from raylib.sample import SampleConfig, generate_sample_set
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,12 +49,6 @@ def s3():
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("faults") / "videos")
-    return root, len(generate_sample_set(SampleConfig(out_dir=root, train_per_class=1, val_per_class=1)))
 
 
 def job_env(s3, secret="testing", **extra):
@@ -99,8 +92,8 @@ def outage_during(proc, s3, prefix, seconds, after_shards=2):
     return stored
 
 
-def test_s3_outage_mid_write_retried_through_or_failed_clearly_then_rerun(s3, videos):
-    videos, n = videos
+def test_s3_outage_mid_write_retried_through_or_failed_clearly_then_rerun(s3, sample_videos):
+    videos, n = sample_videos
     s3.fs().mkdir("faults")
 
     # 1. a 15 s outage: shard writes are retried (botocore's own ~11 s, then ours) and the job finishes
@@ -139,10 +132,10 @@ def test_s3_outage_mid_write_retried_through_or_failed_clearly_then_rerun(s3, vi
     assert len(ids) == n and len(set(ids)) == n  # nothing lost, nothing duplicated
 
 
-def test_the_secret_key_appears_in_no_log_mlflow_record_or_parquet_metadata(s3, videos, tmp_path):
+def test_the_secret_key_appears_in_no_log_mlflow_record_or_parquet_metadata(s3, sample_videos, tmp_path):
     import pyarrow.parquet as pq
 
-    videos, n = videos
+    videos, n = sample_videos
     marker = "SECRETMARKER" + secrets.token_hex(8)
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     mlflow_dir = tmp_path / "mlflow"
