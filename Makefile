@@ -41,7 +41,7 @@ mlflow-ui: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash mlflow/server.sh
 
 image:
-	docker build -f infra/Dockerfile -t $(IMAGE) .
+	docker build -f infra/Dockerfile -t $(IMAGE) --label org.opencontainers.image.revision=$$(git rev-parse HEAD) .
 
 clean:
 	rm -rf data/demo .pytest_cache

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -369,6 +370,11 @@ def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict) -
     # would run decoding inside the (few) actors instead of on every CPU.
     def placed(resource: str) -> dict:
         return {"resources": {resource: RESOURCE_SHARE}} if resource else {}
+
+    for flag, name in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
+        if name and name not in ray.cluster_resources():  # an autoscaler may still add such a node
+            print(f"extract: no node offers the resource {name} ({flag}) yet; that stage waits until one joins",
+                  file=sys.stderr, flush=True)
 
     ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
                         memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
