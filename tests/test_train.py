@@ -88,7 +88,8 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
 
 
 def test_resume_continues_the_epoch_count(store, trained):
-    from raylib.stages.train import TrainConfig, load_checkpoint, run_train
+    from raylib.checkpoints import load_checkpoint
+    from raylib.stages.train import TrainConfig, run_train
 
     path, root = store
     first = load_checkpoint(trained["best_checkpoint"])
@@ -109,7 +110,8 @@ def train_worker_pids() -> list[int]:
 def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run(store):
     import threading
 
-    from raylib.stages.train import TrainConfig, load_checkpoint, run_train
+    from raylib.checkpoints import load_checkpoint
+    from raylib.stages.train import TrainConfig, run_train
 
     path, root = store
     out = root / "fault-runs"

@@ -82,7 +82,8 @@ def resolve_checkpoint(ref: str) -> str:
 
 def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32) -> np.ndarray:
     """Mean of the class probabilities of each checkpoint's model on the rows of table."""
-    from raylib.stages.train import model_from_checkpoint, predict
+    from raylib.checkpoints import model_from_checkpoint
+    from raylib.stages.train import predict
 
     total = None
     for ref in checkpoints:

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from raylib import storage
+from raylib.checkpoints import CHECKPOINT_FILE, load_checkpoint, model_config_of, model_from_checkpoint, save_checkpoint
 from raylib.labels import EMOTIONS
 from raylib.models import FUSIONS, MODALITIES, POOLINGS
 
-CHECKPOINT_FILE = "model.pt"
 READ_CPUS = 0.25  # per Ray Data task reading the store for training
 DATA_CPUS = 0.5  # all of Ray Data's reading for one training run
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -94,52 +94,6 @@ def store_info(store: str) -> dict:
             "train_counts": counts.tolist(), "train_rows": len(train),
             "val_rows": sum(r["split"] == "val" for r in rows),
             "provenance": {k: first[k] for k in ("backbone", "weights_digest", "enhancement", "audio_mode", "frames")}}
-
-
-# ---- checkpoints -------------------------------------------------------------------------------
-
-def save_checkpoint(directory: str, model, optimizer, epoch: int, best: float, model_cfg, train_cfg, metrics) -> str:
-    """model.pt in directory: tensors and plain values only, loadable with weights_only=True."""
-    import torch
-
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
-                "epoch": epoch, "best": best, "model_config": asdict(model_cfg),
-                "train_config": asdict(train_cfg), "metrics": {k: float(v) for k, v in metrics.items()}}, path)
-    return path
-
-
-def load_checkpoint(uri: str) -> dict:
-    """A checkpoint written by save_checkpoint, from a folder or model.pt (local or URI)."""
-    import io
-
-    import torch
-
-    from raylib.errors import WeightsError
-
-    if not uri.endswith(".pt"):
-        uri = storage.join(uri, CHECKPOINT_FILE)
-    try:
-        blob = storage.read_bytes(uri)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise WeightsError(f"checkpoint {uri} not found") from None
-    try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"checkpoint {uri} refused or unreadable: {str(e).splitlines()[0][:200]}") from None
-    if "model" not in state or "model_config" not in state:
-        raise WeightsError(f"{uri} is not a training checkpoint (keys: {', '.join(sorted(state)[:10])})")
-    return state
-
-
-def model_from_checkpoint(uri: str):
-    """(FusionModel in eval mode, checkpoint dict)."""
-    from raylib.models.fusion import build_model
-
-    state = load_checkpoint(uri)
-    model = build_model(state["model_config"])
-    model.load_state_dict(state["model"], strict=True)
-    return model.eval(), state
 
 
 # ---- evaluation (shared with jobs/evaluate.py) -------------------------------------------------
@@ -401,7 +355,7 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
         mlflow.pytorch.log_model(model, name="model", pip_requirements=["torch"], serialization_format="pickle")
     with tempfile.TemporaryDirectory() as d:  # ... and the tensors-only checkpoint evaluate.py loads
         save_checkpoint(d, model, None, int(state["epoch"]), float(state["best"]),
-                        _model_config(state), TrainConfig(**state["train_config"]), state.get("metrics", {}))
+                        model_config_of(state), TrainConfig(**state["train_config"]), state.get("metrics", {}))
         tracking.log_artifact(run_id, os.path.join(d, CHECKPOINT_FILE), "checkpoint")
 
 
@@ -416,9 +370,3 @@ def audio_over_time(weights):
     rows = int(pool5_length(torch.tensor(MIN_FREQ_BINS)))  # the audio CNN sees >= 200 frequency rows
     w = np.asarray(weights)
     return w.reshape(rows, -1).sum(axis=0) if w.size % rows == 0 else w
-
-
-def _model_config(state: dict):
-    from raylib.models.fusion import ModelConfig
-
-    return ModelConfig(**state["model_config"])
