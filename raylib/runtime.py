@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import os
 
+# Share of a node's custom resource (cluster.yaml: decode_node, gpu_node) one task, actor or
+# training worker asks for: the resource picks the node type, CPUs and GPUs bound concurrency.
+RESOURCE_SHARE = 0.001
+
+
+def placement(resource: str) -> dict[str, float]:
+    """Ray resources that pin work to nodes declaring `resource` ({} when resource is '')."""
+    return {resource: RESOURCE_SHARE} if resource else {}
+
 
 def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False):
     """ray.init for a job: connect when RAY_ADDRESS is set (cluster, `ray job submit`), else start

@@ -205,3 +205,17 @@ def test_mlflow_server_script_defaults_to_the_embedded_store_on_loopback():
 
     assert tracking.REPO_STORE == os.path.join(ROOT, "mlflow", "mlflow.db")  # what the jobs write by default
     assert "mlflow-ui:" in read("Makefile") and "bash mlflow/server.sh" in read("Makefile")
+
+
+def test_stage_placement_asks_a_share_of_the_declared_resources():
+    from raylib.runtime import placement
+    from raylib.stages.train import TrainConfig, worker_resources
+
+    cluster = yaml.safe_load(read("cluster.yaml"))
+    for node_type, resource in (("cpu_worker", "decode_node"), ("gpu_worker", "gpu_node")):
+        declared = cluster["available_node_types"][node_type]["resources"][resource]
+        asked = placement(resource)[resource]
+        assert 0 < asked and declared / asked >= 64  # many tasks per node: CPUs and GPUs bound them
+    assert placement("") == {}
+    assert worker_resources(TrainConfig(worker_resource="gpu_node", cpus_per_worker=2)) == {
+        "CPU": 2, "gpu_node": placement("gpu_node")["gpu_node"]}

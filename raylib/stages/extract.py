@@ -43,6 +43,7 @@ from raylib.storage import public_uri, with_retries
 from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import FaceConfig
 from raylib.media.video import FrameSampling
+from raylib.runtime import placement
 from raylib.models import BACKBONES, ENHANCEMENTS
 from raylib.sources import FORMATS, list_clips
 from raylib.stages.preprocess import STATUS_ERROR, PreprocessConfig, preprocess_clip
@@ -50,7 +51,6 @@ from raylib.stages.preprocess import STATUS_ERROR, PreprocessConfig, preprocess_
 SUMMARY_FILE = "_summary.json"
 CPU_TASK_MEMORY = 512 * 1024**2  # bytes reserved per decode task: frames + chips of one clip
 FAILURE_STATUSES = (STATUS_ERROR,)  # the rest (no_face, no_audio, silent, truncated) keep features
-RESOURCE_SHARE = 0.001  # of a node's custom resource per task/actor: it selects nodes, the CPUs bound concurrency
 
 
 class ExtractError(RaylibError):
@@ -365,17 +365,17 @@ def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict) -
     extra = {"runtime_env": {"env_vars": env}} if env else {}
     uris = {r["clip_id"]: r["uri"] for r in pending}
     ds = ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096))
-    # The memory reservation bounds how many decoded clips a node holds at once; being a resource
-    # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
-    # would run decoding inside the (few) actors instead of on every CPU.
-    def placed(resource: str) -> dict:
-        return {"resources": {resource: RESOURCE_SHARE}} if resource else {}
-
     for flag, name in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
         if name and name not in ray.cluster_resources():  # an autoscaler may still add such a node
             print(f"extract: no node offers the resource {name} ({flag}) yet; that stage waits until one joins",
                   file=sys.stderr, flush=True)
 
+    def placed(resource: str) -> dict:
+        return {"resources": placement(resource)} if resource else {}
+
+    # The memory reservation bounds how many decoded clips a node holds at once; being a resource
+    # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
+    # would run decoding inside the (few) actors instead of on every CPU.
     ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
                         memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)

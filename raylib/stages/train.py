@@ -235,9 +235,9 @@ def train_loop_per_worker(config: dict) -> None:
 
 def worker_resources(cfg: TrainConfig) -> dict:
     """Ray resources of one training worker (the GPU comes from use_gpu)."""
-    from raylib.stages.extract import RESOURCE_SHARE
+    from raylib.runtime import placement
 
-    return {"CPU": cfg.cpus_per_worker, **({cfg.worker_resource: RESOURCE_SHARE} if cfg.worker_resource else {})}
+    return {"CPU": cfg.cpus_per_worker, **placement(cfg.worker_resource)}
 
 
 def default_run_name(cfg: TrainConfig) -> str:
