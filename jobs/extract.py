@@ -1,7 +1,8 @@
 """Extract features: video clips (folder, s3:// prefix or manifest) -> a Parquet feature store.
 
 Runs on the Ray cluster named by RAY_ADDRESS (as under `ray job submit`), else on a local Ray.
-Re-running with the same --output skips clips already stored.
+Re-running with the same --output skips clips already stored with features and retries clips
+stored as "error"; a store holds one recipe (backbone, weights, enhancement, audio, frames).
 """
 
 import json
@@ -24,7 +25,8 @@ def main(argv=None) -> int:
         print(f"extract: error: {e}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()) or "nothing new"
-    print(f"extract: {summary['clips_processed']} clips processed ({counts}), "
+    retried = f" ({summary['clips_retried']} retried after an error)" if summary["clips_retried"] else ""
+    print(f"extract: {summary['clips_processed']} clips processed{retried} ({counts}), "
           f"{summary['clips_already_stored']} already stored, {summary['clips_stored']} in {summary['output']}; "
           f"{summary['elapsed_s']} s, {summary['clips_per_s']} clips/s")
     if not cfg.quiet:

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from raylib.stages.preprocess import STATUS_ERROR, STATUSES
+from raylib.schema import USABLE_STATUSES
 
-USABLE = tuple(s for s in STATUSES if s != STATUS_ERROR)  # "error" rows carry no features
+USABLE = USABLE_STATUSES  # "error" rows carry no features
 COLUMNS = ["clip_id", "uri", "label_index", "status", "visual_dim", "visual_features", "audio_shape", "audio"]
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from raylib.sample import SampleConfig, generate_sample_set
-from raylib.schema import read_store
+from raylib.store import read_store
 from raylib.stages.extract import ExtractConfig, run_extract
 from raylib.stages.preprocess import PreprocessConfig
 

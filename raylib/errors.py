@@ -27,3 +27,7 @@ class WeightsError(RaylibError):
 
 class StorageError(RaylibError):
     """The store (local folder or object store) could not be read or written, after retries."""
+
+
+class StoreError(RaylibError):
+    """A feature store breaks its rules (mixed recipes, a clip stored twice) or does not fit the job."""

@@ -1,7 +1,7 @@
 """The feature store's Parquet schema, defined once and versioned.
 
 One row per clip. Plain Arrow types only (no Ray extension types), so the store reads with
-pyarrow, pandas or duckdb; `read_store`, `data_files` and `stored_clip_ids` below read it.
+pyarrow, pandas or duckdb; `raylib.store` reads it.
 Layout of a store:
     <output>/<split>/part-<hash>.parquet   committed shards (written under a temporary name first)
     <output>/_summary.json                 the last run's summary
@@ -18,6 +18,16 @@ from raylib import storage
 from raylib.labels import LABEL_INDEX
 
 SCHEMA_VERSION = "1"
+
+# Clip status values, one per row of the store.
+STATUS_OK = "ok"
+STATUS_NO_AUDIO = "no_audio"  # video usable, audio stream missing: visual-only row
+STATUS_SILENT = "silent"  # audio stream present but silent
+STATUS_NO_FACE = "no_face"  # no face in any sampled frame: whole-frame fallback throughout
+STATUS_TRUNCATED = "truncated"  # decoded far less than the container declares
+STATUS_ERROR = "error"  # unreadable: no features; a re-run of extraction retries it
+STATUSES = (STATUS_OK, STATUS_NO_AUDIO, STATUS_SILENT, STATUS_NO_FACE, STATUS_TRUNCATED, STATUS_ERROR)
+USABLE_STATUSES = tuple(s for s in STATUSES if s != STATUS_ERROR)
 METADATA_KEY = b"raylib.schema_version"
 
 SCHEMA = pa.schema(
@@ -122,45 +132,3 @@ def audio_array(row: dict) -> np.ndarray | None:
     """[C, F, T] float32 of a row read back, None without audio."""
     shape = list(row["audio_shape"])
     return None if not shape else np.asarray(row["audio"], np.float32).reshape(shape)
-
-
-# ---- reading a store ---------------------------------------------------------------------------
-
-def data_files(output: str, split: str | None = None) -> list[str]:
-    """Committed Parquet shards of a store, of one split if given (hidden and _-prefixed names
-    are not data)."""
-    _, root = storage.filesystem(output)
-    root = root.rstrip("/")
-    out = []
-    for p in storage.list_files(output, ".parquet"):
-        rel = p[len(root):].strip("/")
-        parts = rel.split("/")
-        if not any(part.startswith((".", "_")) for part in parts) and (split is None or parts[0] == split):
-            out.append(p)
-    return out
-
-
-def stored_clip_ids(output: str) -> set[str]:
-    """Clip ids already in the store."""
-    import pyarrow.parquet as pq
-
-    fs, _ = storage.filesystem(output)
-    ids: set[str] = set()
-    for p in data_files(output):
-        with fs.open(p, "rb") as f:
-            ids.update(pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist())
-    return ids
-
-
-def read_store(output: str, columns: list[str] | None = None, split: str | None = None):
-    """The store (or one split of it) as one pyarrow Table (plain pyarrow; small stores, val sets)."""
-    import pyarrow.parquet as pq
-
-    fs, _ = storage.filesystem(output)
-    tables = []
-    for p in data_files(output, split):
-        with fs.open(p, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    if not tables:
-        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-    return pa.concat_tables(tables)

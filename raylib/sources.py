@@ -6,6 +6,13 @@ Supported layouts (`list_clips(uri, fmt)`):
   cremad    <root>/**/AAAA_SSS_EEE_LL.<ext>            (EEE: ANG DIS FEA HAP NEU SAD)
   manifest  a .csv or .parquet with columns uri,label[,split] (relative uris: from its folder)
   auto      the first of the above that the input looks like
+
+Clip ids. `clip_id` hashes the clip's canonical URI (`canonical_uri`): an absolute, normalised
+local path, or `s3://bucket/key`. The same file named as `data/x.mp4`, `./data/x.mp4` or by its
+absolute path is one clip; a manifest's relative URIs are resolved against the manifest's own
+folder. Moving the data changes the ids (a moved dataset is a new dataset to the store).
+Duplicate records of one file collapse into one (with a warning); one file in two splits, or
+with two labels, is an error that lists the files.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hashlib
 import os
 import posixpath
 import re
+import sys
 from dataclasses import asdict, dataclass
 
 from raylib import storage
@@ -54,12 +62,29 @@ class ClipRecord:
         return asdict(self)
 
 
+def canonical_uri(uri: str) -> str:
+    """The one spelling of a clip's location: an absolute normalised local path (file:// and
+    relative paths resolved), or scheme://bucket/key with '.', '..' and repeated '/' removed."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" not in uri:
+        return os.path.normpath(os.path.abspath(os.path.expanduser(uri)))
+    scheme, rest = uri.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "s3a":
+        scheme = "s3"
+    bucket, _, key = rest.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+    return f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
+
+
 def clip_id(uri: str) -> str:
-    """Stable 16-hex-digit id of a source URI (sha1, independent of process and machine)."""
-    return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:16]
+    """Stable 16-hex-digit id of a clip: sha1 of its canonical URI (same on every machine)."""
+    return hashlib.sha1(canonical_uri(uri).encode("utf-8")).hexdigest()[:16]
 
 
 def _record(uri: str, label: str | None, split: str, dataset: str) -> ClipRecord:
+    uri = canonical_uri(uri)
     return ClipRecord(clip_id(uri), uri, label, split, dataset)
 
 
@@ -214,16 +239,43 @@ def detect_format(uri: str) -> str:
                       f"one of {', '.join(FORMATS[1:])}")
 
 
+def collapse_duplicates(records: list[ClipRecord]) -> tuple[list[ClipRecord], int]:
+    """Records with one entry per clip id, in first-seen order, and how many repeats were dropped.
+    SourceError listing the files when a clip appears in two splits or with two labels."""
+    first: dict[str, ClipRecord] = {}
+    conflicts: dict[str, set[str]] = {}
+    dropped = 0
+    for r in records:
+        seen = first.get(r.clip_id)
+        if seen is None:
+            first[r.clip_id] = r
+            continue
+        dropped += 1
+        if (seen.split, seen.label) != (r.split, r.label):
+            conflicts.setdefault(r.uri, {f"{seen.split}/{seen.label or 'unlabelled'}"}).add(
+                f"{r.split}/{r.label or 'unlabelled'}")
+    if conflicts:
+        shown = [f"{uri} ({', '.join(sorted(where))})" for uri, where in sorted(conflicts.items())]
+        listed = "\n  ".join(shown[:20]) + (f"\n  ... and {len(shown) - 20} more" if len(shown) > 20 else "")
+        raise SourceError(f"{len(conflicts)} file(s) listed in two splits or with two labels (train/val leakage):"
+                          f"\n  {listed}\nlist each file once")
+    return list(first.values()), dropped
+
+
 ADAPTERS = {"afew": afew_clips, "ravdess": ravdess_clips, "cremad": cremad_clips, "manifest": manifest_clips}
 
 
 def list_clips(uri: str, fmt: str = "auto") -> list[ClipRecord]:
-    """Clip records of a dataset folder or manifest; SourceError on unknown labels or empty input."""
+    """Clip records (one per file) of a dataset folder or manifest; SourceError on unknown labels,
+    empty input, or a file in two splits."""
     if fmt not in FORMATS:
         raise SourceError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "auto":
         fmt = detect_format(uri)
-    records = ADAPTERS[fmt](uri)
+    records, dropped = collapse_duplicates(ADAPTERS[fmt](uri))
     if not records:
         raise SourceError(f"no clips found in {uri} (format {fmt})")
+    if dropped:
+        print(f"sources: warning: {dropped} duplicate record(s) of the same file in {uri} collapsed into one",
+              file=sys.stderr, flush=True)
     return records

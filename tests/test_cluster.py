@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from raylib.schema import data_files, read_store
+from raylib.store import data_files, read_store
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,7 +13,7 @@ from raylib.models.backbones import build_backbone
 from raylib.sample import face_photo, render_frames, speech_like, write_clip
 from raylib.schema import SCHEMA, SCHEMA_VERSION, audio_array, visual_array
 from raylib.sources import clip_id
-from raylib.schema import read_store, stored_clip_ids
+from raylib.store import read_store, stored_clip_ids
 from raylib.stages.extract import ExtractConfig, run_extract
 from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from raylib.sample import SampleConfig, generate_sample_set
-from raylib.schema import data_files, read_store
+from raylib.store import data_files, read_store
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

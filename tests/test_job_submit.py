@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from raylib.sample import SampleConfig, generate_sample_set
-from raylib.schema import read_store
+from raylib.store import read_store
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ from raylib.batches import COLUMNS, collate
 from raylib.models import ATTENTIONS
 from raylib.models.fusion import ModelConfig, build_model
 from raylib.schema import to_table
-from raylib.schema import read_store
+from raylib.store import read_store
 from raylib.stages.train import train_epoch, val_metrics
 
 SPLITS = {"train": 240, "val": 120}

@@ -172,7 +172,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run
 def test_evaluate_ensemble_reweighting_and_predictions(store, trained, tmp_path):
     from raylib.batches import COLUMNS, usable
     from raylib.stages.evaluate import EvaluateConfig, apply_weights, class_weights, ensemble_probs, run_evaluate
-    from raylib.schema import read_store
+    from raylib.store import read_store
 
     path, _ = store
     val = usable(read_store(path, COLUMNS, split="val"))

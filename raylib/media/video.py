@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from raylib import storage
-from raylib.errors import ClipError
+from raylib.errors import ClipError, StorageError
 
 # A clip whose decoded length falls short of the container's duration by more than this many
 # frames (and this fraction) is flagged as truncated.
 TRUNCATION_SLACK_FRAMES = 3
 TRUNCATION_SLACK_FRACTION = 0.05
+READ_RETRIES = 3  # extra attempts to read a remote clip after a transient error (pauses 2, 4, 8 s)
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,17 @@ class Video:
 
 
 def open_media(uri: str):
-    """A local path as str, or the object's bytes in a BytesIO (s3:// and other fsspec URIs)."""
+    """A local path as str, or the object's bytes in a BytesIO (s3:// and other fsspec URIs, read
+    with retries on transient errors); ClipError when it cannot be read."""
     if storage.is_remote(uri):
-        try:
-            return io.BytesIO(storage.read_bytes(uri))
+        try:  # transient errors (timeouts, throttling, 5xx) are retried here, inside the task
+            data, _ = storage.with_retries(f"reading {storage.public_uri(uri)}", lambda: storage.read_bytes(uri),
+                                           READ_RETRIES)
+            return io.BytesIO(data)
         except FileNotFoundError:
             raise ClipError(uri, "file not found") from None
-        except OSError as e:
-            raise ClipError(uri, f"cannot read: {e}") from None
+        except (OSError, StorageError) as e:
+            raise ClipError(uri, f"cannot read: {str(e).splitlines()[0][:200]}") from None
     path = uri[len("file://"):] if uri.startswith("file://") else uri
     if not os.path.isfile(path):
         raise ClipError(uri, "file not found")

@@ -102,7 +102,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from raylib import tracking
     from raylib.batches import COLUMNS, usable
     from raylib.metrics import summarize
-    from raylib.schema import read_store
+    from raylib.store import read_store
     from raylib.stages.train import store_info
 
     t0 = time.perf_counter()

@@ -15,9 +15,11 @@
         v
     driver           counts statuses and nodes, prints and stores the summary
 
-A clip that cannot be read is a row with status "error", never a failed job. Shard names are a
-hash of their clip ids, so a retried task rewrites the same file; a re-run skips clips already
-stored, so an interrupted run followed by a re-run stores every clip exactly once. On a cluster,
+A clip that cannot be read, or whose processing raises anything at all, is a row with status
+"error", never a failed job. Shard names are a hash of their clip ids, so a retried task rewrites
+the same file; a re-run skips clips stored with features and retries clips stored as "error"
+(whose old row it removes first), so an interrupted run followed by a re-run stores every clip
+exactly once. A store holds one recipe (raylib.store): a run with other features refuses. On a cluster,
 --cpu-resource / --feature-resource pin the two stages to node types that declare those custom
 resources (cluster.yaml: decode_node on CPU workers, gpu_node on GPU workers).
 """
@@ -38,7 +40,8 @@ import numpy as np
 import raylib
 from raylib import storage
 from raylib.errors import RaylibError
-from raylib.schema import stored_clip_ids
+from raylib.schema import STATUS_ERROR
+from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
 from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import FaceConfig
@@ -46,11 +49,11 @@ from raylib.media.video import FrameSampling
 from raylib.runtime import placement
 from raylib.models import BACKBONES, ENHANCEMENTS
 from raylib.sources import FORMATS, list_clips
-from raylib.stages.preprocess import STATUS_ERROR, PreprocessConfig, preprocess_clip
+from raylib.stages.preprocess import PreprocessConfig, exception_line, preprocess_clip
 
-SUMMARY_FILE = "_summary.json"
+SUMMARY_FILE = "_summary.json"  # the newest run's summary
+RUNS_DIR = "_runs"  # every run's summary, <utc time>-<id>.json
 CPU_TASK_MEMORY = 512 * 1024**2  # bytes reserved per decode task: frames + chips of one clip
-FAILURE_STATUSES = (STATUS_ERROR,)  # the rest (no_face, no_audio, silent, truncated) keep features
 
 
 class ExtractError(RaylibError):
@@ -205,7 +208,19 @@ class FeatureStage:
             if cfg.enhance == "ar-mean" else None
 
     def __call__(self, batch: dict) -> dict:
-        return featurize_batch(batch, self.encoder, self.mode, self.second)
+        try:
+            return featurize_batch(batch, self.encoder, self.mode, self.second)
+        except Exception:  # one clip broke the batch: go clip by clip so only that clip fails
+            rows = [self._one({k: v[i:i + 1] for k, v in batch.items()}) for i in range(len(batch["clip_id"]))]
+            return {k: _column([r[k][0] for r in rows]) for k in rows[0]}
+
+    def _one(self, row: dict) -> dict:
+        try:
+            return featurize_batch(row, self.encoder, self.mode, self.second)
+        except Exception as e:
+            failed = {**row, "status": np.asarray([STATUS_ERROR]), "error": np.asarray([exception_line(e)]),
+                      "has_audio": np.asarray([False]), "chips": [np.zeros((0, 224, 224, 3), np.uint8)]}
+            return featurize_batch(failed, self.encoder, self.mode, self.second)
 
 
 def provenance(cfg: ExtractConfig) -> dict:
@@ -274,16 +289,31 @@ def write_shard(batch: dict, output: str, prov: dict, retries: int = storage.WRI
 # ---- the job -----------------------------------------------------------------------------------
 
 def _check_failures(summary: dict, cfg: ExtractConfig) -> None:
-    if summary["clips_processed"] and summary["failure_rate"] > cfg.max_failure_rate:
-        raise ExtractError(f"{summary['failures']} of {summary['clips_processed']} clips failed "
+    if summary["clips_judged"] and summary["failure_rate"] > cfg.max_failure_rate:
+        raise ExtractError(f"{summary['failures']} of {summary['clips_judged']} clips failed "
                            f"({summary['failure_rate']:.0%} > --max-failure-rate {cfg.max_failure_rate:.0%}); "
-                           f"see the 'error' column or {storage.join(cfg.output, SUMMARY_FILE)}")
+                           f"see the 'error' column or {storage.join(cfg.output, SUMMARY_FILE)}; a re-run "
+                           f"retries them")
+
+
+def _check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
+    """One store, one recipe: refuse to add features made another way."""
+    wanted = recipe_of(prov)
+    others = [r for r in state.recipes if r != wanted]
+    if others:
+        raise ExtractError(f"the store {public_uri(cfg.output)} holds features made with "
+                           f"{'; '.join(describe_recipe(r) for r in others)}, this run would make "
+                           f"{describe_recipe(wanted)}: use a new --output, or the store's flags")
 
 
 def run_extract(cfg: ExtractConfig) -> dict:
     """Run the extraction graph over cfg.input into cfg.output; returns the summary dict.
 
-    Raises SourceError (bad input), WeightsError (bad weights) or ExtractError (too many failures)."""
+    Clips of the input without a usable row in the store are processed: new clips and clips whose
+    row says "error" (that row is removed first, so the store keeps one row per clip). The failure
+    gate judges the store: the input's clips whose row says "error", over those with a row.
+    Raises SourceError (bad input), WeightsError (bad weights), StoreError (a store that breaks
+    its rules) or ExtractError (another recipe, too many failures)."""
     import ray
 
     from raylib.runtime import init_ray
@@ -296,13 +326,20 @@ def run_extract(cfg: ExtractConfig) -> dict:
         env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
     records = list_clips(cfg.input, cfg.dataset_format)
     prov = provenance(cfg)
-    done, _ = with_retries(f"reading the store {public_uri(cfg.output)}", lambda: _stored(cfg.output), cfg.write_retries)
-    pending = [r.to_dict() for r in records if r.clip_id not in done]
+    state, _ = with_retries(f"reading the store {public_uri(cfg.output)}", lambda: _state(cfg.output),
+                            cfg.write_retries)
+    _check_recipe(cfg, state, prov)
+    pending = [r.to_dict() for r in records if r.clip_id not in state.usable]
     already = len(records) - len(pending)
     if cfg.limit:
         pending = pending[: cfg.limit]
-    summary = {"input": public_uri(cfg.input), "output": public_uri(cfg.output), "clips_in_input": len(records),
-               "clips_already_stored": already,
+    retry: dict[str, set[str]] = {}
+    for r in pending:
+        if r["clip_id"] in state.failed:
+            retry.setdefault(state.failed[r["clip_id"]]["file"], set()).add(r["clip_id"])
+    summary = {"run_id": _run_id(), "input": public_uri(cfg.input), "output": public_uri(cfg.output),
+               "clips_in_input": len(records), "clips_already_stored": already,
+               "clips_retried": sum(map(len, retry.values())),
                "clips_processed": 0, "status_counts": {}, "failures": 0, "failure_rate": 0.0,
                "config": {k: (public_uri(v) if isinstance(v, str) else v) for k, v in asdict(cfg).items()},
                "provenance": prov}
@@ -311,39 +348,58 @@ def run_extract(cfg: ExtractConfig) -> dict:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not cfg.quiet
+        if retry:  # the old error rows go first: a clip has no row (pending) until its new one lands
+            drop_rows(cfg.output, retry, cfg.write_retries)
         outcomes = _run_graph(pending, cfg, prov, env)
         counts = Counter(o["status"] for o in outcomes)
-        failures = sum(counts[s] for s in FAILURE_STATUSES)
         shards = {o["file"]: int(o["write_attempts"]) for o in outcomes}
         summary.update(clips_processed=len(outcomes), status_counts=dict(sorted(counts.items())),
                        nodes={stage: dict(Counter(o[f"{stage}_node"] for o in outcomes)) for stage in ("cpu", "feature")},
                        shards_written=len(shards), write_retries=sum(a - 1 for a in shards.values()),
-                       failures=failures, failure_rate=failures / len(outcomes),
                        errors=[{"uri": o["uri"], "status": o["status"], "error": o["error"]}
                                for o in outcomes if o["status"] != "ok"][:200],
                        cpu_seconds_per_clip=float(np.mean([o["seconds_cpu"] for o in outcomes])))
+    summary.update(_judge(records, state, outcomes))
     elapsed = time.perf_counter() - t0
     summary.update(elapsed_s=round(elapsed, 2),
-                   clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0,
-                   clips_stored=len(done | {o["clip_id"] for o in outcomes}))
+                   clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0)
     _write_summary(cfg, summary)
     _check_failures(summary, cfg)
     return summary
 
 
-def _stored(output: str) -> set[str]:
+def _judge(records, state: StoreState, outcomes: list[dict]) -> dict:
+    """The store's state for this input after the run: clips with a row, failed clips."""
+    new = {o["clip_id"]: o for o in outcomes}
+    input_ids = {r.clip_id for r in records}
+    failed = {cid: f for cid, f in state.failed.items() if cid in input_ids and cid not in new}
+    failed.update({cid: {"uri": o["uri"], "error": o["error"]} for cid, o in new.items() if o["status"] == STATUS_ERROR})
+    judged = len((state.clip_ids & input_ids) | set(new))
+    return {"clips_stored": len(state.clip_ids | set(new)), "clips_judged": judged, "failures": len(failed),
+            "failure_rate": len(failed) / judged if judged else 0.0,
+            "failed_clips": [{"uri": f["uri"], "error": f["error"]} for f in failed.values()][:200]}
+
+
+def _state(output: str) -> StoreState:
     storage.remove_stale_temporaries(output)
-    return stored_clip_ids(output)
+    return store_state(output)
+
+
+def _run_id() -> str:
+    """Sortable id of one run: UTC time and a random suffix (names its kept summary)."""
+    import uuid
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 def _write_summary(cfg: ExtractConfig, summary: dict) -> None:
-    uri = storage.join(cfg.output, SUMMARY_FILE)
+    """The run's summary, kept under _runs/ and copied to _summary.json (the newest run)."""
+    for uri in (storage.join(cfg.output, RUNS_DIR, f"{summary['run_id']}.json"), storage.join(cfg.output, SUMMARY_FILE)):
+        def write(uri=uri):
+            with storage.atomic_write(uri, "w") as f:
+                json.dump(summary, f, indent=2, default=str)
 
-    def write():
-        with storage.atomic_write(uri, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
-
-    with_retries(f"writing {public_uri(uri)}", write, cfg.write_retries)
+        with_retries(f"writing {public_uri(uri)}", write, cfg.write_retries)
 
 
 _EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(Error|Exception)): (.+)$")

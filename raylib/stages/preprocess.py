@@ -1,7 +1,7 @@
 """The CPU stage of extraction for one clip: decode -> faces -> audio -> spectrogram.
 
-`preprocess_clip` never raises for a bad clip: the returned dict carries `status` and `error`,
-so a batch job records the failure and goes on.
+`preprocess_clip` never raises for a bad clip, whatever the library that fails: the returned
+dict carries `status` and `error`, so a batch job records the failure and goes on.
 """
 
 from __future__ import annotations
@@ -15,15 +15,9 @@ from raylib.errors import ClipError
 from raylib.media import audio as audio_mod
 from raylib.media.faces import FaceConfig, align_frames
 from raylib.media.video import FrameSampling, decode_video
+from raylib.schema import (STATUS_ERROR, STATUS_NO_AUDIO, STATUS_NO_FACE, STATUS_OK, STATUS_SILENT,
+                           STATUS_TRUNCATED)
 
-# Clip status values (one per row of the feature store).
-STATUS_OK = "ok"
-STATUS_NO_AUDIO = "no_audio"  # video usable, audio stream missing: visual-only row
-STATUS_SILENT = "silent"  # audio stream present but silent
-STATUS_NO_FACE = "no_face"  # no face in any sampled frame: whole-frame fallback throughout
-STATUS_TRUNCATED = "truncated"  # decoded far less than the container declares
-STATUS_ERROR = "error"  # unreadable: no features
-STATUSES = (STATUS_OK, STATUS_NO_AUDIO, STATUS_SILENT, STATUS_NO_FACE, STATUS_TRUNCATED, STATUS_ERROR)
 
 
 @dataclass(frozen=True)
@@ -54,6 +48,12 @@ def clip_status(truncated: bool, audio_status: str, faces_found: int) -> str:
     return STATUS_OK
 
 
+def exception_line(e: BaseException) -> str:
+    """'TypeName: first line of the message', short enough for the store's error column."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
 def preprocess_clip(uri: str, cfg: PreprocessConfig = PreprocessConfig()) -> dict:
     """One clip -> dict with chips [N,224,224,3] uint8, face_found [N], timestamps [N] s,
     audio [C, F, T] float32 (None without audio), status, error, and per-stage seconds."""
@@ -71,6 +71,10 @@ def preprocess_clip(uri: str, cfg: PreprocessConfig = PreprocessConfig()) -> dic
         t3 = time.perf_counter()
     except ClipError as e:
         out["error"] = e.cause
+        out["seconds_total"] = time.perf_counter() - t0
+        return out
+    except Exception as e:  # any other library failure (dlib, PyAV, memory) fails this clip only
+        out["error"] = exception_line(e)
         out["seconds_total"] = time.perf_counter() - t0
         return out
     out.update(

@@ -78,7 +78,7 @@ class TrainConfig:
 def store_info(store: str) -> dict:
     """visual_dim, audio_channels, class counts of train, and the provenance of a store."""
     from raylib.batches import usable
-    from raylib.schema import read_store
+    from raylib.store import read_store
 
     table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", "backbone",
                                "weights_digest", "enhancement", "audio_mode", "frames"])
@@ -174,7 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raylib import tracking
     from raylib.batches import COLUMNS, collate, usable
     from raylib.models.fusion import ModelConfig, build_model
-    from raylib.schema import read_store
+    from raylib.store import read_store
 
     cfg = TrainConfig(**config["train"])
     model_cfg = ModelConfig(**config["model"])
@@ -252,7 +252,8 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     from ray.train.torch import TorchTrainer
 
     from raylib import tracking
-    from raylib.schema import SCHEMA_VERSION, data_files
+    from raylib.schema import SCHEMA_VERSION
+    from raylib.store import data_files
 
     local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output", "resume_from")
              if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
@@ -321,7 +322,7 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
     from raylib.batches import COLUMNS, usable
     from raylib.metrics import summarize
     from raylib.schema import thumbnails_array
-    from raylib.schema import read_store
+    from raylib.store import read_store
 
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

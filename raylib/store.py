@@ -1,0 +1,187 @@
+"""Reading a feature store: its shards, the clips it holds, its recipe, the state of each clip.
+
+Layout of a store (the row format is `raylib.schema`):
+    <output>/<split>/part-<hash>.parquet   committed shards, exactly one row per clip
+    <output>/_summary.json                 the newest run's summary
+    <output>/_runs/<utc time>-<id>.json    every run's summary, kept
+Files or folders whose name starts with "." or "_" are not data (pyarrow and Ray skip them too).
+
+Rules the store lives by:
+- one recipe (`RECIPE_KEYS`: backbone, weights digest, enhancement, audio mode, frame sampling)
+  for every row; extraction refuses to add rows of another recipe, readers refuse a mixed store;
+- one row per clip id; a clip whose row says "error" is retried by the next extraction run,
+  which first removes that row (`drop_rows`) and then writes the new outcome.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from raylib import storage
+from raylib.errors import StoreError
+from raylib.schema import SCHEMA, STATUS_ERROR
+
+# What makes two rows' features comparable. The weights URI is not part of it (the digest is):
+# a checkpoint moved to another bucket is the same recipe.
+RECIPE_KEYS = ("backbone", "weights_digest", "enhancement", "audio_mode", "frames")
+READ_THREADS = 16  # shards read at once (object stores answer in parallel)
+
+
+def data_files(output: str, split: str | None = None) -> list[str]:
+    """Committed Parquet shards of a store, of one split if given (hidden and _-prefixed names
+    are not data)."""
+    _, root = storage.filesystem(output)
+    root = root.rstrip("/")
+    out = []
+    for p in storage.list_files(output, ".parquet"):
+        rel = p[len(root):].strip("/")
+        parts = rel.split("/")
+        if not any(part.startswith((".", "_")) for part in parts) and (split is None or parts[0] == split):
+            out.append(p)
+    return out
+
+
+def _read_files(output: str, paths: list[str], columns: list[str] | None) -> list[pa.Table]:
+    """The given shards read with plain pyarrow, several at once, in the order given."""
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(output)
+
+    def read(p):
+        with fs.open(p, "rb") as f:
+            return pq.read_table(f, columns=columns)
+
+    if len(paths) <= 1:
+        return [read(p) for p in paths]
+    with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
+        return list(pool.map(read, paths))
+
+
+def read_store(output: str, columns: list[str] | None = None, split: str | None = None) -> pa.Table:
+    """The store (or one split of it) as one pyarrow Table (plain pyarrow; small stores, val sets)."""
+    tables = _read_files(output, data_files(output, split), columns)
+    if not tables:
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    return pa.concat_tables(tables)
+
+
+def stored_clip_ids(output: str) -> set[str]:
+    """Clip ids with a row in the store (any status)."""
+    return set(read_store(output, ["clip_id"]).column("clip_id").to_pylist())
+
+
+# ---- recipes -----------------------------------------------------------------------------------
+
+def recipe_of(provenance: dict) -> dict:
+    """The recipe part of a provenance dict (RECIPE_KEYS)."""
+    return {k: provenance.get(k) for k in RECIPE_KEYS}
+
+
+def describe_recipe(recipe: dict) -> str:
+    """One line: backbone=... weights=sha256:1234abcd... enhance=... audio=... frames=..."""
+    digest = str(recipe.get("weights_digest") or "")
+    short = "+".join(d if d in ("random", "packaged") else d[:12] for d in digest.split("+"))
+    return (f"backbone={recipe.get('backbone')} weights={short} enhance={recipe.get('enhancement')} "
+            f"audio={recipe.get('audio_mode')} frames={recipe.get('frames')}")
+
+
+def recipes(table: pa.Table) -> list[dict]:
+    """Distinct recipes of a table holding the RECIPE_KEYS columns, in order of appearance."""
+    if table.num_rows == 0:
+        return []
+    distinct = table.select(list(RECIPE_KEYS)).group_by(list(RECIPE_KEYS)).aggregate([])
+    return distinct.select(list(RECIPE_KEYS)).to_pylist()
+
+
+def single_recipe(output: str, table: pa.Table | None = None) -> dict | None:
+    """The store's one recipe (None when empty); StoreError naming them when rows disagree."""
+    found = recipes(table if table is not None else read_store(output, list(RECIPE_KEYS)))
+    if len(found) > 1:
+        listed = "; ".join(describe_recipe(r) for r in found)
+        raise StoreError(f"the store {storage.public_uri(output)} mixes {len(found)} feature recipes ({listed}): "
+                         f"its features are not comparable; extract again into a new --output")
+    return found[0] if found else None
+
+
+# ---- the state of a store's clips --------------------------------------------------------------
+
+@dataclass
+class StoreState:
+    """Which clips a store holds: usable rows, error rows (with the shard and the error), recipes."""
+
+    usable: set[str] = field(default_factory=set)
+    failed: dict[str, dict] = field(default_factory=dict)  # clip_id -> {"file", "uri", "error"}
+    recipes: list[dict] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def clip_ids(self) -> set[str]:
+        return self.usable | set(self.failed)
+
+
+STATE_COLUMNS = ["clip_id", "uri", "status", "error", *RECIPE_KEYS]
+
+
+def store_state(output: str) -> StoreState:
+    """Read the small columns of every shard (in parallel) into a StoreState. StoreError when a
+    clip has two rows (a store written by hand or by an older version)."""
+    files = data_files(output)
+    tables = _read_files(output, files, STATE_COLUMNS)
+    state = StoreState(files=len(files))
+    seen: dict[str, str] = {}
+    twice = []
+    for path, table in zip(files, tables):
+        ids = table.column("clip_id").to_pylist()
+        statuses = table.column("status").to_pylist()
+        for i, (cid, status) in enumerate(zip(ids, statuses)):
+            if cid in seen:
+                twice.append(f"{cid} ({seen[cid]}, {path})")
+                continue
+            seen[cid] = path
+            if status == STATUS_ERROR:
+                state.failed[cid] = {"file": path, "uri": table.column("uri")[i].as_py(),
+                                     "error": table.column("error")[i].as_py()}
+            else:
+                state.usable.add(cid)
+    if twice:
+        shown = "; ".join(twice[:5]) + (f"; ... {len(twice) - 5} more" if len(twice) > 5 else "")
+        raise StoreError(f"the store {storage.public_uri(output)} holds {len(twice)} clip(s) twice: {shown}")
+    if tables:
+        state.recipes = recipes(pa.concat_tables(t.select(list(RECIPE_KEYS)) for t in tables))
+    return state
+
+
+def drop_rows(output: str, clip_ids_by_file: dict[str, set[str]], retries: int = storage.WRITE_RETRIES) -> int:
+    """Remove the rows of the given clips from their shards (rewritten atomically, deleted when
+    nothing is left); returns the number of rows removed."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(output)
+    removed = 0
+    for path, ids in sorted(clip_ids_by_file.items()):
+        table = _read_files(output, [path], None)[0]
+        keep = table.filter(pc.invert(pc.is_in(table.column("clip_id"), pa.array(sorted(ids), pa.string()))))
+        removed += table.num_rows - keep.num_rows
+        uri = _uri_of(output, path)
+        if keep.num_rows == 0:
+            storage.with_retries(f"removing {storage.public_uri(uri)}", lambda: fs.rm(path), retries)
+            continue
+        keep = keep.replace_schema_metadata(table.schema.metadata)
+
+        def write(keep=keep, uri=uri):
+            with storage.atomic_write(uri) as f:
+                pq.write_table(keep, f, compression="zstd")
+
+        storage.with_retries(f"rewriting {storage.public_uri(uri)}", write, retries)
+    return removed
+
+
+def _uri_of(output: str, path: str) -> str:
+    """The URI of a path inside the store's filesystem (as listed by data_files)."""
+    if storage.is_remote(output):
+        return output.split("://", 1)[0] + "://" + path
+    return path
