@@ -102,11 +102,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from raylib import tracking
     from raylib.batches import COLUMNS, usable
     from raylib.metrics import summarize
-    from raylib.store import read_store
+    from raylib.store import read_store, single_recipe
     from raylib.stages.train import store_info
 
     t0 = time.perf_counter()
     refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
+    single_recipe(cfg.store)  # a store mixing recipes has features no one model fits
     table = usable(read_store(cfg.store, COLUMNS + ["label"], split=cfg.split), labelled=False)
     if table.num_rows == 0:
         raise ValueError(f"no clips with features in split {cfg.split!r} of {cfg.store}")

@@ -76,12 +76,13 @@ class TrainConfig:
 # ---- store -------------------------------------------------------------------------------------
 
 def store_info(store: str) -> dict:
-    """visual_dim, audio_channels, class counts of train, and the provenance of a store."""
+    """visual_dim, audio_channels, class counts of train, and the recipe of a store; StoreError
+    when the store mixes recipes (its features would not be comparable)."""
     from raylib.batches import usable
-    from raylib.store import read_store
+    from raylib.store import RECIPE_KEYS, read_store, single_recipe
 
-    table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", "backbone",
-                               "weights_digest", "enhancement", "audio_mode", "frames"])
+    table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", *RECIPE_KEYS])
+    recipe = single_recipe(store, table)
     ok = usable(table)
     if ok.num_rows == 0:
         raise ValueError(f"feature store {store} has no labelled rows with features")
@@ -89,11 +90,9 @@ def store_info(store: str) -> dict:
     train = [r for r in rows if r["split"] == "train"]
     shapes = [r["audio_shape"] for r in rows if r["audio_shape"]]
     counts = np.bincount([r["label_index"] for r in train], minlength=len(EMOTIONS))
-    first = rows[0]
     return {"visual_dim": max(r["visual_dim"] for r in rows), "audio_channels": shapes[0][0] if shapes else 1,
             "train_counts": counts.tolist(), "train_rows": len(train),
-            "val_rows": sum(r["split"] == "val" for r in rows),
-            "provenance": {k: first[k] for k in ("backbone", "weights_digest", "enhancement", "audio_mode", "frames")}}
+            "val_rows": sum(r["split"] == "val" for r in rows), "provenance": recipe}
 
 
 # ---- evaluation (shared with jobs/evaluate.py) -------------------------------------------------
