@@ -52,6 +52,8 @@ def dataset(tmp_path_factory, bad_files, clips):
     put("Train/Neutral/empty.mp4", "error", src=bad_files["zero_byte"])
     put("Train/Surprise/notes.mp4", "error", src=bad_files["text"])
     put("Val/Sad/cut.avi", "truncated", src=bad_files["truncated_avi"])
+    # 16 x 16 pixels: dlib's detector raises RuntimeError, a failure outside the media layer's own
+    put("Train/Happy/tiny.mp4", "error", make=lambda p: write_clip(p, np.full((10, 16, 16, 3), 128, np.uint8), None, FPS))
     return str(root), expected
 
 
@@ -99,8 +101,10 @@ def test_rows_columns_dtypes_and_statuses(store, dataset):
         if spec is not None:
             assert spec.shape[:2] == (1, 200) and spec.dtype == np.float32
     assert {r["split"] for r in rows.values()} == {"train", "val"}
-    assert summary["status_counts"] == {"error": 3, "no_audio": 1, "no_face": 1, "ok": 3, "truncated": 1}
-    assert summary["failures"] == 3 and summary["clips_stored"] == 9
+    assert summary["status_counts"] == {"error": 4, "no_audio": 1, "no_face": 1, "ok": 3, "truncated": 1}
+    assert summary["failures"] == 4 and summary["clips_stored"] == 10
+    tiny = rows[os.path.join(dataset[0], "Train/Happy/tiny.mp4")]
+    assert tiny["error"].startswith("RuntimeError: Unsupported image type")  # its clip failed, not the job
 
 
 def test_features_equal_the_library_called_directly(store, dataset):
@@ -121,17 +125,49 @@ def test_store_reads_with_plain_pandas_and_summary_is_beside_it(store):
 
     out, _, _ = store
     df = pd.read_parquet(out)
-    assert len(df) == 9 and df["clip_id"].is_unique
+    assert len(df) == 10 and df["clip_id"].is_unique
     summary = json.load(open(os.path.join(out, "_summary.json")))
-    assert summary["clips_processed"] == 9 and summary["failure_rate"] == pytest.approx(3 / 9)
+    assert summary["clips_processed"] == 10 and summary["failure_rate"] == pytest.approx(4 / 10)
 
 
-def test_rerun_writes_nothing_new(store):
-    out, cfg, _ = store
-    files = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs if f.endswith(".parquet"))
+def parquet_files(out):
+    return sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
+                  if f.endswith(".parquet") and "/_" not in os.path.join(d, f)[len(out):])
+
+
+def test_rerun_retries_only_error_rows_and_keeps_one_row_per_clip(store, dataset):
+    out, cfg, first = store
+    _, expected = dataset
+    before = {r["clip_id"]: r for r in read_store(out).to_pylist()}
     again = run_extract(cfg)
-    assert again["clips_processed"] == 0 and again["clips_already_stored"] == 9
-    assert sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs if f.endswith(".parquet")) == files
+    assert again["clips_processed"] == 4 and again["clips_retried"] == 4 and again["clips_already_stored"] == 6
+    after = read_store(out).to_pylist()
+    assert len(after) == 10 and len({r["clip_id"] for r in after}) == 10  # one row per clip, for any reader
+    assert {r["uri"]: r["status"] for r in after} == expected
+    for r in after:  # rows with features were left as they were
+        if r["status"] != "error":
+            assert r["visual_features"] == before[r["clip_id"]]["visual_features"]
+    runs = sorted(os.listdir(os.path.join(out, "_runs")))
+    assert len(runs) == 2 and runs[0].startswith(first["run_id"]) and runs[1].startswith(again["run_id"])
+    latest = json.load(open(os.path.join(out, "_summary.json")))
+    assert latest["run_id"] == again["run_id"] and len(latest["failed_clips"]) == 4
+    assert json.load(open(os.path.join(out, "_runs", runs[0])))["clips_processed"] == 10  # the first run's is kept
+    assert run_extract(cfg)["clips_retried"] == 4 and read_store(out, ["clip_id"]).num_rows == 10
+
+
+def test_another_recipe_is_refused_with_both_recipes(store, capsys):
+    from jobs_extract import main
+
+    out, cfg, _ = store
+    files = parquet_files(out)
+    for flag, value, shown in (("--frames", "uniform:3", "frames=uniform:3"), ("--enhance", "mean", "enhance=mean"),
+                               ("--audio", "logmel", "audio=logmel")):
+        assert main(["--input", cfg.input, "--output", out, "--quiet", "--frames", FRAMES, flag, value]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"extract: error: the store {out} holds features made with "
+                                                   f"backbone=dlib_resnet weights=")
+        assert f"frames={FRAMES}, this run would make " in err[0] and shown in err[0].split("would make")[1]
+    assert parquet_files(out) == files
 
 
 def test_too_many_failures_fail_the_job_with_one_line(local_ray, dataset, tmp_path, capsys):
@@ -142,8 +178,16 @@ def test_too_many_failures_fail_the_job_with_one_line(local_ray, dataset, tmp_pa
                "--max-failure-rate", "0.1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
-    assert err[-1].startswith("extract: error: 3 of 9 clips failed (33% > --max-failure-rate 10%)")
-    assert len(stored_clip_ids(str(tmp_path / "s"))) == 9  # the rows are stored all the same
+    assert err[-1].startswith("extract: error: 4 of 10 clips failed (40% > --max-failure-rate 10%)")
+    assert len(stored_clip_ids(str(tmp_path / "s"))) == 10  # the rows are stored all the same
+    # what a scheduler's automatic retry does: the failed clips are retried, fail again, and so does the job
+    rc = main(["--input", root, "--output", str(tmp_path / "s"), "--frames", "uniform:2", "--quiet",
+               "--max-failure-rate", "0.1"])
+    assert rc == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("extract: error: 4 of 10 clips failed")
+    summary = json.load(open(tmp_path / "s" / "_summary.json"))
+    assert summary["clips_retried"] == 4 and len(summary["failed_clips"]) == 4
+    assert len(os.listdir(tmp_path / "s" / "_runs")) == 2
 
 
 def test_empty_or_missing_input_is_one_clear_line(local_ray, dataset, tmp_path, capsys):
@@ -205,3 +249,45 @@ def test_s3_input_and_output_through_moto(local_ray, s3_bucket, dataset):
     assert sorted(table.column("uri").to_pylist()) == sorted(f"{s3_bucket}/videos/{os.path.relpath(u, root)}" for u in good)
     assert not [p for p in s3.find(out.removeprefix("s3://")) if ".tmp-" in p]
     assert run_extract(ExtractConfig(input=f"{s3_bucket}/videos", output=out, frames="uniform:2", quiet=True))["clips_processed"] == 0
+
+
+def test_clip_that_fails_then_succeeds_ends_as_one_ok_row(local_ray, dataset, tmp_path):
+    import pandas as pd
+
+    root, _ = dataset
+    (tmp_path / "clips").mkdir()
+    shutil.copy(os.path.join(root, "Train/Happy/good_0.mp4"), tmp_path / "clips" / "a.mp4")
+    (tmp_path / "manifest.csv").write_text("uri,label\nclips/a.mp4,Happy\nclips/late.mp4,Sad\n")
+    cfg = ExtractConfig(input=str(tmp_path / "manifest.csv"), output=str(tmp_path / "s"), frames="uniform:2",
+                        quiet=True, max_failure_rate=1.0)
+    first = run_extract(cfg)
+    assert first["status_counts"] == {"error": 1, "ok": 1} and first["failed_clips"][0]["error"] == "file not found"
+    shutil.copy(os.path.join(root, "Val/Angry/good_2.mp4"), tmp_path / "clips" / "late.mp4")  # the file arrives
+    second = run_extract(cfg)
+    assert second["clips_retried"] == 1 and second["status_counts"] == {"ok": 1} and second["failures"] == 0
+    df = pd.read_parquet(tmp_path / "s")  # any reader: one row per clip, the failed row is gone
+    assert sorted(df["status"]) == ["ok", "ok"] and df["clip_id"].is_unique
+    assert set(df["uri"]) == {str(tmp_path / "clips" / "a.mp4"), str(tmp_path / "clips" / "late.mp4")}
+
+
+def test_same_clips_named_three_ways_are_stored_once(local_ray, dataset, tmp_path, monkeypatch, capsys):
+    root, _ = dataset
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(os.path.join(root, "Train/Happy/good_0.mp4"), data / "clips" / name)
+    # b listed twice (two spellings): one record, with a warning
+    (data / "manifest.csv").write_text("uri,label,split\nclips/a.mp4,Happy,train\nclips/b.mp4,Sad,val\n"
+                                       "./clips/../clips/b.mp4,Sad,val\n")
+    out = str(tmp_path / "s")
+    monkeypatch.chdir(tmp_path)
+    first = run_extract(ExtractConfig(input="data/manifest.csv", output=out, frames="uniform:2", quiet=True))
+    assert first["clips_in_input"] == 2 and first["clips_processed"] == 2
+    assert "sources: warning: 1 duplicate record(s) of the same file" in capsys.readouterr().err
+    for spelling, cwd in (("./data/manifest.csv", tmp_path), ("manifest.csv", data), (str(data / "manifest.csv"), "/")):
+        monkeypatch.chdir(cwd)
+        again = run_extract(ExtractConfig(input=spelling, output=out, frames="uniform:2", quiet=True))
+        assert (again["clips_processed"], again["clips_already_stored"]) == (0, 2), spelling
+    # the same files as a folder of clips
+    ids = sorted(read_store(out, ["clip_id"]).column("clip_id").to_pylist())
+    assert ids == sorted(clip_id(str(data / "clips" / n)) for n in ("a.mp4", "b.mp4"))

@@ -185,3 +185,44 @@ def test_the_secret_key_appears_in_no_log_mlflow_record_or_parquet_metadata(s3, 
         assert "AWS_SECRET_ACCESS_KEY" not in json.dumps([r.data.params for r in runs])
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_s3_read_hiccup_is_retried_inside_the_clip(s3, monkeypatch, caplog):
+    import threading
+
+    from raylib.errors import ClipError
+    from raylib.media import video
+
+    import s3fs
+
+    for k, v in job_env(s3).items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries off: only ours remain
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3.fs()
+    fs.mkdir("reads")
+    fs.pipe("reads/clip.mp4", b"\x00video" * 1000)
+    s3.stop()  # a 3 s outage: the attempts at 0 s and 2 s fail, the one at 6 s succeeds
+    restart = threading.Timer(3.0, s3.start)
+    restart.start()
+    try:
+        with caplog.at_level("WARNING", logger="raylib.storage"):
+            data = video.open_media("s3://reads/clip.mp4")
+    finally:
+        restart.join()
+    assert data.getvalue() == b"\x00video" * 1000
+    assert "reading s3://reads/clip.mp4: EndpointConnectionError" in caplog.text
+    assert "retrying in 2 s (attempt 2 of 4)" in caplog.text and "retrying in 4 s (attempt 3 of 4)" in caplog.text
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    s3.stop()  # and one that outlasts the retries: the clip fails with one line, the job does not
+    monkeypatch.setattr(video, "READ_RETRIES", 0)
+    try:
+        with pytest.raises(ClipError) as info:
+            video.open_media("s3://reads/clip.mp4")
+    finally:
+        s3.start()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert info.value.cause.startswith("cannot read: reading s3://reads/clip.mp4 failed after 1 attempt(s): "
+                                       "EndpointConnectionError")

@@ -112,3 +112,41 @@ def test_s3_folder_listing(s3_bucket):
     assert sorted((r.uri, r.label, r.split) for r in recs) == [
         (f"{s3_bucket}/afew/Train/Angry/a.mp4", "Angry", "train"),
         (f"{s3_bucket}/afew/Val/Happy/b.avi", "Happy", "val")]
+
+
+def test_clip_id_is_the_same_for_every_spelling_of_a_file(tmp_path, monkeypatch):
+    from raylib.sources import canonical_uri
+
+    touch(tmp_path, "data/x.mp4")
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "data" / "x.mp4")
+    spellings = ["data/x.mp4", "./data/x.mp4", absolute, f"file://{absolute}", "data//sub/../x.mp4"]
+    assert {canonical_uri(s) for s in spellings} == {absolute}
+    assert len({clip_id(s) for s in spellings}) == 1
+    assert clip_id("s3://b/k/x.mp4") == clip_id("s3://b/k//./x.mp4") == clip_id("s3a://b/k/x.mp4") == clip_id("S3://b/k/x.mp4")
+    assert clip_id("s3://b/k/x.mp4") != clip_id("s3://other/k/x.mp4") != clip_id(absolute)
+
+
+def test_manifest_duplicates_collapse_into_one_record_with_a_warning(tmp_path, monkeypatch, capsys):
+    touch(tmp_path, "m/clips/a.mp4", "m/clips/b.mp4")
+    (tmp_path / "m" / "manifest.csv").write_text(
+        "uri,label,split\nclips/a.mp4,Happy,train\nclips/b.mp4,Sad,val\n./clips/a.mp4,happy,train\n"
+        f"{tmp_path}/m/clips/a.mp4,Happy,train\n")
+    monkeypatch.chdir(tmp_path)
+    recs = list_clips("m/manifest.csv")
+    assert [(r.uri, r.label, r.split) for r in recs] == [(str(tmp_path / "m/clips/a.mp4"), "Happy", "train"),
+                                                          (str(tmp_path / "m/clips/b.mp4"), "Sad", "val")]
+    assert capsys.readouterr().err.strip() == (f"sources: warning: 2 duplicate record(s) of the same file in "
+                                               f"m/manifest.csv collapsed into one")
+
+
+def test_a_file_in_two_splits_or_with_two_labels_is_an_error_listing_it(tmp_path):
+    touch(tmp_path, "clips/a.mp4", "clips/b.mp4", "clips/c.mp4")
+    (tmp_path / "manifest.csv").write_text("uri,label,split\nclips/a.mp4,Happy,train\nclips/a.mp4,Happy,val\n"
+                                           "clips/b.mp4,Sad,train\nclips/./b.mp4,Angry,train\nclips/c.mp4,Fear,val\n")
+    with pytest.raises(SourceError) as info:
+        list_clips(str(tmp_path / "manifest.csv"))
+    msg = str(info.value)
+    assert msg.startswith("2 file(s) listed in two splits or with two labels (train/val leakage):")
+    assert f"{tmp_path}/clips/a.mp4 (train/Happy, val/Happy)" in msg
+    assert f"{tmp_path}/clips/b.mp4 (train/Angry, train/Sad)" in msg and "c.mp4" not in msg
