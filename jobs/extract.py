@@ -25,8 +25,9 @@ def main(argv=None) -> int:
         print(f"extract: error: {e}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()) or "nothing new"
-    retried = f" ({summary['clips_retried']} retried after an error)" if summary["clips_retried"] else ""
-    print(f"extract: {summary['clips_processed']} clips processed{retried} ({counts}), "
+    if summary["clips_retried"]:
+        counts += f"; {summary['clips_retried']} of them retried after an error"
+    print(f"extract: {summary['clips_processed']} clips processed ({counts}), "
           f"{summary['clips_already_stored']} already stored, {summary['clips_stored']} in {summary['output']}; "
           f"{summary['elapsed_s']} s, {summary['clips_per_s']} clips/s")
     if not cfg.quiet:
