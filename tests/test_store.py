@@ -1,0 +1,100 @@
+"""The store's rules read back from real Parquet shards: one recipe, one row per clip, error rows
+dropped for a retry; training and evaluation refuse a store that mixes recipes."""
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raylib.errors import StoreError
+from raylib.schema import to_table
+from raylib.store import (RECIPE_KEYS, describe_recipe, drop_rows, read_store, single_recipe, store_state)
+
+RECIPE = {"backbone": "dlib_resnet", "weights": "packaged", "weights_digest": "ab" * 32, "enhancement": "basic",
+          "audio_mode": "spectrogram", "frames": "uniform:4", "code_version": "0.1.0"}
+
+
+def row(cid, status="ok", split="train", label="Happy", dim=8, **recipe):
+    feats = np.ones((2, dim), np.float32) if status != "error" else None
+    return {"clip_id": cid, "uri": f"/clips/{cid}.mp4", "label": label, "split": split, "dataset": "manifest",
+            "status": status, "error": "not a readable video" if status == "error" else None,
+            "visual_features": feats, "audio": np.zeros((1, 200, 3), np.float32) if feats is not None else None,
+            **RECIPE, **recipe}
+
+
+def write(store, name, rows, split="train"):
+    os.makedirs(os.path.join(store, split), exist_ok=True)
+    pq.write_table(to_table(rows), os.path.join(store, split, name))
+
+
+def test_state_splits_usable_and_failed_clips_and_reads_the_recipe(tmp_path):
+    store = str(tmp_path)
+    write(store, "part-a.parquet", [row("a"), row("b", "error"), row("c", "no_face")])
+    write(store, "part-b.parquet", [row("d", split="val"), row("e", "error", split="val")], split="val")
+    state = store_state(store)
+    assert state.usable == {"a", "c", "d"} and set(state.failed) == {"b", "e"} and state.files == 2
+    assert state.failed["b"]["file"].endswith("train/part-a.parquet")
+    assert state.failed["e"] == {"file": os.path.join(store, "val", "part-b.parquet"), "uri": "/clips/e.mp4",
+                                 "error": "not a readable video"}
+    assert state.recipes == [{k: RECIPE[k] for k in RECIPE_KEYS}]
+
+
+def test_dropping_error_rows_rewrites_or_removes_their_shards(tmp_path):
+    store = str(tmp_path)
+    write(store, "part-a.parquet", [row("a"), row("b", "error")])
+    write(store, "part-b.parquet", [row("e", "error", split="val")], split="val")
+    metadata = pq.read_schema(os.path.join(store, "train", "part-a.parquet")).metadata
+    state = store_state(store)
+    by_file = {}
+    for cid, f in state.failed.items():
+        by_file.setdefault(f["file"], set()).add(cid)
+    assert drop_rows(store, by_file) == 2
+    assert read_store(store, ["clip_id"]).column("clip_id").to_pylist() == ["a"]
+    assert not os.path.exists(os.path.join(store, "val", "part-b.parquet"))  # nothing left in it
+    assert pq.read_schema(os.path.join(store, "train", "part-a.parquet")).metadata == metadata
+    assert not [f for _, _, fs in os.walk(store) for f in fs if f.startswith(".tmp-")]
+
+
+def test_a_clip_stored_twice_is_an_error_naming_it(tmp_path):
+    store = str(tmp_path)
+    write(store, "part-a.parquet", [row("a"), row("b")])
+    write(store, "part-b.parquet", [row("a", "error")])
+    with pytest.raises(StoreError, match=r"holds 1 clip\(s\) twice: a \("):
+        store_state(store)
+
+
+def mixed_store(tmp_path):
+    store = str(tmp_path / "mixed")
+    write(store, "part-a.parquet", [row("a"), row("b", split="val")])
+    write(store, "part-b.parquet", [row("c", dim=16, backbone="ir50", weights_digest="cd" * 32, frames="uniform:16")])
+    return store
+
+
+def test_a_store_mixing_recipes_is_refused_naming_them(tmp_path):
+    store = mixed_store(tmp_path)
+    with pytest.raises(StoreError) as info:
+        single_recipe(store)
+    msg = str(info.value)
+    assert msg.startswith(f"the store {store} mixes 2 feature recipes (")
+    assert "backbone=dlib_resnet weights=abababababab enhance=basic audio=spectrogram frames=uniform:4" in msg
+    assert "backbone=ir50 weights=cdcdcdcdcdcd enhance=basic audio=spectrogram frames=uniform:16" in msg
+    assert msg.endswith("extract again into a new --output")
+    assert single_recipe(str(tmp_path / "empty")) is None
+    assert describe_recipe({**RECIPE, "weights_digest": "random+" + "ef" * 32}).startswith(
+        "backbone=dlib_resnet weights=random+efefefefefef ")
+
+
+def test_training_and_evaluation_refuse_a_mixed_store(tmp_path):
+    from raylib.stages.evaluate import EvaluateConfig, run_evaluate
+    from raylib.stages.train import store_info
+
+    store = mixed_store(tmp_path)
+    with pytest.raises(StoreError, match="mixes 2 feature recipes"):
+        store_info(store)
+    with pytest.raises(StoreError, match="mixes 2 feature recipes"):
+        run_evaluate(EvaluateConfig(store=store, checkpoints=str(tmp_path / "model.pt"), output=str(tmp_path / "e")))
+    one = str(tmp_path / "one")
+    write(one, "part-a.parquet", [row("a"), row("b", label="Sad")])
+    info = store_info(one)
+    assert info["provenance"] == {k: RECIPE[k] for k in RECIPE_KEYS} and info["visual_dim"] == 8
