@@ -28,6 +28,18 @@ STATUS_TRUNCATED = "truncated"  # decoded far less than the container declares
 STATUS_ERROR = "error"  # unreadable: no features; a re-run of extraction retries it
 STATUSES = (STATUS_OK, STATUS_NO_AUDIO, STATUS_SILENT, STATUS_NO_FACE, STATUS_TRUNCATED, STATUS_ERROR)
 USABLE_STATUSES = tuple(s for s in STATUSES if s != STATUS_ERROR)
+
+# Unlabelled clips (AFEW Test/, a manifest's empty label, videos to predict) are stored with a
+# null label and label_index -1. Between stages they carry NO_LABEL: Ray Data builds blocks per
+# clip, and a block whose labels are all None cannot be merged with one holding strings.
+NO_LABEL = ""
+
+
+def stored_label(value) -> str | None:
+    """The label a row stores: None for unlabelled (None, NO_LABEL, NaN from pandas), else str."""
+    if value is None or (isinstance(value, float) and value != value) or str(value) == NO_LABEL:
+        return None
+    return str(value)
 METADATA_KEY = b"raylib.schema_version"
 
 SCHEMA = pa.schema(
@@ -81,7 +93,7 @@ def to_table(rows: list[dict]) -> pa.Table:
     """Rows (dicts with numpy arrays; missing arrays = none) -> a table with exactly SCHEMA."""
     feats = [_frames(r) for r in rows]
     audio = [None if r.get("audio") is None else np.asarray(r["audio"], np.float32) for r in rows]
-    labels = [r.get("label") or None for r in rows]
+    labels = [stored_label(r.get("label")) for r in rows]
     per_frame_vectors = [f[i] for f in feats for i in range(len(f))]
     inner = _list_array(per_frame_vectors, pa.float32())
     outer_offsets = np.zeros(len(rows) + 1, np.int32)

@@ -291,3 +291,35 @@ def test_same_clips_named_three_ways_are_stored_once(local_ray, dataset, tmp_pat
     # the same files as a folder of clips
     ids = sorted(read_store(out, ["clip_id"]).column("clip_id").to_pylist())
     assert ids == sorted(clip_id(str(data / "clips" / n)) for n in ("a.mp4", "b.mp4"))
+
+
+def test_unlabelled_clips_are_stored_with_a_null_label(local_ray, dataset, tmp_path):
+    root, _ = dataset
+    good = os.path.join(root, "Train/Happy/good_0.mp4")
+    afew = tmp_path / "afew"  # AFEW: Test/<clip> beside Train/<Emotion>/<clip>
+    for rel in ("Train/Happy/a.mp4", "Val/Sad/b.mp4", "Test/c.mp4", "Test/d.mp4"):
+        (afew / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(good, afew / rel)
+    summary = run_extract(ExtractConfig(input=str(afew), output=str(tmp_path / "s1"), frames="uniform:2", quiet=True))
+    assert summary["status_counts"] == {"ok": 4}
+    got = {os.path.basename(r["uri"]): (r["label"], r["label_index"], r["split"])
+           for r in read_store(str(tmp_path / "s1"), ["uri", "label", "label_index", "split"]).to_pylist()}
+    assert got == {"a.mp4": ("Happy", 3, "train"), "b.mp4": ("Sad", 5, "val"),
+                   "c.mp4": (None, -1, "test"), "d.mp4": (None, -1, "test")}
+
+    # a manifest of unlabelled clips only, then labelled and unlabelled clips of one split in one shard
+    (tmp_path / "only.csv").write_text(f"uri,label\n{afew}/Test/c.mp4,\n{afew}/Test/d.mp4,\n")
+    only = run_extract(ExtractConfig(input=str(tmp_path / "only.csv"), output=str(tmp_path / "s2"), frames="uniform:2",
+                                     quiet=True))
+    assert only["status_counts"] == {"ok": 2}
+    assert read_store(str(tmp_path / "s2"), ["label"]).column("label").to_pylist() == [None, None]
+    (tmp_path / "mixed.csv").write_text(f"uri,label\n{afew}/Train/Happy/a.mp4,Happy\n{afew}/Test/c.mp4,\n")
+    run_extract(ExtractConfig(input=str(tmp_path / "mixed.csv"), output=str(tmp_path / "s3"), frames="uniform:2",
+                              quiet=True, batch_size=2))
+    import pyarrow.parquet as pq
+
+    from raylib.store import data_files
+
+    shards = data_files(str(tmp_path / "s3"))
+    assert len(shards) == 1
+    assert sorted(pq.read_table(shards[0]).column("label_index").to_pylist()) == [-1, 3]

@@ -40,7 +40,7 @@ import numpy as np
 import raylib
 from raylib import storage
 from raylib.errors import RaylibError
-from raylib.schema import STATUS_ERROR
+from raylib.schema import NO_LABEL, STATUS_ERROR, stored_label
 from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
 from raylib.media.audio import AUDIO_MODES
@@ -251,7 +251,7 @@ def batch_rows(batch: dict) -> list[dict]:
     for r in rows:
         if not r.get("has_audio", True):
             r["audio"] = None
-        r["label"] = str(r["label"]) if r.get("label") not in (None, "") else None
+        r["label"] = stored_label(r.get("label"))
     return rows
 
 
@@ -329,7 +329,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     state, _ = with_retries(f"reading the store {public_uri(cfg.output)}", lambda: _state(cfg.output),
                             cfg.write_retries)
     _check_recipe(cfg, state, prov)
-    pending = [r.to_dict() for r in records if r.clip_id not in state.usable]
+    pending = [{**r.to_dict(), "label": r.label or NO_LABEL} for r in records if r.clip_id not in state.usable]
     already = len(records) - len(pending)
     if cfg.limit:
         pending = pending[: cfg.limit]
