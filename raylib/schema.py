@@ -17,7 +17,7 @@ import raylib
 from raylib import storage
 from raylib.labels import LABEL_INDEX
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: face_count
 
 # Clip status values, one per row of the store.
 STATUS_OK = "ok"
@@ -55,6 +55,7 @@ SCHEMA = pa.schema(
         ("num_frames", pa.int32()),  # sampled frames with features
         ("frame_timestamps", pa.list_(pa.float32())),  # seconds, [num_frames]
         ("face_found", pa.list_(pa.bool_())),  # [num_frames]; False: whole-frame fallback
+        ("face_count", pa.list_(pa.int16())),  # [num_frames]; faces the shot's last detection found
         ("visual_dim", pa.int32()),
         ("visual_features", pa.list_(pa.list_(pa.float32()))),  # [num_frames][visual_dim]
         ("thumbnails", pa.binary()),  # uint8 [num_frames, 32, 32, 3] face chips, for plots
@@ -110,6 +111,7 @@ def to_table(rows: list[dict]) -> pa.Table:
         "num_frames": [len(f) for f in feats],
         "frame_timestamps": _list_array([np.asarray(r.get("timestamps", ()), np.float32) for r in rows], pa.float32()),
         "face_found": _list_array([np.asarray(r.get("face_found", ()), bool) for r in rows], pa.bool_()),
+        "face_count": _list_array([np.asarray(r.get("face_count", ()), np.int16) for r in rows], pa.int16()),
         "visual_dim": [f.shape[1] if len(f) else 0 for f in feats],
         "visual_features": pa.ListArray.from_arrays(pa.array(outer_offsets), inner),
         "thumbnails": [np.asarray(r["thumbnails"], np.uint8).tobytes() if r.get("thumbnails") is not None else b""

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from raylib import storage
 from raylib.errors import StoreError
-from raylib.schema import SCHEMA, STATUS_ERROR
+from raylib.schema import METADATA_KEY, SCHEMA, STATUS_ERROR
 
 # What makes two rows' features comparable. The weights URI is not part of it (the digest is):
 # a checkpoint moved to another bucket is the same recipe.
@@ -116,6 +116,7 @@ class StoreState:
     failed: dict[str, dict] = field(default_factory=dict)  # clip_id -> {"file", "uri", "error"}
     recipes: list[dict] = field(default_factory=list)
     files: int = 0
+    schema_versions: set[str] = field(default_factory=set)  # of the shards (raylib.schema.SCHEMA_VERSION)
 
     @property
     def clip_ids(self) -> set[str]:
@@ -134,6 +135,7 @@ def store_state(output: str) -> StoreState:
     seen: dict[str, str] = {}
     twice = []
     for path, table in zip(files, tables):
+        state.schema_versions.add((table.schema.metadata or {}).get(METADATA_KEY, b"?").decode())
         ids = table.column("clip_id").to_pylist()
         statuses = table.column("status").to_pylist()
         for i, (cid, status) in enumerate(zip(ids, statuses)):

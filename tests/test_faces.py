@@ -125,3 +125,36 @@ def test_a_cut_to_a_faceless_shot_is_not_tracked_into(astronaut):
     frames = np.concatenate([moving_face_frames(astronaut, 2), np.stack([coffee] * 3)])
     faces = F.align_frames(frames, F.FaceConfig(detect_every=8))
     assert faces.found.tolist() == [True, True, False, False, False]
+
+
+def test_the_cnn_finds_faces_hog_misses_and_they_are_aligned(astronaut):
+    # footage of 64 x 64 pixels shown at 512: HOG finds nothing, the CNN finds the face
+    soft = np.asarray(Image.fromarray(astronaut).resize((64, 64)).resize((512, 512), Image.BILINEAR))
+    turned = np.asarray(Image.fromarray(astronaut).rotate(60, fillcolor=(128, 128, 128)))  # HOG fails past ~45 deg
+    hog = F.align_frames(np.stack([soft, turned]), F.FaceConfig(detector="hog", detect_every=1))
+    both = F.align_frames(np.stack([soft, turned]), F.FaceConfig(detector="hog+cnn", detect_every=1))
+    assert hog.found.tolist() == [False, False] and hog.counts.tolist() == [0, 0]
+    assert both.found.tolist() == [True, True] and both.counts.tolist() == [1, 1]
+    assert_aligned(both.chips[0])
+    with pytest.raises(ValueError, match="unknown face detector 'retina'"):
+        F.FaceConfig(detector="retina")
+
+
+def test_a_lost_face_is_not_swapped_for_a_much_smaller_one_in_the_same_shot(astronaut):
+    main = np.asarray(Image.fromarray(astronaut).resize((768, 768)))
+    small = np.asarray(Image.fromarray(astronaut).resize((380, 380)))  # its face: ~1/3 of the main one's side
+    canvas = np.full((768, 1536, 3), 128, np.uint8)
+    canvas[:, :768] = main
+    canvas[388:768, 1150:1530] = small  # a second person, far smaller and off-centre
+    full = F.FaceConfig(detector="hog", detect_every=1, detect_max_side=0)  # both faces at full resolution
+    x0, y0, x1, y1 = F.detect_face(main, full)[:4]
+    hidden = canvas.copy()
+    hidden[int(y0):int(y1), int(x0):int(x1)] = 128  # the main face turns away / is covered
+    faces = F.align_frames(np.stack([canvas, canvas, hidden]), full)
+    assert faces.found.tolist() == [True, True, False]  # whole-frame fallback, not the background face
+    assert faces.boxes[1][0] < 768 and faces.counts.tolist() == [2, 2, 1]
+    # a new shot holding only the small face: it is the main face there
+    alone = np.full((768, 1536, 3), 40, np.uint8)
+    alone[388:768, 1150:1530] = small
+    faces = F.align_frames(np.stack([canvas, alone]), full)
+    assert faces.found.tolist() == [True, True] and faces.boxes[1][0] > 1100

@@ -1,8 +1,13 @@
-"""Face detection and alignment with dlib (PAPER.md section 1).
+"""Face detection and alignment with dlib (docs: the method's section 1).
 
-HOG frontal detector on a downscaled copy of the frame, box mapped back to full resolution,
-5-point landmarks, then an upright chip of 224 x 224 whose face box is extended by 30%.
-When no face is found the whole frame, resized, stands in, and the frame is flagged.
+Detection is multi-scale: the HOG frontal detector on a downscaled copy of the frame, then at full
+resolution; where HOG finds no face (side views, low light, a profile, a face that is not the one
+being followed) dlib's CNN face detector (mmod, shipped in face-recognition-models) looks again.
+Which face: the one being followed (tracked by its landmarks between detections), else the
+largest, most central one; never a face much smaller than the one followed in the same shot (a
+blurred background person). Then 5-point landmarks and an upright 224 x 224 chip whose face box
+is extended by 30%. When no face is found the whole frame, resized, stands in, and the frame is
+flagged (the paper's rule).
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ CHIP_PADDING = 0.3  # the paper's 30% extension of the face box
 DETECT_MAX_SIDE = 320  # frames are downscaled to this long side before HOG detection
 DETECT_UPSAMPLE = 0
 DETECT_THRESHOLD = 0.5  # HOG scores: faces ~1.5, face-like objects ~0.2 (ENVIRONMENT.md)
+DETECTORS = ("hog", "hog+cnn", "cnn")  # hog+cnn: the CNN looks where HOG found no usable face
+CNN_MODEL = "mmod_human_face_detector.dat"
+CNN_THRESHOLD = 0.3  # mmod confidences: faces 0.4-1.1 on real footage, background blur lower
+CNN_MAX_SIDE = 960  # the CNN runs on frames downscaled to this long side (its cost ~ pixels)
+MIN_SIZE_RATIO = 0.5  # in one shot, a face under half the side of the one followed is not taken
+CUT_CORRELATION = 0.5  # consecutive sampled frames whose thumbnails correlate less: a new shot
 # Between detections the box follows the landmarks; a jump beyond these bounds calls the detector.
 TRACK_MAX_SCALE_CHANGE = 1.25
 TRACK_MAX_SHIFT = 0.35  # of the box side
@@ -47,6 +58,13 @@ def _detector():
 
 
 @lru_cache(maxsize=1)
+def _cnn_detector():
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(dlib_model_path(CNN_MODEL))
+
+
+@lru_cache(maxsize=1)
 def _landmarks():
     import dlib
 
@@ -64,47 +82,121 @@ class FaceConfig:
     threshold: float = DETECT_THRESHOLD
     retry_full_resolution: bool = True  # a miss on the small frame is retried at full size
     detect_every: int = 4  # run the detector on every k-th frame; track with landmarks in between
+    detector: str = "hog+cnn"  # one of DETECTORS
+
+    def __post_init__(self):
+        if self.detector not in DETECTORS:
+            raise ValueError(f"unknown face detector {self.detector!r}; expected one of {', '.join(DETECTORS)}")
 
 
 @dataclass
 class Faces:
-    """Per-frame aligned chips [N, S, S, 3] uint8, found [N] bool, boxes [N, 4] (x0, y0, x1, y1) px."""
+    """Per-frame aligned chips [N, S, S, 3] uint8, found [N] bool, boxes [N, 4] (x0, y0, x1, y1) px,
+    scores [N], counts [N] (faces the last whole-frame detection of the shot found)."""
 
     chips: np.ndarray
     found: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
+    counts: np.ndarray
     detect_seconds: float = 0.0
     align_seconds: float = 0.0
 
 
-def _best_box(image: np.ndarray, upsample: int, threshold: float):
-    """Largest detection scoring >= threshold as (x0, y0, x1, y1, score), or None."""
+def hog_faces(image: np.ndarray, upsample: int, threshold: float) -> list[tuple]:
+    """HOG detections scoring >= threshold as (x0, y0, x1, y1, score) in image pixels."""
     rects, scores, _ = _detector().run(image, upsample, threshold)
-    best = None
-    for r, s in zip(rects, scores):
-        area = r.width() * r.height()
-        if s >= threshold and (best is None or area > best[0]):
-            best = (area, (r.left(), r.top(), r.right(), r.bottom(), float(s)))
-    return None if best is None else best[1]
+    return [(r.left(), r.top(), r.right(), r.bottom(), float(sc)) for r, sc in zip(rects, scores) if sc >= threshold]
 
 
-def detect_face(frame: np.ndarray, cfg: FaceConfig = FaceConfig()):
-    """Largest face of an RGB frame as (x0, y0, x1, y1, score) in full-resolution pixels, or None."""
+def _best_box(image: np.ndarray, upsample: int, threshold: float):
+    """Largest HOG detection scoring >= threshold as (x0, y0, x1, y1, score), or None."""
+    found = hog_faces(image, upsample, threshold)
+    return max(found, key=_area) if found else None
+
+
+def cnn_faces(frame: np.ndarray) -> list[tuple]:
+    """dlib's CNN (mmod) detections with confidence >= CNN_THRESHOLD, in full-resolution pixels."""
+    h, w = frame.shape[:2]
+    scale = min(1.0, CNN_MAX_SIDE / max(h, w))
+    image = resize(frame, int(round(w * scale)), int(round(h * scale))) if scale < 1.0 else frame
+    return [(d.rect.left() / scale, d.rect.top() / scale, d.rect.right() / scale, d.rect.bottom() / scale,
+             float(d.confidence)) for d in _cnn_detector()(image, 0) if d.confidence >= CNN_THRESHOLD]
+
+
+def hog_multiscale(frame: np.ndarray, cfg: FaceConfig = FaceConfig()) -> list[tuple]:
+    """HOG faces of an RGB frame in full-resolution pixels: on the frame downscaled to
+    cfg.detect_max_side, then (when that finds none) at full resolution."""
     h, w = frame.shape[:2]
     scale = 1.0
     if cfg.detect_max_side and max(h, w) > cfg.detect_max_side:
         scale = cfg.detect_max_side / max(h, w)
-    box = None
     if scale < 1.0:
         small = resize(frame, int(round(w * scale)), int(round(h * scale)))
-        box = _best_box(small, cfg.upsample, cfg.threshold)
-        if box is not None:
-            x0, y0, x1, y1, s = box
-            box = (x0 / scale, y0 / scale, x1 / scale, y1 / scale, s)
-    if box is None and (scale == 1.0 or cfg.retry_full_resolution):
-        box = _best_box(frame, cfg.upsample, cfg.threshold)
-    return box
+        found = [(x0 / scale, y0 / scale, x1 / scale, y1 / scale, sc)
+                 for x0, y0, x1, y1, sc in hog_faces(small, cfg.upsample, cfg.threshold)]
+        if found or not cfg.retry_full_resolution:
+            return found
+    return hog_faces(frame, cfg.upsample, cfg.threshold)
+
+
+def _area(box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _side(box) -> float:
+    return float(np.sqrt(max(_area(box), 0.0)))
+
+
+def _centre(box) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+
+def choose_face(candidates: list[tuple], shape, followed=None):
+    """The face to keep among candidates (x0, y0, x1, y1, score), or None.
+
+    With a face followed in this shot (its last box): candidates under MIN_SIZE_RATIO of its side
+    are out, and one near its last position wins; otherwise the largest, most central one."""
+    h, w = shape[:2]
+    if followed is not None:
+        candidates = [c for c in candidates if _side(c) >= MIN_SIZE_RATIO * _side(followed)]
+        near = [c for c in candidates if np.linalg.norm(_centre(c) - _centre(followed)) <= _side(followed)]
+        candidates = near or candidates
+    if not candidates:
+        return None
+
+    def weight(c):  # area, discounted by up to half at the frame's corners
+        d = np.linalg.norm((_centre(c) - [w / 2, h / 2]) / [w, h]) / np.sqrt(0.5)
+        return _area(c) * (1.0 - 0.5 * d)
+
+    return max(candidates, key=weight)
+
+
+def detect_face(frame: np.ndarray, cfg: FaceConfig = FaceConfig()):
+    """The main face of an RGB frame as (x0, y0, x1, y1, score) in full-resolution pixels, or None."""
+    return find_face(frame, cfg)[0]
+
+
+def find_face(frame: np.ndarray, cfg: FaceConfig = FaceConfig(), followed=None, use_cnn: bool = True):
+    """(the chosen face or None, how many faces were found, whether the CNN ran and found none)."""
+    found = [] if cfg.detector == "cnn" else hog_multiscale(frame, cfg)
+    box = choose_face(found, frame.shape, followed)
+    far = followed is not None and box is not None and \
+        np.linalg.norm(_centre(box) - _centre(followed)) > _side(followed)
+    cnn_missed = False
+    if cfg.detector != "hog" and use_cnn and (box is None or far):
+        more = cnn_faces(frame)
+        cnn_missed = not more
+        found = found + [c for c in more if not any(_iou(c, f) > 0.3 for f in found)]
+        box = choose_face(found, frame.shape, followed)
+    return box, len(found), cnn_missed
+
+
+def _iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / max(_area(a) + _area(b) - inter, 1e-6)
 
 
 def landmarks(frame: np.ndarray, box) -> np.ndarray:
@@ -181,25 +273,48 @@ def _thumbnail(chip: np.ndarray) -> np.ndarray:
     return grey / max(float(np.linalg.norm(grey)), 1e-6)
 
 
+def _signature(frame: np.ndarray) -> np.ndarray:
+    """The whole frame's 16 x 16 thumbnail, for telling shots apart."""
+    return _thumbnail(resize(frame, 64, 64))
+
+
+@dataclass
+class _Shot:
+    """What align_frames remembers within one shot: the face followed, the last CNN miss."""
+
+    followed: tuple | None = None
+    cnn_missed_at: int = -(10**9)
+    count: int = 0
+
+
 def align_frames(frames: np.ndarray, cfg: FaceConfig = FaceConfig()) -> Faces:
-    """Detect and align the largest face of every frame; whole-frame fallback where none.
+    """Detect and align the main face of every frame; whole-frame fallback where none.
 
     The detector runs on every cfg.detect_every-th frame, around the face being followed when
-    there is one (detect_near), on the whole (downscaled) frame otherwise; in between, the
-    previous box is re-fitted by the landmarks (face tracking, ~0.4 ms instead of ~8 ms). A
-    tracked chip that no longer resembles the last one (a cut) sends the frame to the detector."""
+    there is one (detect_near), on the whole frame otherwise (find_face: HOG at two scales, the
+    CNN where HOG finds no usable face); in between, the previous box is re-fitted by the
+    landmarks (face tracking, ~0.4 ms instead of ~8 ms). A tracked chip that no longer resembles
+    the last one, or a frame unlike the previous one (a cut), sends the frame to the detector.
+    Within a shot the CNN, after finding nothing, rests for cfg.detect_every frames."""
     frames = np.ascontiguousarray(frames)
     n = len(frames)
     chips = np.zeros((n, cfg.chip_size, cfg.chip_size, 3), np.uint8)
     found = np.zeros(n, bool)
     boxes = np.full((n, 4), -1.0, np.float32)
     scores = np.zeros(n, np.float32)
+    counts = np.zeros(n, np.int16)
     detect_s = align_s = 0.0
-    box, points, last_thumb = None, None, None
+    box, points, last_thumb, last_sig = None, None, None, None
+    shot = _Shot()
+    every = max(cfg.detect_every, 1)
     for i, frame in enumerate(frames):
         t0 = time.perf_counter()
+        sig = _signature(frame)
+        if last_sig is not None and float((sig * last_sig).sum()) < CUT_CORRELATION:
+            box, shot = None, _Shot()  # a new shot: nothing carries over
+        last_sig = sig
         chip = None
-        if box is not None and i % max(cfg.detect_every, 1):
+        if box is not None and i % every:
             new_points = landmarks(frame, box)
             box = track_box(box, points, new_points)
             points = new_points if box is not None else None
@@ -211,9 +326,13 @@ def align_frames(frames: np.ndarray, cfg: FaceConfig = FaceConfig()) -> Faces:
             box = detect_near(frame, box, cfg)
             points = landmarks(frame, box) if box is not None else None
         if box is None:
-            box = detect_face(frame, cfg)
+            box, shot.count, cnn_missed = find_face(frame, cfg, shot.followed,
+                                                    use_cnn=i - shot.cnn_missed_at >= every)
+            if cnn_missed:
+                shot.cnn_missed_at = i
             points = landmarks(frame, box) if box is not None else None
         t1 = time.perf_counter()
+        counts[i] = max(shot.count, int(box is not None))
         if box is None:
             chips[i] = resize(frame, cfg.chip_size, cfg.chip_size)
             last_thumb = None
@@ -223,6 +342,7 @@ def align_frames(frames: np.ndarray, cfg: FaceConfig = FaceConfig()) -> Faces:
             found[i] = True
             boxes[i] = box[:4]
             scores[i] = box[4]
+            shot.followed = box
         detect_s += t1 - t0
         align_s += time.perf_counter() - t1
-    return Faces(chips, found, boxes, scores, detect_seconds=detect_s, align_seconds=align_s)
+    return Faces(chips, found, boxes, scores, counts, detect_seconds=detect_s, align_seconds=align_s)

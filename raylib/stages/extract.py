@@ -40,11 +40,11 @@ import numpy as np
 import raylib
 from raylib import storage
 from raylib.errors import RaylibError
-from raylib.schema import NO_LABEL, STATUS_ERROR, stored_label
+from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_ERROR, stored_label
 from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
 from raylib.media.audio import AUDIO_MODES
-from raylib.media.faces import FaceConfig
+from raylib.media.faces import DETECTORS, FaceConfig
 from raylib.media.video import FrameSampling
 from raylib.runtime import placement
 from raylib.models import BACKBONES, ENHANCEMENTS
@@ -75,7 +75,11 @@ class ExtractConfig:
     enhance: str = field(default="basic", metadata={"help": "feature enhancement (PAPER.md section 5)", "choices": list(ENHANCEMENTS)})
     audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
     frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
-    detect_max_side: int = field(default=320, metadata={"help": "downscale frames to this long side for face detection (0: full size)"})
+    detect_max_side: int = field(default=320, metadata={"help": "downscale frames to this long side for HOG face detection (0: full size)"})
+    face_detector: str = field(default="hog+cnn", metadata={"help": "hog: fast, frontal faces; hog+cnn: dlib's CNN detector "
+                                                                    "looks where HOG finds no usable face (side views, low "
+                                                                    "light; ~1 CPU-s per such frame); cnn: the CNN only",
+                                                            "choices": list(DETECTORS)})
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
     cpu_actors: int = field(default=1, metadata={"help": "feature actors on CPU when --gpu-actors is 0"})
@@ -107,7 +111,8 @@ class ExtractConfig:
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(frames=self.frames, audio_mode=self.audio,
-                                faces=FaceConfig(detect_max_side=self.detect_max_side))
+                                faces=FaceConfig(detect_max_side=self.detect_max_side,
+                                                 detector=self.face_detector))
 
 
 # ---- CPU stage ---------------------------------------------------------------------------------
@@ -116,7 +121,7 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
     """Rows (clip record columns) -> the same rows plus chips, face_found, timestamps, audio,
     status, error, duration. One row out per row in; a bad clip is a row with status "error"."""
     out: dict[str, list] = {k: list(v) for k, v in batch.items()}
-    extra: dict[str, list] = {k: [] for k in ("chips", "face_found", "timestamps", "audio", "has_audio",
+    extra: dict[str, list] = {k: [] for k in ("chips", "face_found", "face_count", "timestamps", "audio", "has_audio",
                                               "status", "error", "duration", "audio_seconds",
                                               "seconds_cpu", "cpu_node")}
     for uri in batch["uri"]:
@@ -125,6 +130,7 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
         audio = r.get("audio")
         extra["chips"].append(r["chips"] if ok else np.zeros((0, 224, 224, 3), np.uint8))
         extra["face_found"].append(r["face_found"] if ok else np.zeros(0, bool))
+        extra["face_count"].append(r["face_count"] if ok else np.zeros(0, np.int16))
         extra["timestamps"].append(r["timestamps"] if ok else np.zeros(0, np.float32))
         extra["audio"].append(audio if audio is not None else np.zeros((0, 0, 0), np.float32))
         extra["has_audio"].append(audio is not None)
@@ -298,6 +304,10 @@ def _check_failures(summary: dict, cfg: ExtractConfig) -> None:
 
 def _check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
     """One store, one recipe: refuse to add features made another way."""
+    old = sorted(state.schema_versions - {SCHEMA_VERSION})
+    if old:
+        raise ExtractError(f"the store {public_uri(cfg.output)} was written with store schema version "
+                           f"{', '.join(old)}, this version writes {SCHEMA_VERSION}: use a new --output")
     wanted = recipe_of(prov)
     others = [r for r in state.recipes if r != wanted]
     if others:

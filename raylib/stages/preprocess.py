@@ -80,6 +80,7 @@ def preprocess_clip(uri: str, cfg: PreprocessConfig = PreprocessConfig()) -> dic
     out.update(
         chips=faces.chips,
         face_found=faces.found,
+        face_count=faces.counts,
         face_boxes=faces.boxes,
         timestamps=video.timestamps.astype(np.float32),
         fps=video.fps,
