@@ -85,3 +85,64 @@ def test_truncated_avi_is_flagged(bad_files):
     v = decode_video(bad_files["truncated_avi"], "all")
     assert v.truncated
     assert 0 < v.num_frames < NUM_FRAMES
+
+
+def faststart_mp4(src: str, dst: str) -> bytes:
+    """src re-muxed as an MP4 whose index (moov) precedes the media data, as web video is."""
+    import av
+
+    with av.open(src) as inp, av.open(dst, "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("h264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for frame in inp.decode(video=0):
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return open(dst, "rb").read()
+
+
+def test_an_mp4_cut_after_its_index_keeps_the_frames_that_decode(clips, tmp_path):
+    data = faststart_mp4(clips["mp4"], str(tmp_path / "whole.mp4"))
+    assert data.find(b"moov") < data.find(b"mdat")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # decord refuses to open this file
+    v = decode_video(str(cut), "all")
+    assert v.truncated and 0 < v.num_frames < NUM_FRAMES and len(v.frames) == v.num_frames
+    assert [frame_level(f) for f in v.frames] == list(range(v.num_frames))  # the right frames, in order
+    np.testing.assert_allclose(v.timestamps, np.arange(v.num_frames) / FPS, atol=1e-3)
+
+
+def test_a_file_without_a_video_stream_says_so(tmp_path):
+    import av
+
+    path = str(tmp_path / "speech.mp4")
+    with av.open(path, "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    with pytest.raises(ClipError) as info:
+        decode_video(path)
+    assert info.value.cause == "no video stream (an audio-only file?)"
+
+
+def test_broken_container_timestamps_come_from_the_frame_index():
+    from raylib.media import video
+
+    frames = [np.zeros((4, 4, 3), np.uint8)] * 3
+    info = video.Probe(True, 2.0, 2.0, True, 4, 4, 50, 25.0)
+    broken = video._video("x.avi", frames, [0, 10, 20], [-3.85e17] * 3, 25.0, info, 50)  # as decord gives for some AVIs
+    np.testing.assert_allclose(broken.timestamps, [0.0, 0.4, 0.8])
+    good = video._video("x.mp4", frames, [0, 10, 20], [0.0, 0.41, 0.8], 25.0, info, 50)
+    np.testing.assert_allclose(good.timestamps, [0.0, 0.41, 0.8])
+
+
+def test_large_videos_are_decoded_downscaled(clips, monkeypatch):
+    from raylib.media import video
+
+    monkeypatch.setattr(video, "MAX_DECODE_SIDE", 100)  # the clips are 160 x 120
+    v = decode_video(clips["mp4"], "uniform:4")
+    assert v.frames.shape == (4, 76, 100, 3)
+    assert [frame_level(f) for f in v.frames] == [0, 16, 33, 49]

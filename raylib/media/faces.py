@@ -28,7 +28,7 @@ DETECT_THRESHOLD = 0.5  # HOG scores: faces ~1.5, face-like objects ~0.2 (ENVIRO
 DETECTORS = ("hog", "hog+cnn", "cnn")  # hog+cnn: the CNN looks where HOG found no usable face
 CNN_MODEL = "mmod_human_face_detector.dat"
 CNN_THRESHOLD = 0.3  # mmod confidences: faces 0.4-1.1 on real footage, background blur lower
-CNN_MAX_SIDE = 960  # the CNN runs on frames downscaled to this long side (its cost ~ pixels)
+CNN_MAX_SIDE = 720  # the CNN runs on frames downscaled to this long side (cost and memory ~ pixels)
 MIN_SIZE_RATIO = 0.5  # in one shot, a face under half the side of the one followed is not taken
 CUT_CORRELATION = 0.5  # consecutive sampled frames whose thumbnails correlate less: a new shot
 # Between detections the box follows the landmarks; a jump beyond these bounds calls the detector.

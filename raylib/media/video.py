@@ -22,6 +22,7 @@ from raylib.errors import ClipError, StorageError
 # frames (and this fraction) is flagged as truncated.
 TRUNCATION_SLACK_FRAMES = 3
 TRUNCATION_SLACK_FRACTION = 0.05
+MAX_DECODE_SIDE = 1920  # larger videos are decoded downscaled to this long side (bounds a task's memory)
 READ_RETRIES = 3  # extra attempts to read a remote clip after a transient error (pauses 2, 4, 8 s)
 
 
@@ -90,9 +91,28 @@ def open_media(uri: str):
     return path
 
 
-def container_duration(src) -> float | None:
-    """Longest duration in seconds the container declares (frame count, stream or file
-    duration; PyAV probe, no decoding), None when it declares none."""
+@dataclass(frozen=True)
+class Probe:
+    """What the container declares (PyAV, no decoding): readable, video stream, size, frames, fps."""
+
+    readable: bool = False
+    duration: float | None = None  # longest declared duration in seconds (any stream)
+    video_duration: float | None = None  # what the video stream itself declares
+    has_video: bool = False
+    width: int = 0
+    height: int = 0
+    frames: int = 0  # declared frame count, 0 when unknown
+    fps: float = 0.0
+    container: str = ""  # PyAV's format name, e.g. "mov,mp4,m4a,3gp,3g2,mj2", "avi", "png_pipe"
+
+    @property
+    def is_image(self) -> bool:
+        """A still image (PyAV opens those as a one-frame video)."""
+        return self.container == "image2" or self.container.endswith("_pipe")
+
+
+def probe(src) -> Probe:
+    """Probe a path or BytesIO with PyAV; Probe(readable=False) when PyAV cannot open it."""
     import av
 
     if isinstance(src, io.BytesIO):
@@ -100,18 +120,39 @@ def container_duration(src) -> float | None:
     try:
         with av.open(src) as c:
             found = [c.duration / 1e6] if c.duration else []
-            if c.streams.video:
-                v = c.streams.video[0]
-                if v.duration and v.time_base:
-                    found.append(float(v.duration * v.time_base))
-                if v.frames and v.average_rate:  # e.g. AVI headers keep the full frame count
-                    found.append(v.frames / float(v.average_rate))
-            return max(found) if found else None
+            if not c.streams.video:
+                return Probe(True, max(found) if found else None, container=c.format.name)
+            v = c.streams.video[0]
+            fps = float(v.average_rate) if v.average_rate else 0.0
+            own = []
+            if v.duration and v.time_base:
+                own.append(float(v.duration * v.time_base))
+            if v.frames and fps:  # e.g. AVI headers keep the full frame count
+                own.append(v.frames / fps)
+            found += own
+            return Probe(True, max(found) if found else None, max(own) if own else None, True,
+                         v.codec_context.width or 0, v.codec_context.height or 0, int(v.frames or 0), fps,
+                         c.format.name)
     except Exception:  # the decoder proper reports unreadable files
-        return None
+        return Probe()
     finally:
         if isinstance(src, io.BytesIO):
             src.seek(0)
+
+
+def container_duration(src) -> float | None:
+    """Longest duration in seconds the container declares, None when it declares none."""
+    return probe(src).duration
+
+
+def decode_size(p: Probe) -> tuple[int, int]:
+    """(width, height) to decode at: the clip's own, or scaled so its long side is MAX_DECODE_SIDE
+    (a 4K clip's 16 frames would otherwise hold ~400 MB); (-1, -1) when unknown or small."""
+    long_side = max(p.width, p.height)
+    if long_side <= MAX_DECODE_SIDE:
+        return -1, -1
+    scale = MAX_DECODE_SIDE / long_side
+    return int(round(p.width * scale / 2)) * 2, int(round(p.height * scale / 2)) * 2
 
 
 _DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
@@ -124,18 +165,26 @@ def short_cause(e: BaseException) -> str:
 
 
 def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Video:
-    """Decode one clip sequentially, keeping the sampled frames; ClipError on any failure."""
+    """Decode one clip sequentially, keeping the sampled frames; ClipError on any failure.
+    decord first; PyAV when decord cannot open the file (e.g. an MP4 cut after its index)."""
     import decord
+
+    from raylib.media.faces import resize
 
     if isinstance(sampling, str):
         sampling = FrameSampling.parse(sampling)
     src = open_media(uri)
-    declared = container_duration(src)
+    info = probe(src)
+    if info.readable and not info.has_video:
+        raise ClipError(uri, "no video stream (an audio-only file?)")
+    width, height = decode_size(info)
     try:
         reader = decord.VideoReader(src, num_threads=1)
         reported = len(reader)
         fps = float(reader.get_avg_fps())
     except (RuntimeError, decord.DECORDError) as e:
+        if info.readable and not info.is_image:
+            return _decode_pyav(uri, src, sampling, info)
         raise ClipError(uri, f"not a readable video ({short_cause(e)})") from None
     if reported <= 0 or not np.isfinite(fps) or fps <= 0:
         raise ClipError(uri, "video stream has no frames")
@@ -148,6 +197,8 @@ def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Vide
             if index > position:
                 reader.skip_frames(int(index - position))  # decodes, skips the RGB conversion
             frame = reader.next().asnumpy()
+            if width > 0:  # each kept frame shrinks at once (decord's own resizing costs more memory)
+                frame = resize(frame, width, height)
             position = int(index) + 1
             frames.append(frame)
             kept.append(int(index))
@@ -158,18 +209,58 @@ def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Vide
         raise ClipError(uri, f"corrupt video stream at frame {position} ({short_cause(e)})") from None
     if not frames:
         raise ClipError(uri, "no decodable video frames")
-
     decodable = position if len(kept) < len(wanted) else reported
-    duration = declared if declared else decodable / fps
-    missing = duration * fps - decodable
-    truncated = missing > max(TRUNCATION_SLACK_FRAMES, TRUNCATION_SLACK_FRACTION * duration * fps)
-    return Video(
-        uri=uri,
-        frames=np.stack(frames),
-        indices=np.asarray(kept, dtype=np.int64),
-        timestamps=np.asarray(stamps, dtype=np.float64),
-        fps=fps,
-        duration=float(duration),
-        num_frames=int(decodable),
-        truncated=bool(truncated),
-    )
+    return _video(uri, frames, kept, stamps, fps, info, decodable)
+
+
+def _video(uri, frames, kept, stamps, fps, info: Probe, decodable) -> Video:
+    """A Video with sane timestamps (from the frame index where the container's are missing or
+    broken, as in AVI files without per-frame timestamps) and the truncation verdict, judged on
+    what the video stream declares (an audio track running longer is no missing video)."""
+    kept_a = np.asarray(kept, dtype=np.int64)
+    stamps_a = np.asarray(stamps, dtype=np.float64)
+    duration = info.duration if info.duration else decodable / fps
+    expected = info.video_duration or duration
+    if len(stamps_a) != len(kept_a) or not np.all(np.isfinite(stamps_a)) or (stamps_a < 0).any() \
+            or (np.diff(stamps_a) <= 0).any() or stamps_a.max(initial=0) > duration + 1.0:
+        stamps_a = kept_a / fps
+    missing = expected * fps - decodable
+    truncated = missing > max(TRUNCATION_SLACK_FRAMES, TRUNCATION_SLACK_FRACTION * expected * fps)
+    return Video(uri=uri, frames=np.stack(frames), indices=kept_a, timestamps=stamps_a, fps=fps,
+                 duration=float(duration), num_frames=int(decodable), truncated=bool(truncated))
+
+
+def _decode_pyav(uri: str, src, sampling: FrameSampling, info: Probe) -> Video:
+    """Sequential PyAV decoding of a file decord cannot open, keeping the frames that decode
+    (a damaged or cut file becomes a truncated clip, not a lost one)."""
+    import av
+
+    fps = info.fps or 25.0
+    declared = info.frames or int(round((info.duration or 0) * fps))
+    wanted = set(sampling.indices(declared).tolist()) if declared else None
+    width, height = decode_size(info)
+    frames, kept, stamps = [], [], []
+    position = 0
+    if isinstance(src, io.BytesIO):
+        src.seek(0)
+    try:
+        with av.open(src) as c:
+            stream = c.streams.video[0]
+            for packet in c.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    break  # the rest of the file is damaged or missing
+                for f in decoded:
+                    if wanted is None or position in wanted:
+                        f = f.reformat(width=width, height=height) if width > 0 else f
+                        frames.append(f.to_ndarray(format="rgb24"))
+                        kept.append(position)
+                        stamps.append(float(f.pts * f.time_base) if f.pts is not None and f.time_base else -1.0)
+                    position += 1
+    except (av.error.FFmpegError, OSError, IndexError) as e:
+        if not frames:
+            raise ClipError(uri, f"not a readable video ({short_cause(e)})") from None
+    if not frames:
+        raise ClipError(uri, "no decodable video frames")
+    return _video(uri, frames, kept, stamps, fps, info, position)
