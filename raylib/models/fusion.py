@@ -6,7 +6,7 @@ audio spectrogram to logits over the 7 labels; `modalities` "visual" or "audio" 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as Fn
@@ -110,9 +110,6 @@ class FusionModel(nn.Module):
         else:
             fused = v if self.cfg.modalities == "visual" else a
         return self.classifier(self.dropout(fused)), weights
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
 
 
 def build_model(cfg: ModelConfig | dict) -> FusionModel:
