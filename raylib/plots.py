@@ -125,8 +125,9 @@ def heatmap_png(cells: list[dict], visual: list[str], audio: list[str], fusions:
     fusion; cells are the best trial of each (visual, audio, fusion), in percent."""
     plt = _pyplot()
     names = {"val_uar": "val UAR", "val_accuracy": "val accuracy"}
-    fig, axes = plt.subplots(len(metrics), len(fusions), figsize=(4.2 * len(fusions), 3.6 * len(metrics) + 0.5),
-                             squeeze=False, layout="constrained")
+    panel = (max(3.4, 1.6 + 1.2 * len(audio)), 1.4 + 0.8 * len(visual))  # inches, sized by the grid
+    fig, axes = plt.subplots(len(metrics), len(fusions), squeeze=False, layout="constrained",
+                             figsize=(panel[0] * len(fusions) + 1.0, panel[1] * len(metrics) + 0.4))
     for row, metric in zip(axes, metrics):
         for ax, fusion in zip(row, fusions):
             grid = np.full((len(visual), len(audio)), np.nan)

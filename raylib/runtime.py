@@ -19,7 +19,11 @@ RAY_DATA_LOGGING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray
 QUIET_LOGGERS = (
     "ray.tune.utils.callback",  # "The TensorboardX logger cannot be instantiated ..." (not installed)
     "ray._private.authentication",  # "Token authentication is enabled for this Ray cluster"
+    "mlflow.store.db.utils",  # "Creating initial MLflow database tables..."
+    "mlflow.pytorch",  # the caution about pickled models: training logs them on purpose, for load_model
 )
+# raylet notices the driver prints whatever log_to_driver says; on one machine they are expected
+RAYLET_NOTICES = ("PYTHON worker processes have been started on node",)
 
 
 def placement(resource: str) -> dict[str, float]:
@@ -31,8 +35,30 @@ def quiet_logging() -> None:
     """Driver logging of the embedded default: warnings and errors of Ray, none of QUIET_LOGGERS;
     Ray Data's terminal output limited to warnings (RAY_DATA_LOGGING, read by every process)."""
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints no tables or hints
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    _drop_raylet_notices()
+
+
+def _drop_raylet_notices() -> None:
+    """Keep RAYLET_NOTICES (still in raylet.out) off the driver's terminal. Ray prints them from a
+    listener thread through ray._private.worker.print_to_stdstream, which has no switch of its own."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "raylib_filtered", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet":
+            data = {**data, "lines": [ln for ln in data.get("lines", []) if not any(n in ln for n in RAYLET_NOTICES)]}
+            if not data["lines"]:
+                return None
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.raylib_filtered = True
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False):

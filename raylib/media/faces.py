@@ -1,4 +1,4 @@
-"""Face detection and alignment with dlib (PAPER.md section 1).
+"""Face detection and alignment with dlib (docs/method.md, section 1).
 
 HOG frontal detector on a downscaled copy of the frame, box mapped back to full resolution,
 5-point landmarks, then an upright chip of 224 x 224 whose face box is extended by 30%.
@@ -19,7 +19,7 @@ CHIP_SIZE = 224
 CHIP_PADDING = 0.3  # the paper's 30% extension of the face box
 DETECT_MAX_SIDE = 320  # frames are downscaled to this long side before HOG detection
 DETECT_UPSAMPLE = 0
-DETECT_THRESHOLD = 0.5  # HOG scores: faces ~1.5, face-like objects ~0.2 (ENVIRONMENT.md)
+DETECT_THRESHOLD = 0.5  # HOG scores measured here: faces ~1.5, face-like objects ~0.2
 # Between detections the box follows the landmarks; a jump beyond these bounds calls the detector.
 TRACK_MAX_SCALE_CHANGE = 1.25
 TRACK_MAX_SHIFT = 0.35  # of the box side

@@ -1,4 +1,4 @@
-"""Cross-modal fusion (PAPER.md section 4) and the assembled FusionModel.
+"""Cross-modal fusion (docs/method.md, section 2: Eq. 8-9) and the assembled FusionModel.
 
 FusionModel(visual attention, audio attention, fusion) maps per-frame visual features and an
 audio spectrogram to logits over the 7 labels; `modalities` "visual" or "audio" keeps one branch.

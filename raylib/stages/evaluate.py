@@ -1,7 +1,7 @@
 """Evaluation and prediction: checkpoints or MLflow runs -> ensemble scores -> metrics, predictions.
 
 Ensemble = mean of the models' class probabilities. Optional class re-weighting of the scores
-(PAPER.md section 6): "train" computes w_c proportional to sqrt(n_c) from the training counts of
+(docs/method.md, section 3): "train" computes w_c proportional to sqrt(n_c) from the training counts of
 the store (the paper's rule; it is silent on the exact form, we normalise the weights to sum 1),
 "afew" uses the paper's AFEW vector. Predictions (clip_id, uri, label, prediction, one score per
 class) are written as Parquet and CSV; metrics and the confusion matrix go to MLflow.
@@ -20,7 +20,7 @@ import numpy as np
 from raylib import storage
 from raylib.labels import EMOTIONS
 
-AFEW_WEIGHTS = (0.15, 0.097, 0.129, 0.185, 0.138, 0.082, 0.215)  # PAPER.md section 6, label order
+AFEW_WEIGHTS = (0.15, 0.097, 0.129, 0.185, 0.138, 0.082, 0.215)  # the published AFEW vector (docs/method.md, section 3), label order
 REWEIGHTS = ("none", "train", "afew")
 _RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
 

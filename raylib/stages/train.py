@@ -80,6 +80,13 @@ def short_name(visual: str, audio: str, fusion: str, modalities: str = "av") -> 
     return f"{visual}/{audio}/{fusion}" + ("" if modalities == "av" else f"/{modalities}")
 
 
+def storage_name(run_name: str, run_id: str) -> str:
+    """The run's folder under --output: its name made path-safe plus its MLflow run id, so that
+    runs sharing a name (the trials of two sweeps) never share, or resume from, a folder."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_name).strip("-") or "run"
+    return f"{safe}-{run_id[:8]}"
+
+
 def default_run_name(cfg: TrainConfig) -> str:
     return f"{short_name(cfg.visual_attention, cfg.audio_attention, cfg.fusion, cfg.modalities)}" \
            f"-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -130,7 +137,7 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(
             resource_limits=ray.data.ExecutionResources(cpu=DATA_CPUS))),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=output, callbacks=callbacks or None,
+            name=storage_name(run_name, run_id), storage_path=output, callbacks=callbacks or None,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=cfg.select_metric,
                                                          checkpoint_score_order="max")),

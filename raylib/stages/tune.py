@@ -119,9 +119,10 @@ def trial_lines_callback(total: int, metric: str):
             last, best = trial.last_result or {}, self.best.get(trial.trial_id, {})
             text = (f"tune: trial {self.done}/{total} {trial_name(trial.config)}: {outcome}")
             if best:
+                other = next(m for m in SELECT_METRICS if m != metric)
                 text += (f", {int(last.get('epoch', best.get('epoch', 0))) + 1} epochs, best val "
-                         f"{METRIC_NAMES[metric]} {best[metric]:.3f} (accuracy {best.get('val_accuracy', 0):.3f}, "
-                         f"UAR {best.get('val_uar', 0):.3f} at epoch {int(best.get('epoch', 0)) + 1}), "
+                         f"{METRIC_NAMES[metric]} {best[metric]:.3f} at epoch {int(best.get('epoch', 0)) + 1} "
+                         f"({METRIC_NAMES[other]} {best.get(other, 0):.3f}), "
                          f"last train loss {last.get('train_loss', float('nan')):.3f}")
             print(text + f", {last.get('time_total_s', 0):.0f} s", flush=True)
 
