@@ -28,7 +28,7 @@ echo "mlflow/server.sh: store ${MLFLOW_BACKEND_STORE_URI%%://*}://..., artifacts
 # A SQLite store written by the jobs records file:// artifact locations; when its folder has moved
 # (another checkout, a copied mlflow/ folder), point them at the artifacts/ folder beside it now.
 if [[ "${MLFLOW_BACKEND_STORE_URI}" == sqlite:///* ]]; then
-  PYTHONPATH="${HERE}/..${PYTHONPATH:+:${PYTHONPATH}}" python - "${MLFLOW_BACKEND_STORE_URI}" <<'PY' || true
+  PYTHONPATH="${HERE}/..${PYTHONPATH:+:${PYTHONPATH}}" python - "${MLFLOW_BACKEND_STORE_URI}" <<'PY' || echo "mlflow/server.sh: could not check the store's artifact locations" >&2
 import sys
 from raylib.tracking import relocate_artifacts, sqlite_path
 db = sqlite_path(sys.argv[1])
