@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     except (RaylibError, ValueError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 1
-    print(f"train: best epoch {summary['best_epoch']}: val accuracy {summary.get('val_accuracy', 0):.3f}, "
+    print(f"train: best epoch {summary['best_epoch'] + 1}/{cfg.epochs}: val accuracy {summary.get('val_accuracy', 0):.3f}, "
           f"UAR {summary.get('val_uar', 0):.3f}; checkpoint {summary['best_checkpoint']}")
     print(f"train: MLflow run {summary['run_id']}; look at it with: {ui_command()}")
     if not cfg.quiet:

@@ -1,4 +1,4 @@
-"""Sweep visual attention x audio attention x fusion (PAPER.md Table 2) with Ray Tune.
+"""Sweep visual attention x audio attention x fusion (Table 2 of docs/method.md) with Ray Tune.
 
 Each trial is a Ray Train run; MLflow gets one parent run with a child run per trial, and the
 Table-2 report (markdown + heat-map PNG).

@@ -25,5 +25,17 @@ if [[ "${MLFLOW_HOST}" != "127.0.0.1" && "${MLFLOW_HOST}" != "localhost" ]]; the
 fi
 echo "mlflow/server.sh: store ${MLFLOW_BACKEND_STORE_URI%%://*}://..., artifacts ${MLFLOW_ARTIFACTS_DESTINATION%%://*}," \
      "UI on http://${MLFLOW_HOST}:${MLFLOW_PORT}" >&2
+# A SQLite store written by the jobs records file:// artifact locations; when its folder has moved
+# (another checkout, a copied mlflow/ folder), point them at the artifacts/ folder beside it now.
+if [[ "${MLFLOW_BACKEND_STORE_URI}" == sqlite:///* ]]; then
+  PYTHONPATH="${HERE}/..${PYTHONPATH:+:${PYTHONPATH}}" python - "${MLFLOW_BACKEND_STORE_URI}" <<'PY' || echo "mlflow/server.sh: could not check the store's artifact locations" >&2
+import sys
+from raylib.tracking import relocate_artifacts, sqlite_path
+db = sqlite_path(sys.argv[1])
+n = relocate_artifacts(db)
+if n:
+    print(f"mlflow/server.sh: {n} artifact location(s) now under {db.rsplit('/', 1)[0]}/artifacts", file=sys.stderr)
+PY
+fi
 # --backend-store-uri, --artifacts-destination, --host and --port come from the variables above
 exec mlflow server --serve-artifacts "$@"

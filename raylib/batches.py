@@ -1,6 +1,6 @@
 """Feature-store rows -> padded tensors with masks, for training and evaluation.
 
-Choices (PAPER.md is silent): each frame feature is l2-normalised and scaled by sqrt(d) so its
+Choices (the method is silent; docs/method.md, section 4): each frame feature is l2-normalised and scaled by sqrt(d) so its
 entries are O(1) whatever the backbone; each clip's spectrogram is standardised over its own
 valid time steps. Padding is zeros, and the masks/lengths make the models ignore it.
 """

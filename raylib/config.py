@@ -1,6 +1,7 @@
 """Job configs are frozen dataclasses; this turns one into argparse flags and back.
 
-Each field becomes `--field-name` with its default shown in --help; the help text comes from
+Each field becomes `--field-name` with its default shown in --help (once; an empty default is
+not shown, and a help text that states its own default keeps it); the help text comes from
 `field(metadata={"help": ...})`. Nested dataclasses are not flattened: jobs keep flat configs.
 """
 
@@ -9,6 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default once, and only when there is one to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or "(default" in text or action.default in ("", None, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
@@ -38,7 +49,7 @@ def from_args(cls, namespace: argparse.Namespace):
 def parse(cls, description: str, argv: list[str] | None = None):
     """Parse argv into a `cls` instance; bad values exit with one argparse error line."""
     parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_arguments(parser, cls)
     ns = parser.parse_args(argv)
     try:

@@ -33,7 +33,7 @@ class DemoConfig:
     sweep_audio: str = field(default="transformer", metadata={"help": "audio attentions of the sweep"})
     sweep_fusions: str = field(default="concat,fbp", metadata={"help": "fusions of the sweep"})
     extract_only: bool = field(default=False, metadata={"help": "stop after the extraction job"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars, no per-epoch or per-trial lines"})
 
     def __post_init__(self):
         PreprocessConfig(frames=self.frames, audio_mode=self.audio_mode)  # ValueError on bad values
@@ -93,14 +93,14 @@ def train_sweep_evaluate(cfg: DemoConfig, store: str) -> dict:
 
     runs = os.path.join(cfg.data_dir, "runs")
     t0 = time.perf_counter()
-    trained = run_train(TrainConfig(store=store, output=runs, epochs=cfg.epochs, quiet=cfg.quiet))
-    print(f"train: {trained['run_name']}: best epoch {trained['best_epoch']}, val accuracy "
+    trained = run_train(TrainConfig(store=store, output=runs, epochs=cfg.epochs, quiet=cfg.quiet), source="jobs/demo.py")
+    print(f"train: {trained['run_name']}: best epoch {trained['best_epoch'] + 1}/{cfg.epochs}, val accuracy "
           f"{trained['val_accuracy']:.3f}, UAR {trained['val_uar']:.3f} ({time.perf_counter() - t0:.0f} s, "
           f"{trained['train_samples_per_s_per_worker']:.1f} samples/s per worker)")
     t0 = time.perf_counter()
     sweep = run_tune(TuneConfig(store=store, output=os.path.join(cfg.data_dir, "sweeps"), epochs=cfg.sweep_epochs,
                                 visual_attentions=cfg.sweep_visual, audio_attentions=cfg.sweep_audio,
-                                fusions=cfg.sweep_fusions, quiet=True))
+                                fusions=cfg.sweep_fusions, quiet=cfg.quiet))
     print(f"sweep: {sweep['trials']} trials in {time.perf_counter() - t0:.0f} s")
     ensemble = [trained["best_checkpoint"]] + ([sweep["best"]["run_id"]] if sweep["best"] else [])
     ev = run_evaluate(EvaluateConfig(checkpoints=",".join(ensemble), store=store, split="val",

@@ -54,11 +54,6 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.exists(path)
-
-
 def read_bytes(uri: str) -> bytes:
     """Whole object as bytes; FileNotFoundError names the URI."""
     fs, path = filesystem(uri)

@@ -1,8 +1,10 @@
-"""MLflow: the embedded default store, run set-up, config logging without secrets, plots.
+"""MLflow: the embedded default store, run set-up (params, tags, the run's source), metrics.
 
 When MLFLOW_TRACKING_URI is unset, runs go to an embedded store under ./mlflow (SQLite database
 mlflow/mlflow.db, artifacts in mlflow/artifacts), which `make mlflow-ui` (mlflow/server.sh) shows.
-Otherwise the given server is used.
+Otherwise the given server is used. The embedded store moves with its folder: artifact locations
+recorded under another copy of the folder are pointed back at this one when a job or the server
+opens it (relocate_artifacts). Figures live in raylib.plots.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sqlite3
+import subprocess
 
 import numpy as np
 
-from raylib.labels import EMOTIONS
 from raylib.storage import public_uri
 
 # Nothing leaves the machine unasked: MLflow's usage telemetry is off unless a user turns it on.
@@ -23,6 +26,12 @@ EMBEDDED_DIR = "mlflow"
 # the embedded store of a checkout, which `make mlflow-ui` serves
 REPO_STORE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), EMBEDDED_DIR, "mlflow.db")
 SECRET_WORDS = re.compile(r"(secret|password|token|credential|access_key|private)", re.IGNORECASE)
+# config fields that name or steer a run but are no hyper-parameter: never MLflow params
+NOT_PARAMS = ("run_name", "sweep_name", "quiet")
+# MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+_relocated: set[str] = set()
 
 
 def embedded_uri(root: str = EMBEDDED_DIR) -> str:
@@ -44,25 +53,96 @@ def ui_command() -> str:
     return f"open {uri} in a browser"
 
 
-def experiment_id(name: str) -> str:
-    """Id of experiment `name` in the store in use, created (with its artifact folder) if needed."""
-    import mlflow
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a sqlite:/// tracking URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:////") else os.path.abspath(uri[len("sqlite:///"):])
 
-    mlflow.set_tracking_uri(tracking_uri())
+
+def relocate_artifacts(db_path: str) -> int:
+    """Point artifact locations recorded under another copy of the store's folder (a moved or
+    copied checkout) at the `artifacts/` folder beside db_path; returns the rows changed.
+
+    A location belongs to the store when it reads file://<some path>/<folder name>/artifacts/...
+    with the folder name of db_path's folder (`mlflow` for the embedded store)."""
+    if not os.path.exists(db_path):
+        return 0
+    here = os.path.dirname(os.path.abspath(db_path))
+    pattern = re.compile(r"^file://(/.*?/" + re.escape(os.path.basename(here)) + r")/artifacts(?=/|$)")
+    columns = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"),
+               ("logged_models", "model_id", "artifact_location"))
+    changed = 0
+    with sqlite3.connect(db_path, timeout=30) as db:
+        tables = {r[0] for r in db.execute("select name from sqlite_master where type = 'table'")}
+        for table, key, column in columns:
+            if table not in tables:
+                continue
+            for row_id, location in db.execute(f"select {key}, {column} from {table} where {column} like 'file://%'").fetchall():
+                m = pattern.match(location or "")
+                if m and m.group(1) != here:
+                    db.execute(f"update {table} set {column} = ? where {key} = ?",
+                               ("file://" + here + location[m.end(1):], row_id))
+                    changed += 1
+    return changed
+
+
+def experiment_id(name: str) -> str:
+    """Id of experiment `name` in the store in use, created (with its artifact folder) if needed and
+    marked for MLflow's model-training view."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    db = sqlite_path(uri)
+    if db and db not in _relocated:  # a moved store: its artifacts are beside it now
+        _relocated.add(db)
+        if os.path.exists(db):
+            relocate_artifacts(db)
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older version
+            MlflowClient(uri).set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     location = None
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):  # a file store: artifacts beside the database, not in ./mlruns
-        root = os.path.join(os.path.dirname(uri[len("sqlite:///"):] if uri.startswith("sqlite:////")
-                                            else os.path.abspath(uri[len("sqlite:///"):])), "artifacts")
+    if db:  # a file store: artifacts beside the database, not in ./mlruns
+        root = os.path.join(os.path.dirname(db), "artifacts")
         os.makedirs(root, exist_ok=True)
         location = "file://" + os.path.join(root, name)
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def code_version() -> str:
+    """The git commit of this checkout (with -dirty when it has changes), else the package version."""
+    import raylib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        if commit:
+            dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return raylib.__version__
+
+
+def source_tags(job: str) -> dict[str, str]:
+    """MLflow's Source of a run: the job that made it and the code version it ran."""
+    import raylib
+
+    version = code_version()
+    tags = {"mlflow.source.name": job, "mlflow.source.type": "JOB", "code_version": raylib.__version__}
+    if version != raylib.__version__:
+        tags["mlflow.source.git.commit"] = version.removesuffix("-dirty")
+        tags["code_version"] = version
+    return tags
 
 
 def public(value):
@@ -71,10 +151,11 @@ def public(value):
 
 
 def config_params(cfg, prefix: str = "") -> dict[str, str]:
-    """Flat {name: str(value)} of a dataclass config; fields named like secrets are left out."""
+    """Flat {name: str(value)} of a dataclass config; fields named like secrets, and the run's
+    name and output switches (NOT_PARAMS), are left out."""
     out = {}
     for f in dataclasses.fields(cfg):
-        if SECRET_WORDS.search(f.name):
+        if SECRET_WORDS.search(f.name) or f.name in NOT_PARAMS:
             continue
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
@@ -122,66 +203,3 @@ def log_artifact(run_id: str, path: str, artifact_path: str | None = None) -> No
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri()).log_artifact(run_id, path, artifact_path)
-
-
-def confusion_png(cm: np.ndarray, path: str, title: str = "confusion matrix", labels=EMOTIONS) -> str:
-    """Row-normalised confusion matrix with counts, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, np.maximum(rows, 1))
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def attention_png(clips: list[dict], path: str) -> str:
-    """Per clip: frame weights as bars under the face thumbnails, audio weights over time.
-
-    Each clip dict: title, thumbnails [N, h, w, 3] uint8 (or None), visual [N] weights,
-    audio [W] weights per time column (or None)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(clips), 2, figsize=(12, 2.6 * len(clips)), squeeze=False)
-    for row, clip in zip(axes, clips):
-        ax = row[0]
-        weights = np.asarray(clip.get("visual") if clip.get("visual") is not None else [])
-        n = len(weights)
-        if clip.get("thumbnails") is not None and n:  # faces on top, their weights as bars below
-            strip = np.concatenate(list(clip["thumbnails"][:n]), axis=1)
-            ax.imshow(strip, extent=(0, n, 0.45, 1.0), aspect="auto")
-        ax.bar(np.arange(n) + 0.5, 0.4 * weights / max(weights.max(), 1e-9) if n else [], width=0.6,
-               color="tab:red")
-        ax.axhline(0.4 / max(n, 1) / max(weights.max(), 1e-9) if n else 0, color="grey", lw=0.8, ls="--")
-        ax.set_xlim(0, max(n, 1))
-        ax.set_ylim(0, 1)
-        ax.set_yticks([])
-        ax.set_xlabel("frame")
-        ax.set_title(f"{clip['title']}: frame weights (dashed: uniform)")
-        ax = row[1]
-        if clip.get("audio") is not None:
-            ax.plot(np.asarray(clip["audio"]), color="tab:blue", marker=".")
-        ax.set_xlabel("pool5 time column")
-        ax.set_title("audio weights over time (summed over frequency)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path

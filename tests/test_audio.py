@@ -55,7 +55,7 @@ def test_unreadable_files_raise_clip_error(bad_files, kind):
 
 
 def reference_spectrogram(y: np.ndarray) -> np.ndarray:
-    """Independent numpy computation of PAPER.md section 1: periodic Hamming 640, hop 160,
+    """Independent numpy computation of docs/method.md, section 1: periodic Hamming 640, hop 160,
     frames centred with zero padding, |rfft|, 200 lowest bins, natural log with floor 1e-5."""
     n_fft, hop = 640, 160
     window = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)

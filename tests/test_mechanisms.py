@@ -17,9 +17,10 @@ import torch
 from raylib.batches import COLUMNS, collate
 from raylib.models import ATTENTIONS
 from raylib.models.fusion import ModelConfig, build_model
+from raylib.prediction import val_metrics
 from raylib.schema import to_table
+from raylib.stages.train_loop import train_epoch
 from raylib.store import read_store
-from raylib.stages.train import train_epoch, val_metrics
 
 SPLITS = {"train": 240, "val": 120}
 

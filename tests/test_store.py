@@ -87,7 +87,7 @@ def test_a_store_mixing_recipes_is_refused_naming_them(tmp_path):
 
 def test_training_and_evaluation_refuse_a_mixed_store(tmp_path):
     from raylib.stages.evaluate import EvaluateConfig, run_evaluate
-    from raylib.stages.train import store_info
+    from raylib.stages.train_config import store_info
 
     store = mixed_store(tmp_path)
     with pytest.raises(StoreError, match="mixes 2 feature recipes"):

@@ -85,18 +85,29 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
                                          filter_string=f"source_run_id = '{trained['run_id']}'")
     assert [m.name for m in models] == ["model"]
+    # the logged model carries the metrics of the checkpoint it is, not those of epoch 0
+    linked = {m.key: m for m in models[0].metrics}
+    assert linked["val_uar"].step == trained["best_epoch"] and linked["val_uar"].value == pytest.approx(trained["val_uar"])
+    # best metrics: once each, at the best epoch; run_name names the run and is no parameter
+    for name in ("best_val_accuracy", "best_val_uar"):
+        assert [m.step for m in client().get_metric_history(trained["run_id"], name)] == [trained["best_epoch"]]
+    assert "run_name" not in run.data.params and "quiet" not in run.data.params
+    assert run.data.tags["mlflow.source.name"] == "jobs/train.py" and run.data.tags["code_version"]
 
 
-def test_resume_continues_the_epoch_count(store, trained):
+def test_resume_continues_the_epoch_count_and_prints_one_line_per_epoch(store, trained, capsys):
     from raylib.checkpoints import load_checkpoint
     from raylib.stages.train import TrainConfig, run_train
 
     path, root = store
     first = load_checkpoint(trained["best_checkpoint"])
     resumed = run_train(TrainConfig(store=path, output=str(root / "resumed"), epochs=first["epoch"] + 3, num_workers=2,
-                                    resume_from=trained["best_checkpoint"], quiet=True))
+                                    resume_from=trained["best_checkpoint"], quiet=False))
     steps = sorted(m.step for m in client().get_metric_history(resumed["run_id"], "train_loss"))
     assert steps == [first["epoch"] + 1, first["epoch"] + 2]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("train: epoch ")]
+    assert [ln.split()[2] for ln in lines] == [f"{first['epoch'] + 2}/{first['epoch'] + 3}", f"{first['epoch'] + 3}/{first['epoch'] + 3}"]
+    assert all(" loss " in ln and " val accuracy " in ln and " UAR " in ln and ln.endswith(" s)") for ln in lines)
     assert load_checkpoint(resumed["best_checkpoint"])["epoch"] > first["epoch"]
 
 
@@ -204,12 +215,24 @@ def test_sweep_writes_parent_and_child_runs_and_the_table2_report(store):
     assert len(children) == 4
     assert {(c.data.params["visual_attention"], c.data.params["fusion"]) for c in children} == {
         ("self", "concat"), ("self", "fbp"), ("transformer", "concat"), ("transformer", "fbp")}
+    # what the MLflow UI shows: short distinct trial names, the model-training view, no run_name param
+    assert sorted(c.info.run_name for c in children) == [
+        "self/transformer/concat", "self/transformer/fbp", "transformer/transformer/concat", "transformer/transformer/fbp"]
+    experiment = client().get_experiment(children[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client().get_run(out["parent_run_id"])
+    for run in (*children, parent):
+        assert "run_name" not in run.data.params and "sweep_name" not in run.data.params
+        assert run.data.tags["mlflow.source.name"] == "jobs/tune.py"
     for c in children:
         assert c.data.params["audio_attention"] == "transformer"
         assert len(client().get_metric_history(c.info.run_id, "val_accuracy")) == 1
         assert "confusion_matrix.png" in artifact_names(c.info.run_id)
     report = out["report"]
     assert "### fusion: concat" in report and "### fusion: fbp" in report
+    # the report says where its numbers come from before any published figure
+    assert report.splitlines()[0] == f"Store {path}: synthetic sample set, 14 val clips."
+    assert report.index("synthetic sample set") < report.index("For context only")
     rows = [ln for ln in report.splitlines() if ln.startswith(("| Self |", "| Transformer |"))]
     assert len(rows) == 4 and all(" - " not in ln for ln in rows)  # every cell of both tables filled
     assert os.path.exists(out["report_markdown"]) and os.path.getsize(out["report_png"]) > 1000

@@ -1,1 +1,1 @@
-"""Media preprocessing (PAPER.md section 1): video frames, audio spectrograms, aligned faces."""
+"""Media preprocessing (docs/method.md, section 1): video frames, audio spectrograms, aligned faces."""

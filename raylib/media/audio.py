@@ -1,4 +1,4 @@
-"""Audio track -> mono waveform -> speech spectrogram or log-Mel with deltas (PAPER.md section 1).
+"""Audio track -> mono waveform -> speech spectrogram or log-Mel with deltas (docs/method.md, section 1).
 
 The track is read with PyAV rather than decord's AudioReader: AudioReader leaks ~0.65 MB per
 opened file (a batch worker over 10k clips grows by GBs) and gives up on a whole track at the

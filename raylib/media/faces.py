@@ -1,4 +1,4 @@
-"""Face detection and alignment with dlib (docs: the method's section 1).
+"""Face detection and alignment with dlib (docs/method.md, section 1).
 
 Detection is multi-scale: the HOG frontal detector on a downscaled copy of the frame, then at full
 resolution; where HOG finds no face (side views, low light, a profile, a face that is not the one
@@ -24,7 +24,7 @@ CHIP_SIZE = 224
 CHIP_PADDING = 0.3  # the paper's 30% extension of the face box
 DETECT_MAX_SIDE = 320  # frames are downscaled to this long side before HOG detection
 DETECT_UPSAMPLE = 0
-DETECT_THRESHOLD = 0.5  # HOG scores: faces ~1.5, face-like objects ~0.2 (ENVIRONMENT.md)
+DETECT_THRESHOLD = 0.5  # HOG scores: faces ~1.5, face-like objects ~0.2 (measured here)
 DETECTORS = ("hog", "hog+cnn", "cnn")  # hog+cnn: the CNN looks where HOG found no usable face
 CNN_MODEL = "mmod_human_face_detector.dat"
 CNN_THRESHOLD = 0.3  # mmod confidences: faces 0.4-1.1 on real footage, background blur lower

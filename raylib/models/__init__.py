@@ -1,4 +1,4 @@
-"""Models of PAPER.md sections 2-5: face backbones, the audio CNN, attention, fusion, enhancement.
+"""Models of docs/method.md (sections 1-2): face backbones, the audio CNN, attention, fusion, enhancement.
 
 The attention and fusion names are defined here once; jobs, sweeps and tests import them.
 """

@@ -1,4 +1,4 @@
-"""Intra-modal fusion (PAPER.md section 3): n feature vectors of dim d -> one vector.
+"""Intra-modal fusion (docs/method.md, section 2: Eq. 1-7): n feature vectors of dim d -> one vector.
 
 Every module takes features [B, n, d] and a mask [B, n] (True = a real item, False = padding)
 and returns (pooled [B, d_out], weights [B, n]); weights are the normalised pooling weights,

@@ -1,4 +1,4 @@
-"""Audio CNN (PAPER.md section 2): AlexNet's convolutional trunk up to its last max-pool.
+"""Audio CNN (docs/method.md, section 1): AlexNet's convolutional trunk up to its last max-pool.
 
 The pool5 map [B, 256, H, W] is read as n = H * W feature vectors of C = 256 dims, with a mask
 that drops the positions computed from padded time only. Inputs: the speech spectrogram

@@ -1,4 +1,4 @@
-"""Feature enhancement (PAPER.md section 5, Table 3) as batched tensor ops on the encoder's device.
+"""Feature enhancement (docs/method.md: the enhancement step, Table 3) as batched tensor ops on the encoder's device.
 
 Views of each aligned chip: rotations x scales x {original, flipped} (18 with the presets).
   basic     one feature per frame                                   -> d

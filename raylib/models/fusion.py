@@ -1,4 +1,4 @@
-"""Cross-modal fusion (PAPER.md section 4) and the assembled FusionModel.
+"""Cross-modal fusion (docs/method.md, section 2: Eq. 8-9) and the assembled FusionModel.
 
 FusionModel(visual attention, audio attention, fusion) maps per-frame visual features and an
 audio spectrogram to logits over the 7 labels; `modalities` "visual" or "audio" keeps one branch.
@@ -6,7 +6,7 @@ audio spectrogram to logits over the 7 labels; `modalities` "visual" or "audio" 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as Fn
@@ -110,9 +110,6 @@ class FusionModel(nn.Module):
         else:
             fused = v if self.cfg.modalities == "visual" else a
         return self.classifier(self.dropout(fused)), weights
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
 
 
 def build_model(cfg: ModelConfig | dict) -> FusionModel:

@@ -1,7 +1,7 @@
 """Evaluation and prediction: checkpoints or MLflow runs -> ensemble scores -> metrics, predictions.
 
 Ensemble = mean of the models' class probabilities. Optional class re-weighting of the scores
-(PAPER.md section 6): "train" computes w_c proportional to sqrt(n_c) from the training counts of
+(docs/method.md, section 3): "train" computes w_c proportional to sqrt(n_c) from the training counts of
 the store (the paper's rule; it is silent on the exact form, we normalise the weights to sum 1),
 "afew" uses the paper's AFEW vector. Predictions (clip_id, uri, label, prediction, one score per
 class) are written as Parquet and CSV; metrics and the confusion matrix go to MLflow.
@@ -20,7 +20,7 @@ import numpy as np
 from raylib import storage
 from raylib.labels import EMOTIONS
 
-AFEW_WEIGHTS = (0.15, 0.097, 0.129, 0.185, 0.138, 0.082, 0.215)  # PAPER.md section 6, label order
+AFEW_WEIGHTS = (0.15, 0.097, 0.129, 0.185, 0.138, 0.082, 0.215)  # the published AFEW vector (docs/method.md, section 3), label order
 REWEIGHTS = ("none", "train", "afew")
 _RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
 
@@ -83,7 +83,7 @@ def resolve_checkpoint(ref: str) -> str:
 def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32) -> np.ndarray:
     """Mean of the class probabilities of each checkpoint's model on the rows of table."""
     from raylib.checkpoints import model_from_checkpoint
-    from raylib.stages.train import predict
+    from raylib.prediction import predict
 
     total = None
     for ref in checkpoints:
@@ -99,11 +99,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from raylib import tracking
+    from raylib import plots, tracking
     from raylib.batches import COLUMNS, usable
     from raylib.metrics import summarize
     from raylib.store import read_store, single_recipe
-    from raylib.stages.train import store_info
+    from raylib.stages.train_config import store_info
 
     t0 = time.perf_counter()
     refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
@@ -129,7 +129,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         pacsv.write_csv(out, f)
 
     run_id = tracking.start_run(cfg.experiment, f"evaluate-{cfg.split}-{len(refs)}-models",
-                                tracking.config_params(cfg), {"store": cfg.store, "kind": "evaluation"})
+                                tracking.config_params(cfg), {"store": cfg.store, "kind": "evaluation",
+                                                              **tracking.source_tags("jobs/evaluate.py")})
     summary = {"run_id": run_id, "clips": table.num_rows, "models": len(refs), "split": cfg.split,
                "predictions_parquet": parquet_uri, "predictions_csv": csv_uri}
     if metrics:
@@ -138,7 +139,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         tracking.log_metrics(run_id, {"accuracy": metrics["accuracy"], "uar": metrics["uar"],
                                       **{f"recall_{n}": r for n, r in zip(EMOTIONS, metrics["recall"])}}, 0)
         with tempfile.TemporaryDirectory() as d:
-            tracking.log_artifact(run_id, tracking.confusion_png(metrics["confusion"], os.path.join(d, "confusion_matrix.png"),
+            tracking.log_artifact(run_id, plots.confusion_png(metrics["confusion"], os.path.join(d, "confusion_matrix.png"),
                                                                  f"{cfg.split}: accuracy {metrics['accuracy']:.2f}, UAR {metrics['uar']:.2f}"))
     with tempfile.TemporaryDirectory() as d:
         local = os.path.join(d, "predictions.csv")

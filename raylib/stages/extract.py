@@ -74,7 +74,7 @@ class ExtractConfig:
                                                                   "'packaged' for dlib_resnet's shipped model"})
     second_backbone: str = field(default="", metadata={"help": "second backbone for --enhance ar-mean"})
     second_weights: str = field(default="", metadata={"help": "weights of the second backbone"})
-    enhance: str = field(default="basic", metadata={"help": "feature enhancement (PAPER.md section 5)", "choices": list(ENHANCEMENTS)})
+    enhance: str = field(default="basic", metadata={"help": "feature enhancement (docs/method.md)", "choices": list(ENHANCEMENTS)})
     audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
     frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
     detect_max_side: int = field(default=320, metadata={"help": "downscale frames to this long side for HOG face detection (0: full size)"})

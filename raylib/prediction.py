@@ -1,0 +1,45 @@
+"""A model's class probabilities and validation metrics over feature-store rows.
+
+Shared by training (rank 0 scores val each epoch, the run's artifacts) and evaluation
+(checkpoints and ensembles); plain PyTorch on one device, no Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raylib.labels import EMOTIONS
+
+
+def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int = 0):
+    """Class probabilities [N, 7] of store rows, and attention weights of the first keep_weights."""
+    import torch
+
+    from raylib.batches import collate, model_inputs
+
+    model.eval()
+    probs, weights = [], []
+    with torch.no_grad():
+        for start in range(0, table.num_rows, batch_size):
+            batch = collate(table.slice(start, batch_size))
+            logits, w = model(*model_inputs(batch, device))
+            probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+            if len(weights) < keep_weights:
+                for i in range(len(logits)):
+                    weights.append({k: v[i].cpu().numpy() for k, v in w.items()})
+    return (np.concatenate(probs) if probs else np.zeros((0, len(EMOTIONS)), np.float32)), weights[:keep_weights]
+
+
+def val_metrics(model, table, device="cpu") -> dict:
+    """val_loss, val_accuracy, val_uar and val_recall_<label> of a model on labelled rows."""
+    from raylib.metrics import summarize
+
+    probs, _ = predict(model, table, device=device)
+    labels = table.column("label_index").to_numpy()
+    m = summarize(labels, probs.argmax(1))
+    out = {"val_loss": float(-np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12))),
+           "val_accuracy": m["accuracy"], "val_uar": m["uar"]}
+    for name, r in zip(EMOTIONS, m["recall"]):
+        if np.isfinite(r):
+            out[f"val_recall_{name}"] = float(r)
+    return out

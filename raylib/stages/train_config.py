@@ -1,0 +1,80 @@
+"""What a training run is given: TrainConfig (every knob of jobs/train.py) and store_info (what
+a feature store holds for training: feature sizes, class counts, its one recipe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raylib.labels import EMOTIONS
+from raylib.models import FUSIONS, MODALITIES, POOLINGS
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SELECT_METRICS = ("val_uar", "val_accuracy")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of jobs/train.py; defaults train on the demo store in about a minute."""
+
+    store: str = field(default="data/demo/features", metadata={"help": "feature store written by jobs/extract.py (local or s3://)"})
+    output: str = field(default="data/demo/runs", metadata={"help": "where checkpoints go (local folder or s3://)"})
+    experiment: str = field(default="emotion-fusion", metadata={"help": "MLflow experiment"})
+    run_name: str = field(default="", metadata={"help": "MLflow run name (default: visual/audio/fusion and a time stamp)"})
+    visual_attention: str = field(default="transformer", metadata={"help": "visual pooling", "choices": list(POOLINGS)})
+    audio_attention: str = field(default="transformer", metadata={"help": "audio pooling", "choices": list(POOLINGS)})
+    fusion: str = field(default="fbp", metadata={"help": "cross-modal fusion", "choices": list(FUSIONS)})
+    modalities: str = field(default="av", metadata={"help": "av, visual or audio alone", "choices": list(MODALITIES)})
+    optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": list(OPTIMIZERS)})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
+    epochs: int = field(default=12, metadata={"help": "epochs"})
+    batch_size: int = field(default=8, metadata={"help": "clips per batch and worker"})
+    fbp_k: int = field(default=5, metadata={"help": "FBP window k"})
+    fbp_o: int = field(default=128, metadata={"help": "FBP output dimension o"})
+    attention_hidden: int = field(default=64, metadata={"help": "hidden size m of the transformer attention"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout (FBP and classifier)"})
+    power_norm: bool = field(default=False, metadata={"help": "signed square root before FBP's l2 step"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    num_workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, nccl"})
+    cpus_per_worker: float = field(default=0.5, metadata={"help": "CPUs reserved per worker"})
+    worker_resource: str = field(default="", metadata={"help": "custom Ray resource the workers require, e.g. "
+                                                               "gpu_node (cluster.yaml); '' : any node"})
+    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint"})
+    select_metric: str = field(default="val_uar", metadata={"help": "metric that picks the best checkpoint", "choices": list(SELECT_METRICS)})
+    resume_from: str = field(default="", metadata={"help": "checkpoint folder or model.pt to continue from"})
+    quiet: bool = field(default=False, metadata={"help": "no per-epoch lines, no progress bars, no JSON summary"})
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 1 or self.lr <= 0:
+            raise ValueError("--epochs, --batch-size, --num-workers must be >= 1 and --lr > 0")
+
+    def model_config(self, visual_dim: int, audio_channels: int):
+        from raylib.models.fusion import ModelConfig
+
+        return ModelConfig(visual_dim=visual_dim, visual_attention=self.visual_attention,
+                           audio_attention=self.audio_attention, fusion=self.fusion, modalities=self.modalities,
+                           audio_channels=audio_channels, attention_hidden=self.attention_hidden,
+                           fbp_k=self.fbp_k, fbp_o=self.fbp_o, dropout=self.dropout, power_norm=self.power_norm)
+
+
+def store_info(store: str) -> dict:
+    """visual_dim, audio_channels, class counts of train, and the recipe of a store; StoreError
+    when the store mixes recipes (its features would not be comparable)."""
+    from raylib.batches import usable
+    from raylib.store import RECIPE_KEYS, read_store, single_recipe
+
+    table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", *RECIPE_KEYS])
+    recipe = single_recipe(store, table)
+    ok = usable(table)
+    if ok.num_rows == 0:
+        raise ValueError(f"feature store {store} has no labelled rows with features")
+    rows = ok.to_pylist()
+    train = [r for r in rows if r["split"] == "train"]
+    shapes = [r["audio_shape"] for r in rows if r["audio_shape"]]
+    counts = np.bincount([r["label_index"] for r in train], minlength=len(EMOTIONS))
+    return {"visual_dim": max(r["visual_dim"] for r in rows), "audio_channels": shapes[0][0] if shapes else 1,
+            "train_counts": counts.tolist(), "train_rows": len(train),
+            "val_rows": sum(r["split"] == "val" for r in rows), "provenance": recipe}

@@ -1,0 +1,115 @@
+"""The Ray Train worker loop: each worker trains FusionModel (DDP) on its shard of the store's
+train split; rank 0 scores val each epoch, logs the epoch to MLflow and reports a checkpoint.
+
+    shard of /train --iter_batches--> collate (pad + mask) --> FusionModel --> cross-entropy
+    rank 0, each epoch: val metrics --> MLflow (step = epoch) --> checkpoint --> ray.train.report
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from raylib.checkpoints import load_checkpoint, save_checkpoint
+from raylib.prediction import val_metrics
+from raylib.stages.train_config import TrainConfig
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float):
+    import torch
+
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def train_epoch(model, optimizer, batches, device="cpu") -> tuple[float, int, int]:
+    """One pass of cross-entropy training over collated batches: (loss sum, correct, samples)."""
+    import torch
+
+    from raylib.batches import model_inputs
+
+    model.train()
+    loss_sum, correct, total = 0.0, 0, 0
+    for batch in batches:
+        labels = batch["labels"].to(device)
+        logits, _ = model(*model_inputs(batch, device))
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        total += len(labels)
+    return loss_sum, correct, total
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: config = {"train": TrainConfig dict, "model": ModelConfig dict, "run_id"}."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from raylib import tracking
+    from raylib.batches import COLUMNS, collate, usable
+    from raylib.models.fusion import ModelConfig, build_model
+    from raylib.store import read_store
+
+    cfg = TrainConfig(**config["train"])
+    model_cfg = ModelConfig(**config["model"])
+    if config.get("tracking_uri"):  # workers run elsewhere: the embedded store's path comes resolved
+        os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(cfg.seed)
+    if not cfg.use_gpu:
+        torch.set_num_threads(1)
+    model = build_model(model_cfg)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    start_epoch, best = 0, -1.0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restart after a failure, or a resumed run
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(d)
+    elif config.get("resume_from"):
+        state = load_checkpoint(config["resume_from"])
+    else:
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
+        if checkpoint is not None and rank == 0 and config.get("run_id"):
+            # the same MLflow run goes on: its history shows where the worker group restarted
+            tracking.log_metrics(config["run_id"], {"restarted_at_epoch": start_epoch}, start_epoch)
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    device = ray.train.torch.get_device()
+    val = usable(read_store(cfg.store, COLUMNS, split="val")) if rank == 0 else None
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        batches = (collate(arrow) for arrow in shard.iter_batches(
+            batch_size=cfg.batch_size, batch_format="pyarrow", local_shuffle_buffer_size=4 * cfg.batch_size,
+            local_shuffle_seed=cfg.seed + epoch))
+        loss_sum, correct, total = train_epoch(model, optimizer, batches, device)
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
+                   "train_samples_per_s_per_worker": total / max(seconds, 1e-9)}
+        if rank == 0:
+            metrics.update(val_metrics(core, val, device) if val.num_rows else {"val_accuracy": 0.0, "val_uar": 0.0})
+            best = max(best, metrics.get(cfg.select_metric, 0.0))
+            metrics["best_" + cfg.select_metric] = best
+            if config.get("run_id"):
+                # best_* go to MLflow once, when the run ends (the driver logs both at the best epoch)
+                tracking.log_metrics(config["run_id"], {k: v for k, v in metrics.items()
+                                                        if k != "epoch" and not k.startswith("best_")}, epoch)
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(d, core, optimizer, epoch, best, model_cfg, cfg, metrics)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
