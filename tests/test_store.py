@@ -98,3 +98,34 @@ def test_training_and_evaluation_refuse_a_mixed_store(tmp_path):
     write(one, "part-a.parquet", [row("a"), row("b", label="Sad")])
     info = store_info(one)
     assert info["provenance"] == {k: RECIPE[k] for k in RECIPE_KEYS} and info["visual_dim"] == 8
+
+
+def test_a_checkpoint_that_does_not_fit_the_store_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from raylib.checkpoints import save_checkpoint
+    from conftest import _load_job
+    from raylib.models.fusion import ModelConfig, build_model
+    from raylib.stages.train_config import TrainConfig
+
+    store = str(tmp_path / "store")
+    write(store, "part-a.parquet", [row("a", split="val"), row("b", split="val", label=None)], split="val")
+    model_cfg = ModelConfig(visual_dim=512)
+    model = build_model(model_cfg)
+    (tmp_path / "ckpt").mkdir()
+    ckpt = save_checkpoint(str(tmp_path / "ckpt"), model, torch.optim.Adam(model.parameters()), 0, 0.0, model_cfg,
+                           TrainConfig(store="/data/ir50-store"), {})
+    evaluate = _load_job("evaluate")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert evaluate.main(["--store", store, "--checkpoints", ckpt, "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"evaluate: error: checkpoint {ckpt} takes 512-d visual features and 1 audio channel(s) (trained on "
+                   f"the store /data/ir50-store); the store {store} has 8-d and 1 (backbone=dlib_resnet "
+                   f"weights=abababababab enhance=basic audio=spectrogram frames=uniform:4): evaluate with a store "
+                   f"extracted the same way"]
+    assert not os.path.exists(tmp_path / "out")
+    assert evaluate.main(["--store", store, "--checkpoints", "0" * 32, "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    # (above it, MLflow's own log lines as it creates the new store's tables)
+    assert err[-1].startswith(f"evaluate: error: MLflow run {'0' * 32} has no checkpoint to load (MlflowException: "
+                              f"Run with id={'0' * 32} not found)")

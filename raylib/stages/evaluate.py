@@ -74,20 +74,46 @@ def resolve_checkpoint(ref: str) -> str:
 
     from raylib import tracking
 
+    from raylib.errors import WeightsError
+
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    local = mlflow.artifacts.download_artifacts(run_id=m.group(2), artifact_path="checkpoint/model.pt",
-                                                dst_path=tempfile.mkdtemp(prefix="ckpt-"))
-    return local
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=m.group(2), artifact_path="checkpoint/model.pt",
+                                                   dst_path=tempfile.mkdtemp(prefix="ckpt-"))
+    except Exception as e:  # MlflowException for an unknown run, OSError for a missing artifact
+        raise WeightsError(f"MLflow run {m.group(2)} has no checkpoint to load "
+                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
 
 
-def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32) -> np.ndarray:
-    """Mean of the class probabilities of each checkpoint's model on the rows of table."""
-    from raylib.checkpoints import model_from_checkpoint
+def check_fits(state: dict, ref: str, info: dict, store: str) -> None:
+    """WeightsError, before any work, when a checkpoint's model does not take the store's features."""
+    from raylib.errors import WeightsError
+    from raylib.store import describe_recipe
+
+    cfg = state["model_config"]
+    want = (int(cfg.get("visual_dim", 0)), int(cfg.get("audio_channels", 1)))
+    have = (int(info["visual_dim"]), int(info["audio_channels"]))
+    if want != have:
+        trained_on = (state.get("train_config") or {}).get("store", "?")
+        raise WeightsError(f"checkpoint {ref} takes {want[0]}-d visual features and {want[1]} audio channel(s) "
+                           f"(trained on the store {trained_on}); the store {store} has {have[0]}-d and {have[1]} "
+                           f"({describe_recipe(info['provenance'])}): evaluate with a store extracted the same way")
+
+
+def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32, info: dict | None = None,
+                   store: str = "") -> np.ndarray:
+    """Mean of the class probabilities of each checkpoint's model on the rows of table; with the
+    store's info, every checkpoint is checked against its features before any is run."""
+    from raylib.checkpoints import load_checkpoint, model_from_checkpoint
     from raylib.prediction import predict
 
+    paths = [resolve_checkpoint(ref) for ref in checkpoints]
+    if info is not None:
+        for ref, path in zip(checkpoints, paths):
+            check_fits(load_checkpoint(path), ref, info, store)
     total = None
-    for ref in checkpoints:
-        model, _ = model_from_checkpoint(resolve_checkpoint(ref))
+    for path in paths:
+        model, _ = model_from_checkpoint(path)
         probs, _ = predict(model, table, batch_size)
         total = probs if total is None else total + probs
     return total / len(checkpoints)
@@ -107,12 +133,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     t0 = time.perf_counter()
     refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
-    single_recipe(cfg.store)  # a store mixing recipes has features no one model fits
+    recipe = single_recipe(cfg.store)  # a store mixing recipes has features no one model fits
     table = usable(read_store(cfg.store, COLUMNS + ["label"], split=cfg.split), labelled=False)
     if table.num_rows == 0:
         raise ValueError(f"no clips with features in split {cfg.split!r} of {cfg.store}")
+    shapes = [s for s in table.column("audio_shape").to_pylist() if s]
+    info = {"visual_dim": max(table.column("visual_dim").to_pylist()), "provenance": recipe,
+            "audio_channels": shapes[0][0] if shapes else 1}
     weights = class_weights(cfg.reweight, store_info(cfg.store)["train_counts"] if cfg.reweight == "train" else None)
-    probs = apply_weights(ensemble_probs(refs, table, cfg.batch_size), weights)
+    probs = apply_weights(ensemble_probs(refs, table, cfg.batch_size, info, cfg.store), weights)
     preds = probs.argmax(axis=1)
     labels = table.column("label_index").to_numpy()
     labelled = labels >= 0
