@@ -5,10 +5,12 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import torch
 
 from conftest import FPS
+from raylib.labels import EMOTIONS
 from raylib.models.backbones import build_backbone
 from raylib.sample import face_photo, render_frames, speech_like, write_clip
 from raylib.schema import SCHEMA, SCHEMA_VERSION, audio_array, visual_array
@@ -325,3 +327,45 @@ def test_unlabelled_clips_are_stored_with_a_null_label(local_ray, dataset, tmp_p
     shards = data_files(str(tmp_path / "s3"))
     assert len(shards) == 1
     assert sorted(pq.read_table(shards[0]).column("label_index").to_pylist()) == [-1, 3]
+
+
+def test_predict_job_scores_new_videos_like_the_model_does_on_their_features(local_ray, dataset, tmp_path):
+    import pandas as pd
+
+    from raylib.checkpoints import save_checkpoint
+    from raylib.errors import WeightsError
+    from raylib.models.fusion import ModelConfig, build_model
+    from raylib.prediction import predict
+    from raylib.stages.predict import PredictConfig, run_predict
+    from raylib.stages.train_config import TrainConfig
+
+    root, _ = dataset
+    torch.manual_seed(0)
+    ckpts = {}
+    for dim in (128, 512):
+        cfg = ModelConfig(visual_dim=dim)
+        model = build_model(cfg)
+        (tmp_path / f"ckpt{dim}").mkdir()
+        ckpts[dim] = (save_checkpoint(str(tmp_path / f"ckpt{dim}"), model, torch.optim.Adam(model.parameters()), 0,
+                                      0.0, cfg, TrainConfig(), {}), model)
+    (tmp_path / "new.csv").write_text(f"uri,label\n{root}/Train/Happy/good_0.mp4,Happy\n{root}/Val/Angry/good_2.mp4,\n"
+                                      f"{root}/gone.mp4,\n")
+    cfg = PredictConfig(input=str(tmp_path / "new.csv"), checkpoints=ckpts[128][0], output=str(tmp_path / "out"),
+                        store=str(tmp_path / "store"), frames=FRAMES, quiet=True)
+    summary = run_predict(cfg)
+    assert (summary["clips"], summary["predicted"], summary["new"], summary["labelled"]) == (3, 2, 3, 1)
+    out = pd.read_parquet(tmp_path / "out" / "predictions.parquet").set_index("uri")
+    assert out.loc[f"{root}/gone.mp4", "status"] == "error" and pd.isna(out.loc[f"{root}/gone.mp4", "prediction"])
+    assert pd.isna(out.loc[f"{root}/Val/Angry/good_2.mp4", "label"])  # unlabelled: predicted all the same
+    stored = read_store(str(tmp_path / "store"))  # --store kept the features: score them directly
+    stored = stored.filter(pc.not_equal(stored.column("status"), "error"))
+    probs, _ = predict(ckpts[128][1].eval(), stored)
+    for uri, p in zip(stored.column("uri").to_pylist(), probs):
+        np.testing.assert_allclose(out.loc[uri, [f"score_{e}" for e in EMOTIONS]].to_numpy(float), p, atol=1e-5)
+        assert out.loc[uri, "prediction"] == EMOTIONS[int(np.argmax(p))]
+    assert pd.read_csv(tmp_path / "out" / "predictions.csv").shape == (3, 4 + len(EMOTIONS) + 3)
+    assert run_predict(cfg)["new"] == 1  # only the clip that failed is tried again
+    with pytest.raises(WeightsError, match=r"takes 512-d visual features .* this run's features has 128-d"):
+        run_predict(PredictConfig(input=str(tmp_path / "new.csv"), checkpoints=ckpts[512][0],
+                                  output=str(tmp_path / "out2"), frames=FRAMES, quiet=True))
+    assert not (tmp_path / "out2").exists()

@@ -121,8 +121,8 @@ def test_a_checkpoint_that_does_not_fit_the_store_fails_before_any_work(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"evaluate: error: checkpoint {ckpt} takes 512-d visual features and 1 audio channel(s) (trained on "
                    f"the store /data/ir50-store); the store {store} has 8-d and 1 (backbone=dlib_resnet "
-                   f"weights=abababababab enhance=basic audio=spectrogram frames=uniform:4): evaluate with a store "
-                   f"extracted the same way"]
+                   f"weights=abababababab enhance=basic audio=spectrogram frames=uniform:4): use features extracted "
+                   f"the way its training store was"]
     assert not os.path.exists(tmp_path / "out")
     assert evaluate.main(["--store", store, "--checkpoints", "0" * 32, "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -8,4 +8,5 @@ POOLINGS: tuple[str, ...] = ATTENTIONS + ("mean",)  # "mean": plain averaging, t
 FUSIONS: tuple[str, ...] = ("concat", "fbp")
 MODALITIES: tuple[str, ...] = ("av", "visual", "audio")
 BACKBONES: tuple[str, ...] = ("ir50", "resnet18", "vggface", "dlib_resnet")
+BACKBONE_DIMS: dict[str, int] = {"ir50": 512, "resnet18": 512, "vggface": 4096, "dlib_resnet": 128}
 ENHANCEMENTS: tuple[str, ...] = ("basic", "mean", "meanstd", "meanstd2", "normfft", "ar-mean")

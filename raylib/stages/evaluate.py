@@ -85,7 +85,7 @@ def resolve_checkpoint(ref: str) -> str:
                            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
 
 
-def check_fits(state: dict, ref: str, info: dict, store: str) -> None:
+def check_fits(state: dict, ref: str, info: dict, what: str) -> None:
     """WeightsError, before any work, when a checkpoint's model does not take the store's features."""
     from raylib.errors import WeightsError
     from raylib.store import describe_recipe
@@ -96,8 +96,8 @@ def check_fits(state: dict, ref: str, info: dict, store: str) -> None:
     if want != have:
         trained_on = (state.get("train_config") or {}).get("store", "?")
         raise WeightsError(f"checkpoint {ref} takes {want[0]}-d visual features and {want[1]} audio channel(s) "
-                           f"(trained on the store {trained_on}); the store {store} has {have[0]}-d and {have[1]} "
-                           f"({describe_recipe(info['provenance'])}): evaluate with a store extracted the same way")
+                           f"(trained on the store {trained_on}); {what} has {have[0]}-d and {have[1]} "
+                           f"({describe_recipe(info['provenance'])}): use features extracted the way its training store was")
 
 
 def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32, info: dict | None = None,
@@ -110,7 +110,7 @@ def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32, info: di
     paths = [resolve_checkpoint(ref) for ref in checkpoints]
     if info is not None:
         for ref, path in zip(checkpoints, paths):
-            check_fits(load_checkpoint(path), ref, info, store)
+            check_fits(load_checkpoint(path), ref, info, f"the store {store}")
     total = None
     for path in paths:
         model, _ = model_from_checkpoint(path)

@@ -429,10 +429,31 @@ def root_cause(e: BaseException) -> str:
 def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict) -> list[dict]:
     import ray
 
-    # the S3 endpoint reaches every stage even on a Ray that was started without it
-    extra = {"runtime_env": {"env_vars": env}} if env else {}
     uris = {r["clip_id"]: r["uri"] for r in pending}
-    ds = ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096))
+    ds = feature_graph(ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096)), cfg, env)
+    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=0.5, **_env(env),
+                        fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
+    outcomes = []
+    try:
+        for row in ds.iter_rows():
+            outcomes.append({**row, "uri": uris[row["clip_id"]]})
+    except Exception as e:  # a stage failed as a whole (weights that do not fit, storage down for good)
+        raise ExtractError(f"extraction failed: {root_cause(e)} (shards already written are kept; a re-run "
+                           f"continues from them)") from None
+    return outcomes
+
+
+def _env(env: dict) -> dict:
+    """Ray options that carry env (the S3 endpoint) to every stage, even on a Ray started without it."""
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def feature_graph(ds, cfg: ExtractConfig, env: dict):
+    """Clip-record rows -> rows with features: the CPU stage (tasks) and the feature stage (actor
+    pool), placed on the nodes cfg names. Shared by extraction and prediction."""
+    import ray
+
+    extra = _env(env)
     for flag, name in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
         if name and name not in ray.cluster_resources():  # an autoscaler may still add such a node
             print(f"extract: no node offers the resource {name} ({flag}) yet; that stage waits until one joins",
@@ -448,16 +469,6 @@ def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict) -
                         memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
     gpu = cfg.gpu_actors > 0
-    ds = ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=cfg.gpu_actors if gpu else cfg.cpu_actors),
-                        num_gpus=1 if gpu else 0, num_cpus=1, **extra, **placed(cfg.feature_resource))
-    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=0.5, **extra,
-                        fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
-    outcomes = []
-    try:
-        for row in ds.iter_rows():
-            outcomes.append({**row, "uri": uris[row["clip_id"]]})
-    except Exception as e:  # a stage failed as a whole (weights that do not fit, storage down for good)
-        raise ExtractError(f"extraction failed: {root_cause(e)} (shards already written are kept; a re-run "
-                           f"continues from them)") from None
-    return outcomes
+    return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
+                          compute=ray.data.ActorPoolStrategy(size=cfg.gpu_actors if gpu else cfg.cpu_actors),
+                          num_gpus=1 if gpu else 0, num_cpus=1, **extra, **placed(cfg.feature_resource))
