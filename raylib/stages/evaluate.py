@@ -37,6 +37,7 @@ class EvaluateConfig:
     output: str = field(default="data/demo/predictions", metadata={"help": "folder for predictions.parquet/.csv (local or s3://)"})
     experiment: str = field(default="emotion-evaluation", metadata={"help": "MLflow experiment"})
     batch_size: int = field(default=32, metadata={"help": "clips per forward pass"})
+    predictor_actors: int = field(default=1, metadata={"help": "Ray actors holding the models (each scores a share of the split)"})
 
     def __post_init__(self):
         if not [c for c in self.checkpoints.split(",") if c.strip()]:
@@ -119,43 +120,100 @@ def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32, info: di
     return total / len(checkpoints)
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict:
-    """Evaluate the ensemble on cfg.split; writes predictions; logs an MLflow run."""
+class StorePredictor:
+    """Holds the ensemble's models (loaded once per actor); maps a batch of store rows (pyarrow)
+    to their predictions: clip_id, uri, label, label_index, prediction, score_<Emotion>."""
+
+    def __init__(self, checkpoints: list[str], weights, batch_size: int):
+        from raylib.checkpoints import model_from_checkpoint
+
+        self.models = [model_from_checkpoint(resolve_checkpoint(ref))[0] for ref in checkpoints]
+        self.weights, self.batch_size = weights, batch_size
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        from raylib.prediction import predict
+
+        probs = sum(predict(m, table, self.batch_size)[0] for m in self.models) / len(self.models)
+        probs = apply_weights(probs, self.weights)
+        return pa.table({"clip_id": table.column("clip_id"), "uri": table.column("uri"),
+                         "label": table.column("label"), "label_index": table.column("label_index"),
+                         "prediction": pa.array([EMOTIONS[p] for p in probs.argmax(axis=1)]),
+                         **{f"score_{n}": pa.array(probs[:, i].astype(np.float32)) for i, n in enumerate(EMOTIONS)}})
+
+
+def read_store_file(uri: str):
+    """One Parquet file (local or URI) as a table."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str]):
+    """Batch inference over store shards with Ray Data: read the shards in parallel, score them
+    in a pool of StorePredictor actors; the predictions (a few numbers per clip) come back as
+    one Arrow table."""
     import pyarrow as pa
+    import ray
+
+    from raylib.batches import COLUMNS
+    from raylib.runtime import init_ray
+
+    init_ray()
+    fs, _ = storage.filesystem(cfg.store)
+    ds = ray.data.read_parquet(files, columns=COLUMNS + ["label"], filesystem=fs if storage.is_remote(cfg.store) else None)
+    ds = ds.filter(expr="status != 'error'")
+    ds = ds.map_batches(StorePredictor, fn_constructor_kwargs={"checkpoints": refs, "weights": weights,
+                                                               "batch_size": cfg.batch_size},
+                        batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=0.5,
+                        compute=ray.data.ActorPoolStrategy(size=cfg.predictor_actors))
+    tables = ray.get(ds.to_arrow_refs())
+    return pa.concat_tables(tables).sort_by("uri") if tables else None
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    """Evaluate the ensemble on cfg.split (Ray Data batch inference, predict_store); writes the
+    predictions, computes the metrics from what was written; logs an MLflow run."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from raylib import plots, tracking
-    from raylib.batches import COLUMNS, usable
+    from raylib.batches import usable
+    from raylib.checkpoints import load_checkpoint
     from raylib.metrics import summarize
-    from raylib.store import read_store, single_recipe
+    from raylib.store import data_files, read_store, single_recipe
     from raylib.stages.train_config import store_info
 
     t0 = time.perf_counter()
     refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
     recipe = single_recipe(cfg.store)  # a store mixing recipes has features no one model fits
-    table = usable(read_store(cfg.store, COLUMNS + ["label"], split=cfg.split), labelled=False)
-    if table.num_rows == 0:
+    # the small columns on the driver: what the models must take, before any work
+    small = usable(read_store(cfg.store, ["status", "label_index", "visual_dim", "audio_shape"], split=cfg.split),
+                   labelled=False)
+    if small.num_rows == 0:
         raise ValueError(f"no clips with features in split {cfg.split!r} of {cfg.store}")
-    shapes = [s for s in table.column("audio_shape").to_pylist() if s]
-    info = {"visual_dim": max(table.column("visual_dim").to_pylist()), "provenance": recipe,
+    shapes = [s for s in small.column("audio_shape").to_pylist() if s]
+    info = {"visual_dim": max(small.column("visual_dim").to_pylist()), "provenance": recipe,
             "audio_channels": shapes[0][0] if shapes else 1}
+    for ref in refs:
+        check_fits(load_checkpoint(resolve_checkpoint(ref)), ref, info, f"the store {cfg.store}")
     weights = class_weights(cfg.reweight, store_info(cfg.store)["train_counts"] if cfg.reweight == "train" else None)
-    probs = apply_weights(ensemble_probs(refs, table, cfg.batch_size, info, cfg.store), weights)
-    preds = probs.argmax(axis=1)
-    labels = table.column("label_index").to_numpy()
-    labelled = labels >= 0
-    metrics = summarize(labels[labelled], preds[labelled]) if labelled.any() else None
-
-    out = pa.table({"clip_id": table.column("clip_id"), "uri": table.column("uri"), "label": table.column("label"),
-                    "prediction": pa.array([EMOTIONS[p] for p in preds]),
-                    **{f"score_{name}": pa.array(probs[:, i].astype(np.float32)) for i, name in enumerate(EMOTIONS)}})
+    out = predict_store(cfg, refs, weights, data_files(cfg.store, cfg.split))
     parquet_uri = storage.join(cfg.output, "predictions.parquet")
     csv_uri = storage.join(cfg.output, "predictions.csv")
     with storage.atomic_write(parquet_uri) as f:
         pq.write_table(out, f)
     with storage.atomic_write(csv_uri) as f:
         pacsv.write_csv(out, f)
+    written = read_store_file(parquet_uri)  # the metrics are those of what was written
+    labels = written.column("label_index").to_numpy()
+    preds = np.asarray([EMOTIONS.index(p) for p in written.column("prediction").to_pylist()])
+    labelled = labels >= 0
+    metrics = summarize(labels[labelled], preds[labelled]) if labelled.any() else None
+    table = written
 
     run_id = tracking.start_run(cfg.experiment, f"evaluate-{cfg.split}-{len(refs)}-models",
                                 tracking.config_params(cfg), {"store": cfg.store, "kind": "evaluation",
