@@ -423,6 +423,7 @@ def build_datasets(cfg: PretrainConfig, records: list) -> tuple[dict, list[dict]
     [{uri, error}], and the feature dimension (probe) or 0."""
     import ray
 
+    ray.data.DataContext.get_current().enable_progress_bars = not cfg.quiet
     # listings come sorted by class: shuffle once here so that every block, and so every batch
     # drawn through the workers' local shuffle buffers, mixes the classes
     order = np.random.default_rng(cfg.seed).permutation(len(records))
