@@ -512,7 +512,9 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
     weights = cfg.init if cfg.linear_probe else storage.join(path, BACKBONE_FILE)
     digest = weights_digest(cfg.backbone, weights)
     summary = {"run_id": run_id, "run_name": run_name, "best_checkpoint": path, "backbone_weights": weights,
-               "backbone_digest": digest, "best_epoch": int(best["epoch"]), "images": listing.summary(),
+               "backbone_digest": digest, "best_epoch": int(best["epoch"]),
+               "images": listing.summary() + (f"; used {len(records)} (--max-per-class {cfg.max_per_class})"
+                                              if len(records) < len(listing.records) else ""),
                "skipped": skipped, "decode_s": round(decode_s, 1), "train_s": round(time.perf_counter() - t1, 1),
                **{k: v for k, v in best.items() if k.startswith(("val_", "test_", "train_", "data_"))}}
     _log_outcome(run_id, summary, best_ckpt)
