@@ -239,3 +239,15 @@ def test_linear_probe_table1_leaves_the_backbone_unchanged(pretrained, faces, tm
     child = client.get_run(row["run_id"])
     assert child.data.tags["mlflow.parentRunId"] == out["parent_run_id"]
     assert json.loads(open(os.path.join(row["best_checkpoint"], "backbone.json")).read())["linear_probe"]
+
+
+def test_augmentation_without_rotation_scale_or_shift_only_mirrors():
+    from raylib.stages.pretrain import augment
+
+    x = torch.rand(16, 3, 24, 24)
+    out = augment(x, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0)
+    mirrored = [torch.allclose(o, torch.flip(i, dims=[-1]), atol=1e-5) for o, i in zip(out, x)]
+    same = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x)]
+    assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
+    moved = augment(x, torch.Generator().manual_seed(0), 10.0, 0.1, 0.08)
+    assert moved.shape == x.shape and not torch.allclose(moved, out)
