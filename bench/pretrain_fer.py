@@ -33,7 +33,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--max-contrast", type=float, default=0.0, help="contrast/brightness jitter (augmentation)")
     p.add_argument("--probe-per-class", type=int, default=0, help="also run the Table-1 probe on this many images "
                                                                  "per class and split (0: skip)")
     p.add_argument("--out", default="", help="write the figures as JSON here")
@@ -42,7 +43,7 @@ def main() -> int:
     cfg = PretrainConfig(input=a.data, output=a.output, experiment="fer2013-bench", backbone="resnet18", init="random",
                          input_size=a.input_size, epochs=a.epochs, time_limit_min=a.minutes, batch_size=a.batch_size,
                          optimizer="adamw", lr=a.lr, weight_decay=0.05, label_smoothing=0.1, warmup=0.03,
-                         num_workers=a.num_workers, cpus_per_worker=1.0, threads_per_worker=a.threads,
+                         max_contrast=a.max_contrast, num_workers=a.num_workers, cpus_per_worker=1.0, threads_per_worker=a.threads,
                          decode_cpus=1.0, select_metric="val_accuracy", quiet=True)
     t0 = time.perf_counter()
     summary = run_pretrain(cfg)

@@ -251,3 +251,6 @@ def test_augmentation_without_rotation_scale_or_shift_only_mirrors():
     assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
     moved = augment(x, torch.Generator().manual_seed(0), 10.0, 0.1, 0.08)
     assert moved.shape == x.shape and not torch.allclose(moved, out)
+    lit = augment(x, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0, 0.3)
+    spread = lit.std(dim=(1, 2, 3)) / out.std(dim=(1, 2, 3))
+    assert spread.min() < 0.97 and spread.max() > 1.03 and spread.min() > 0.69 and spread.max() < 1.31

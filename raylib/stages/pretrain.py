@@ -10,7 +10,7 @@
         |            exactly what extraction stores for that chip
         v
     TorchTrainer     DDP workers (gloo on CPU, nccl + bf16 autocast on GPU): augmentation
-                     (flip, small rotations, scales, shifts) on x, cross-entropy (class-balanced
+                     (flip, small rotations, scales, shifts; contrast optionally) on x, cross-entropy (class-balanced
                      optionally), cosine schedule fitted to --epochs or --time-limit-min; rank 0
                      each epoch: val/test accuracy, UAR, per-class recall, a checkpoint with
                      backbone.pt (tensors only, the keys build_backbone loads strictly), head.pt
@@ -78,6 +78,8 @@ class PretrainConfig:
     max_rotation: float = field(default=10.0, metadata={"help": "augmentation: max rotation, degrees"})
     max_scale: float = field(default=0.1, metadata={"help": "augmentation: max relative scale change"})
     max_shift: float = field(default=0.08, metadata={"help": "augmentation: max shift, fraction of the side"})
+    max_contrast: float = field(default=0.0, metadata={"help": "augmentation: max relative contrast and brightness "
+                                                                 "change per image (0: none)"})
     class_balance: bool = field(default=False, metadata={"help": "weight the loss by inverse class frequency"})
     max_per_class: int = field(default=0, metadata={"help": "use at most this many images per class and split (0: all)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -206,8 +208,9 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def augment(x, generator, max_rotation: float, max_scale: float, max_shift: float):
-    """Random horizontal flip, rotation (degrees), scale and shift of model inputs [B, 3, s, s]."""
+def augment(x, generator, max_rotation: float, max_scale: float, max_shift: float, max_contrast: float = 0.0):
+    """Random horizontal flip, rotation (degrees), scale and shift of model inputs [B, 3, s, s];
+    with max_contrast, each image's contrast around its mean and its brightness change too."""
     import torch
     import torch.nn.functional as Fn
 
@@ -223,7 +226,13 @@ def augment(x, generator, max_rotation: float, max_scale: float, max_shift: floa
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) / scale * flip, torch.cos(angle) / scale
     theta[:, 0, 2], theta[:, 1, 2] = uniform(2 * max_shift), uniform(2 * max_shift)
     grid = Fn.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return Fn.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = Fn.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if max_contrast:
+        contrast = (1 + uniform(max_contrast)).view(b, 1, 1, 1).to(x.device, x.dtype)
+        shift = uniform(max_contrast).view(b, 1, 1, 1).to(x.device, x.dtype)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean + shift
+    return x
 
 
 def lr_at(progress: float, base: float, warmup: float) -> float:
@@ -362,7 +371,7 @@ def train_loop_per_worker(config: dict) -> None:
             wait += time.perf_counter() - tw
             x, y = batch["x"].to(device), batch["label_index"].to(device)
             if cfg.augment and not cfg.linear_probe:
-                x = augment(x, gen, cfg.max_rotation, cfg.max_scale, cfg.max_shift)
+                x = augment(x, gen, cfg.max_rotation, cfg.max_scale, cfg.max_shift, cfg.max_contrast)
             progress = (epoch + min(i / steps, 1.0)) / cfg.epochs
             if limit_s:
                 progress = max(progress, (spent + time.perf_counter() - t0) / limit_s)
