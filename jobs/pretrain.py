@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from raylib.config import parse
 from raylib.errors import RaylibError
 from raylib.runtime import init_ray
-from raylib.stages.pretrain import PretrainConfig, run_pretrain, run_table1
+from raylib.stages.pretrain import PretrainConfig, run_pretrain
+from raylib.stages.table1 import run_table1
 from raylib.tracking import ui_command
 
 

@@ -220,7 +220,8 @@ def test_extraction_loads_the_result_strictly_and_stores_its_embedding(pretraine
 def test_linear_probe_table1_leaves_the_backbone_unchanged(pretrained, faces, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from raylib.stages.pretrain import PretrainConfig, load_state, run_table1
+    from raylib.stages.pretrain import PretrainConfig, load_state
+    from raylib.stages.table1 import run_table1
 
     weights = pretrained["backbone_weights"]
     before = sha256(weights)
