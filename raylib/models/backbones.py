@@ -26,6 +26,7 @@ VGGFACE_MEAN = (129.186279296875 / 255, 104.76238250732422 / 255, 93.59396362304
 DLIB_RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_CHIP_SIZE, DLIB_CHIP_PADDING = 150, 0.25  # what dlib's face ResNet was trained on
 PACKAGED = "packaged"
+PRETRAIN_META = "backbone.json"  # written beside backbone.pt by jobs/pretrain.py
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,22 @@ class DlibFaceEncoder:
         return torch.tensor(np.array([np.asarray(d) for d in desc]), dtype=torch.float32)
 
 
+def trained_input_size(weights: str, name: str) -> int | None:
+    """The input side a backbone was fine-tuned at, from the backbone.json that jobs/pretrain.py
+    writes beside its backbone.pt (None when there is none, or it describes another backbone):
+    extraction then feeds it that size."""
+    import json
+
+    from raylib import storage
+
+    meta = storage.join(weights.rsplit("/", 1)[0], PRETRAIN_META) if "/" in weights else PRETRAIN_META
+    try:
+        found = json.loads(storage.read_bytes(meta))
+        return int(found.get("input_size") or 0) or None if found.get("backbone") == name else None
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError):
+        return None
+
+
 def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
                    input_size: int | None = None):
     """An encoder for backbone `name` with weights from a path/URI, "random", or (dlib_resnet
@@ -187,9 +204,13 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
     if not weights:
         raise WeightsError(f"backbone {name} needs weights: a checkpoint path or URI (s3://...), "
                            f"or 'random' to ask for random initialisation")
+    if not input_size and weights != RANDOM:
+        input_size = trained_input_size(weights, name)
     module = architecture(name, input_size)
     spec = SPECS[name]
-    if input_size and name == "ir50":
+    if input_size and input_size != spec.input_size:
+        if name == "vggface":
+            raise WeightsError(f"vggface takes 224 px inputs only, not {input_size}")
         spec = BackboneSpec(**{**spec.__dict__, "input_size": input_size})
     if weights == RANDOM:
         return TorchFaceEncoder(module, spec, RANDOM, RANDOM, device)
