@@ -151,3 +151,28 @@ def heatmap_png(cells: list[dict], visual: list[str], audio: list[str], fusions:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def table1_png(rows: list[dict], path: str, metric: str = "test_accuracy") -> str:
+    """Table 1 as a heat map: linear-probe score (%) per feature x dataset."""
+    import os
+
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    features = list(dict.fromkeys(r["feature"] for r in rows))
+    grid = np.full((len(features), len(datasets)), np.nan)
+    for r in rows:
+        if not r.get("error"):
+            grid[features.index(r["feature"]), datasets.index(r["dataset"])] = 100 * r.get(metric, r.get("val_accuracy", np.nan))
+    fig, ax = plt.subplots(figsize=(2 + 2 * len(datasets), 1 + 0.6 * len(features)))
+    ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(datasets)), [os.path.basename(d.rstrip("/")) for d in datasets])
+    ax.set_yticks(range(len(features)), features)
+    for i in range(len(features)):
+        for j in range(len(datasets)):
+            ax.text(j, i, "-" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}", ha="center", va="center", color="w")
+    ax.set_title(f"Table 1: linear probe, {metric.replace('_', ' ')} (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -535,7 +535,7 @@ def _log_outcome(run_id: str, summary: dict, checkpoint) -> None:
     """Best metrics, confusion matrices (PNG), the backbone file and its digest to the MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    from raylib import tracking
+    from raylib import plots, tracking
 
     client = MlflowClient(tracking.tracking_uri())
     tracking.log_metrics(run_id, {f"best_{k}": v for k, v in summary.items()
@@ -547,7 +547,7 @@ def _log_outcome(run_id: str, summary: dict, checkpoint) -> None:
             for split, cm in meta["confusion"].items():
                 cm = np.asarray(cm)
                 acc = np.trace(cm) / max(cm.sum(), 1)
-                tracking.log_artifact(run_id, tracking.confusion_png(
+                tracking.log_artifact(run_id, plots.confusion_png(
                     cm, os.path.join(out, f"confusion_{split}.png"), f"{split} (best epoch): accuracy {acc:.3f}"))
         for name in (BACKBONE_FILE, HEAD_FILE, META_FILE):
             if os.path.exists(os.path.join(d, name)):

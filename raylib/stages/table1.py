@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from raylib import storage
+from raylib import plots, storage
 from raylib.stages.pretrain import PROBE_BACKBONES, PretrainConfig, run_pretrain
 
 def parse_features(spec: str) -> list[tuple[str, str]]:
@@ -45,33 +45,6 @@ def table1_report(rows: list[dict], metric: str = "test_accuracy") -> str:
     return "\n".join(lines) + f"\n\nLinear probe (frozen features, softmax only), {metric.replace('_', ' ')} in %.\n"
 
 
-def table1_png(rows: list[dict], path: str, metric: str = "test_accuracy") -> str:
-    """Heat map of the grid (features x datasets)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    features = list(dict.fromkeys(r["feature"] for r in rows))
-    grid = np.full((len(features), len(datasets)), np.nan)
-    for r in rows:
-        if not r.get("error"):
-            grid[features.index(r["feature"]), datasets.index(r["dataset"])] = 100 * r.get(metric, r.get("val_accuracy", np.nan))
-    fig, ax = plt.subplots(figsize=(2 + 2 * len(datasets), 1 + 0.6 * len(features)))
-    ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(datasets)), [os.path.basename(d.rstrip("/")) for d in datasets])
-    ax.set_yticks(range(len(features)), features)
-    for i in range(len(features)):
-        for j in range(len(datasets)):
-            ax.text(j, i, "-" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}", ha="center", va="center", color="w")
-    ax.set_title(f"Table 1: linear probe, {metric.replace('_', ' ')} (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def run_table1(cfg: PretrainConfig) -> dict:
     """Linear probe of every --table1-features feature on every --input dataset, as child runs of
     one MLflow parent run; the Table-1 report (markdown + PNG) goes to the parent and to output."""
@@ -101,7 +74,7 @@ def run_table1(cfg: PretrainConfig) -> dict:
         md = os.path.join(d, "table1.md")
         with open(md, "w") as f:
             f.write(f"# {name}\n\n{text}")
-        png = table1_png(rows, os.path.join(d, "table1.png"), metric)
+        png = plots.table1_png(rows, os.path.join(d, "table1.png"), metric)
         for p in (md, png):
             tracking.log_artifact(parent, p)
             with open(p, "rb") as src, storage.atomic_write(storage.join(out_dir, os.path.basename(p))) as dst:
