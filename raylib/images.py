@@ -33,7 +33,7 @@ from raylib import storage
 from raylib.errors import SourceError
 from raylib.labels import EMOTIONS, SPLITS
 from raylib.media.faces import FaceConfig
-from raylib.sources import canonical_uri, clip_id, collapse_duplicates
+from raylib.sources import canonical_uri, clip_id, collapse_duplicates, read_manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGE_FORMATS = ("auto", "folders", "manifest")
@@ -162,24 +162,9 @@ def folder_images(root: str) -> ImageListing:
 
 def manifest_images(manifest: str) -> ImageListing:
     """A CSV or Parquet manifest uri,label[,split][,subject]; split defaults to train."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(manifest)
-    if not fs.exists(path):
-        raise SourceError(f"manifest {manifest} not found")
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f) if path.endswith(".parquet") else pacsv.read_csv(f)
-    missing = {"uri", "label"} - set(table.column_names)
-    if missing:
-        raise SourceError(f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; "
-                          f"expected uri,label[,split][,subject]")
-    base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
     listing, problems = ImageListing([]), []
-    for row in table.to_pylist():
-        uri = str(row["uri"])
-        if "://" not in uri and not uri.startswith("/"):
-            uri = storage.join(base, uri)
+    for row in read_manifest(manifest, "uri,label[,split][,subject]"):
+        uri = row["uri"]
         raw = "" if row.get("label") is None else str(row["label"])
         split = SPLIT_FOLDERS.get(str(row.get("split") or "train").lower())
         label = map_label(raw)

@@ -185,8 +185,9 @@ def cremad_clips(root: str) -> list[ClipRecord]:
     return records
 
 
-def manifest_clips(manifest: str) -> list[ClipRecord]:
-    """A CSV or Parquet manifest with columns uri,label[,split]; split defaults to 'train'."""
+def read_manifest(manifest: str, columns: str = "uri,label[,split]") -> list[dict]:
+    """The rows of a CSV or Parquet manifest (local or URI) with their uri resolved against the
+    manifest's own folder; SourceError when it is missing or lacks uri/label."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -197,15 +198,20 @@ def manifest_clips(manifest: str) -> list[ClipRecord]:
         table = pq.read_table(f) if path.endswith(".parquet") else pacsv.read_csv(f)
     missing = {"uri", "label"} - set(table.column_names)
     if missing:
-        raise SourceError(f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; "
-                          f"expected uri,label[,split]")
-    rows = table.to_pylist()
+        raise SourceError(f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; expected {columns}")
     base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
-    records, problems = [], []
+    rows = table.to_pylist()
     for row in rows:
         uri = str(row["uri"])
-        if "://" not in uri and not uri.startswith("/"):
-            uri = storage.join(base, uri)
+        row["uri"] = storage.join(base, uri) if "://" not in uri and not uri.startswith("/") else uri
+    return rows
+
+
+def manifest_clips(manifest: str) -> list[ClipRecord]:
+    """A CSV or Parquet manifest with columns uri,label[,split]; split defaults to 'train'."""
+    records, problems = [], []
+    for row in read_manifest(manifest):
+        uri = row["uri"]
         raw = row.get("label")
         label = _canonical_label(str(raw)) if raw not in (None, "") else None
         split = str(row.get("split") or "train").lower()

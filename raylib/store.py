@@ -44,7 +44,7 @@ def data_files(output: str, split: str | None = None) -> list[str]:
     return out
 
 
-def _read_files(output: str, paths: list[str], columns: list[str] | None) -> list[pa.Table]:
+def read_files(output: str, paths: list[str], columns: list[str] | None) -> list[pa.Table]:
     """The given shards read with plain pyarrow, several at once, in the order given."""
     import pyarrow.parquet as pq
 
@@ -62,7 +62,7 @@ def _read_files(output: str, paths: list[str], columns: list[str] | None) -> lis
 
 def read_store(output: str, columns: list[str] | None = None, split: str | None = None) -> pa.Table:
     """The store (or one split of it) as one pyarrow Table (plain pyarrow; small stores, val sets)."""
-    tables = _read_files(output, data_files(output, split), columns)
+    tables = read_files(output, data_files(output, split), columns)
     if not tables:
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
     return pa.concat_tables(tables)
@@ -130,7 +130,7 @@ def store_state(output: str) -> StoreState:
     """Read the small columns of every shard (in parallel) into a StoreState. StoreError when a
     clip has two rows (a store written by hand or by an older version)."""
     files = data_files(output)
-    tables = _read_files(output, files, STATE_COLUMNS)
+    tables = read_files(output, files, STATE_COLUMNS)
     state = StoreState(files=len(files))
     seen: dict[str, str] = {}
     twice = []
@@ -165,7 +165,7 @@ def drop_rows(output: str, clip_ids_by_file: dict[str, set[str]], retries: int =
     fs, _ = storage.filesystem(output)
     removed = 0
     for path, ids in sorted(clip_ids_by_file.items()):
-        table = _read_files(output, [path], None)[0]
+        table = read_files(output, [path], None)[0]
         keep = table.filter(pc.invert(pc.is_in(table.column("clip_id"), pa.array(sorted(ids), pa.string()))))
         removed += table.num_rows - keep.num_rows
         uri = _uri_of(output, path)

@@ -113,6 +113,19 @@ def sample_videos(tmp_path_factory):
     return root, len(generate_sample_set(SampleConfig(out_dir=root, train_per_class=1, val_per_class=1)))
 
 
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """A fresh SQLite MLflow store for the module (MLFLOW_TRACKING_URI)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    yield os.environ["MLFLOW_TRACKING_URI"]
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -123,18 +123,6 @@ def test_an_unreadable_image_is_a_row_with_its_error(tmp_path):
 # ---- on a local Ray ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    yield os.environ["MLFLOW_TRACKING_URI"]
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-
-
-@pytest.fixture(scope="module")
 def ray_local():
     import ray
 

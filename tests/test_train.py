@@ -21,19 +21,6 @@ CHANCE = 1 / 7
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    """A fresh SQLite MLflow store for the module (MLFLOW_TRACKING_URI)."""
-    root = tmp_path_factory.mktemp("mlflow")
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    yield os.environ["MLFLOW_TRACKING_URI"]
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory, mlflow_uri):
     import ray
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,14 +177,12 @@ def keep_features(batch: dict, output: str, prov: dict) -> dict:
 def read_predictions(output: str):
     """Every prediction file under output as one table (empty when none)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    fs, _ = storage.filesystem(output)
-    tables = []
-    for p in storage.list_files(storage.join(output, PREDICTIONS_DIR), ".parquet"):
-        if not os.path.basename(p).startswith((".", "_")):
-            with fs.open(p, "rb") as f:
-                tables.append(pq.read_table(f))
+    from raylib.store import read_files
+
+    files = [p for p in storage.list_files(storage.join(output, PREDICTIONS_DIR), ".parquet")
+             if not os.path.basename(p).startswith((".", "_"))]
+    tables = read_files(output, files, None)
     return pa.concat_tables(tables) if tables else None
 
 
@@ -261,7 +260,7 @@ def run_predict(cfg: PredictConfig) -> dict:
     known = [(EMOTIONS.index(lab), EMOTIONS.index(p)) for lab, p in zip(labels, preds) if lab and p]
     summary = {"clips": table.num_rows, "predicted": sum(p is not None for p in preds),
                "new": len(pending), "already_predicted": len(records) - len(pending),
-               "statuses": dict(sorted(_count(table.column("status").to_pylist()).items())),
+               "statuses": dict(sorted(Counter(table.column("status").to_pylist()).items())),
                "predictions_parquet": storage.public_uri(parquet_uri), "predictions_csv": storage.public_uri(csv_uri),
                "elapsed_s": round(time.perf_counter() - t0, 2)}
     if known:
@@ -278,13 +277,6 @@ def one_row_per_clip(table, wanted: set[str]):
         if cid in wanted and (cid not in keep or pred):
             keep[cid] = i
     return table.take(sorted(keep.values())).sort_by("uri")
-
-
-def _count(values) -> dict:
-    out: dict = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 def main_line(s: dict) -> str:
