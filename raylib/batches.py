@@ -1,8 +1,9 @@
 """Feature-store rows -> padded tensors with masks, for training and evaluation.
 
 Choices (the method is silent; docs/method.md, section 4): each frame feature is l2-normalised and scaled by sqrt(d) so its
-entries are O(1) whatever the backbone; each clip's spectrogram is standardised over its own
-valid time steps. Padding is zeros, and the masks/lengths make the models ignore it.
+entries are O(1) whatever the backbone; spectrograms go in as stored (log magnitudes): the audio
+CNN standardises them with statistics of the training data, so a loud clip stays louder than a
+quiet one. Padding is zeros, and the masks/lengths make the models ignore it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from raylib.media.audio import input_shape
 from raylib.schema import USABLE_STATUSES
 
 USABLE = USABLE_STATUSES  # "error" rows carry no features
@@ -26,9 +28,10 @@ def usable(table: pa.Table, labelled: bool = True) -> pa.Table:
     return table.filter(keep)
 
 
-def collate(table: pa.Table) -> dict:
+def collate(table: pa.Table, audio_channels: int = 1) -> dict:
     """A table of store rows -> visual [B, n, d], visual_mask [B, n], audio [B, C, F, T],
-    audio_lengths [B], labels [B] (int64, -1 unlabelled)."""
+    audio_lengths [B], labels [B] (int64, -1 unlabelled). audio_channels (1: spectrogram, 3:
+    log-Mel) shapes the audio of a batch in which no clip has any."""
     b = table.num_rows
     vis = table.column("visual_features").combine_chunks()
     outer = vis.offsets.to_numpy()
@@ -54,14 +57,14 @@ def collate(table: pa.Table) -> dict:
     a_off = aud.offsets.to_numpy()
     a_values = aud.values.to_numpy(zero_copy_only=False)
     present = [s for s in shapes if s]
-    c, fbins = (present[0][0], present[0][1]) if present else (1, 1)
+    c, fbins = (present[0][0], present[0][1]) if present else input_shape(audio_channels)
     lengths = np.array([s[2] if s else 0 for s in shapes], np.int64)
     t = max(int(lengths.max()) if b else 0, 1)
     audio = np.zeros((b, c, fbins, t), np.float32)
     for i, s in enumerate(shapes):
         if s:
             x = a_values[a_off[i]:a_off[i + 1]].reshape(s)
-            audio[i, :, :, : s[2]] = (x - x.mean()) / max(float(x.std()), 1e-6)
+            audio[i, :, :, : s[2]] = x
     return {
         "visual": torch.from_numpy(visual),
         "visual_mask": torch.from_numpy(mask),

@@ -47,13 +47,26 @@ def load_checkpoint(uri: str) -> dict:
     return state
 
 
+def load_model_state(model, state: dict, uri: str) -> None:
+    """Load a checkpoint's model tensors strictly; WeightsError in one line when the checkpoint
+    was written for another layout of the model (e.g. the audio CNN before batch norm)."""
+    from raylib.errors import WeightsError
+
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:240]
+        raise WeightsError(f"checkpoint {uri} does not fit this version's model ({detail}); "
+                           "retrain it with this version") from None
+
+
 def model_from_checkpoint(uri: str):
     """(FusionModel in eval mode, checkpoint dict)."""
     from raylib.models.fusion import build_model
 
     state = load_checkpoint(uri)
     model = build_model(state["model_config"])
-    model.load_state_dict(state["model"], strict=True)
+    load_model_state(model, state, uri)
     return model.eval(), state
 
 

@@ -21,7 +21,7 @@ def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int 
     probs, weights = [], []
     with torch.no_grad():
         for start in range(0, table.num_rows, batch_size):
-            batch = collate(table.slice(start, batch_size))
+            batch = collate(table.slice(start, batch_size), model.cfg.audio_channels)
             logits, w = model(*model_inputs(batch, device))
             probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
             if len(weights) < keep_weights:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from raylib.models import ATTENTIONS, FUSIONS
-from raylib.models.audio_cnn import AudioAlexNet, pool5_length
+from raylib.models.audio_cnn import AudioAlexNet, MaskedBatchNorm2d, pool5_length
 from raylib.models.fusion import Concat, FactorizedBilinearPooling, ModelConfig, build_model
 
 
@@ -64,6 +64,53 @@ def test_audio_cnn_pool5_vectors_and_time_mask():
     assert int(pool5_length(torch.tensor(150))) == 3
     logmel_items, logmel_mask = AudioAlexNet(3)(torch.randn(1, 3, 40, 20), torch.tensor([20]))  # short log-Mel
     assert logmel_items.shape == (1, 5, 256) and logmel_mask.all()
+
+
+def test_masked_batch_norm_takes_statistics_from_real_time_steps_only():
+    bn = MaskedBatchNorm2d(1, momentum=1.0)
+    x = torch.tensor([[[[1.0, 3.0, 100.0]]], [[[5.0, 7.0, -50.0]]]])  # [2, 1, 1, 3]
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    y = bn(x, mask)
+    # real values 1, 3, 5, 7: mean 4, biased var 5 -> (x - 4) / sqrt(5); unbiased var 20/3 kept
+    expected = torch.tensor([[[[-3.0, -1.0, 0.0]]], [[[1.0, 3.0, 0.0]]]]) / (5.0 + bn.eps) ** 0.5
+    torch.testing.assert_close(y, expected * torch.tensor([1.0, 1.0, 0.0]))
+    torch.testing.assert_close(bn.running_mean, torch.tensor([4.0]))
+    torch.testing.assert_close(bn.running_var, torch.tensor([20.0 / 3]))
+    bn.eval()  # eval: the running statistics, padding still zero
+    torch.testing.assert_close(bn(x, mask)[0, 0, 0], torch.tensor([-3.0, -1.0, 0.0]) / (20 / 3 + bn.eps) ** 0.5)
+
+
+@pytest.mark.parametrize("attention", ["transformer", "self", "relation", "mean"])
+def test_a_clips_audio_logits_do_not_depend_on_its_batch(attention):
+    """The same clip alone and batched with a longer one (zero-padded to it): same logits."""
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(modalities="audio", audio_attention=attention)).double()
+    model.train()
+    for _ in range(2):  # move the batch-norm statistics away from their initial values
+        model(None, None, torch.randn(3, 1, 200, 150, dtype=torch.float64) - 4, torch.tensor([150, 120, 60]))
+    model.eval()
+    clip, other = torch.randn(1, 1, 200, 300, dtype=torch.float64) * 2 - 5, torch.randn(1, 1, 200, 300, dtype=torch.float64)
+    for frames in (50, 67, 101, 160):  # shorter than the receptive field, at it, odd, long
+        alone, _ = model(None, None, clip[..., :frames], torch.tensor([frames]))
+        both = torch.zeros(2, 1, 200, 300, dtype=torch.float64)
+        both[0, ..., :frames], both[1] = clip[0, ..., :frames], other[0]
+        batched, _ = model(None, None, both, torch.tensor([frames, 300]))
+        torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=0)
+
+
+def test_log_mel_batch_without_any_audio_collates_and_runs():
+    import pyarrow as pa
+
+    from raylib.batches import collate
+
+    table = pa.table({"visual_features": pa.array([[[1.0, 0.0]], [[0.0, 1.0]]], pa.list_(pa.list_(pa.float32()))),
+                      "visual_dim": [2, 2], "audio_shape": pa.array([None, None], pa.list_(pa.int32())),
+                      "audio": pa.array([None, None], pa.list_(pa.float32())), "label_index": [0, 1]})
+    batch = collate(table, audio_channels=3)
+    assert batch["audio"].shape == (2, 3, 40, 1) and batch["audio_lengths"].tolist() == [0, 0]
+    model = build_model(ModelConfig(visual_dim=2, audio_channels=3)).eval()
+    logits, weights = model(batch["visual"], batch["visual_mask"], batch["audio"], batch["audio_lengths"])
+    assert torch.isfinite(logits).all() and float(weights["audio"].detach().abs().sum()) == 0.0
 
 
 def test_unknown_names_are_refused():

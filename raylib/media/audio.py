@@ -135,6 +135,16 @@ def log_mel(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mels: int = N
 
 
 AUDIO_MODES = ("spectrogram", "logmel")
+INPUT_SHAPES = {"spectrogram": (1, SPECTROGRAM_BINS), "logmel": (3, N_MELS)}  # (channels, frequency bins)
+
+
+def input_shape(channels: int) -> tuple[int, int]:
+    """(channels, frequency bins) of the audio features with that many channels."""
+    for shape in INPUT_SHAPES.values():
+        if shape[0] == channels:
+            return shape
+    raise ValueError(f"no audio features have {channels} channel(s); expected one of "
+                     f"{', '.join(str(c) for c, _ in INPUT_SHAPES.values())}")
 
 
 def audio_features(samples: np.ndarray, mode: str = "spectrogram", sample_rate: int = SAMPLE_RATE) -> np.ndarray:

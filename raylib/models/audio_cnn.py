@@ -1,11 +1,21 @@
 """Audio CNN (docs/method.md, section 1): AlexNet's convolutional trunk up to its last max-pool.
 
 The pool5 map [B, 256, H, W] is read as n = H * W feature vectors of C = 256 dims, with a mask
-that drops the positions computed from padded time only. Inputs: the speech spectrogram
-[B, 1, 200, T] or the log-Mel stack [B, 3, 40, T]. Choice (the paper is silent): inputs whose
-frequency axis is shorter than MIN_FREQ_BINS (the 40-band log-Mel) are resized to it along
-frequency, and clips shorter than MIN_FRAMES are zero-padded in time, so AlexNet's pooling
-always has at least one output position.
+that drops the positions computed from padded time only. Inputs: the log speech spectrogram
+[B, 1, 200, T] or the log-Mel stack [B, 3, 40, T] (raylib.media.audio.INPUT_SHAPES), time
+zero-padded to the longest clip.
+
+Choices (the method is silent; docs/method.md, section 4):
+- the input is standardised per frequency bin (and channel) with statistics of the training
+  data (a batch norm over the real time steps), not per clip, so loudness stays a cue;
+- every convolution is followed by batch norm (the AlexNet trunk trained from scratch without it
+  shrinks its output to ~0.02 at initialisation and does not fit real speech);
+- after every layer the time steps past each clip's end are zeroed, so a clip's features are
+  those it has alone, whatever it is batched with (a convolution then sees zeros past the end, as
+  its own zero padding would give);
+- inputs whose frequency axis is shorter than MIN_FREQ_BINS (the 40-band log-Mel) are resized to
+  it along frequency, and clips shorter than MIN_FRAMES are zero-padded in time, so AlexNet's
+  pooling always has at least one output position.
 """
 
 from __future__ import annotations
@@ -18,47 +28,92 @@ AUDIO_FEATURE_DIM = 256
 MIN_FREQ_BINS = 200
 MIN_FRAMES = 67  # smallest T for which AlexNet's trunk leaves one pool5 column
 
-# (kernel, stride, padding) of every layer that changes the time axis, in order
-_TIME_LAYERS = ((11, 4, 2), (3, 2, 0), (5, 1, 2), (3, 2, 0), (3, 1, 1), (3, 1, 1), (3, 1, 1), (3, 2, 0))
+# AlexNet's trunk (torchvision's `features`): ("conv", in, out, kernel, stride, pad) or ("pool", kernel, stride)
+_TRUNK = (("conv", 64, 11, 4, 2), ("pool", 3, 2), ("conv", 192, 5, 1, 2), ("pool", 3, 2),
+          ("conv", 384, 3, 1, 1), ("conv", 256, 3, 1, 1), ("conv", 256, 3, 1, 1), ("pool", 3, 2))
+
+
+def _out_length(n: torch.Tensor, kernel: int, stride: int, pad: int) -> torch.Tensor:
+    return torch.div(n + 2 * pad - kernel, stride, rounding_mode="floor") + 1
 
 
 def pool5_length(frames: torch.Tensor) -> torch.Tensor:
     """Number of pool5 time positions for inputs of `frames` time steps (elementwise)."""
     n = frames.clone()
-    for k, s, p in _TIME_LAYERS:
-        n = torch.div(n + 2 * p - k, s, rounding_mode="floor") + 1
+    for layer in _TRUNK:
+        k, s, p = layer[2:5] if layer[0] == "conv" else (layer[1], layer[2], 0)
+        n = _out_length(n, k, s, p)
     return n.clamp_min(0)
 
 
+def time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width] bool: True on each clip's first lengths[b] time steps."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose statistics come from the real time steps only; padding stays zero."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W], mask [B, W] -> normalised x, zero where mask is False."""
+        m = mask[:, None, None, :].to(x.dtype)
+        if not self.training:
+            return super().forward(x) * m
+        count = (m.sum() * x.shape[2]).clamp_min(2)
+        mean = (x * m).sum(dim=(0, 2, 3)) / count
+        var = (((x - mean[None, :, None, None]) * m) ** 2).sum(dim=(0, 2, 3)) / count
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return (y * self.weight[None, :, None, None] + self.bias[None, :, None, None]) * m
+
+
 class AudioAlexNet(nn.Module):
-    """AlexNet trunk (torchvision layout of `features`) on a C-channel spectrogram image."""
+    """AlexNet trunk with batch norm on a C-channel spectrogram image, masked past each clip's end."""
 
     def __init__(self, in_channels: int = 1):
         super().__init__()
-        self.in_channels = in_channels
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-        )
+        from raylib.media.audio import input_shape
+
+        self.in_channels, self.freq_bins = input_shape(in_channels)
+        self.input_norm = MaskedBatchNorm2d(self.in_channels * self.freq_bins)  # one (mean, std) per bin
+        self.convs, self.norms, self.layers = nn.ModuleList(), nn.ModuleList(), []
+        channels = in_channels
+        for layer in _TRUNK:
+            if layer[0] == "conv":
+                _, out, k, s, p = layer
+                self.convs.append(nn.Conv2d(channels, out, kernel_size=k, stride=s, padding=p, bias=False))
+                self.norms.append(MaskedBatchNorm2d(out))
+                channels = out
+                self.layers.append(("conv", k, s, p))
+            else:
+                self.layers.append(("pool", layer[1], layer[2], 0))
         self.out_dim = AUDIO_FEATURE_DIM
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """spec [B, C, F, T] (time zero-padded), lengths [B] real frames -> ([B, n, 256], mask [B, n])."""
-        if spec.shape[2] < MIN_FREQ_BINS:
-            spec = Fn.interpolate(spec, size=(MIN_FREQ_BINS, spec.shape[3]), mode="bilinear", align_corners=False)
-        if spec.shape[3] < MIN_FRAMES:
-            spec = Fn.pad(spec, (0, MIN_FRAMES - spec.shape[3]))
-        fmap = self.features(spec)  # [B, 256, H, W]
-        b, c, h, w = fmap.shape
-        valid_w = pool5_length(lengths.clamp_min(MIN_FRAMES)).clamp(max=w)
-        valid_w = torch.where(lengths > 0, valid_w, torch.zeros_like(valid_w))  # no audio: no items
-        col_mask = torch.arange(w, device=spec.device)[None, :] < valid_w[:, None]  # [B, W]
-        mask = col_mask[:, None, :].expand(b, h, w).reshape(b, h * w)
-        vectors = fmap.permute(0, 2, 3, 1).reshape(b, h * w, c)  # n = H * W vectors, row-major
+        b, c, f, t = spec.shape
+        if (c, f) != (self.in_channels, self.freq_bins):
+            raise ValueError(f"audio input has {c} channel(s) x {f} bins; this model takes "
+                             f"{self.in_channels} x {self.freq_bins}")
+        x = self.input_norm(spec.reshape(b, c * f, 1, t), time_mask(lengths, t)).reshape(b, c, f, t)
+        if f < MIN_FREQ_BINS:
+            x = Fn.interpolate(x, size=(MIN_FREQ_BINS, t), mode="bilinear", align_corners=False)
+        if t < MIN_FRAMES:
+            x = Fn.pad(x, (0, MIN_FRAMES - t))
+        n = torch.where(lengths > 0, lengths.clamp_min(MIN_FRAMES), torch.zeros_like(lengths))
+        convs, norms = iter(self.convs), iter(self.norms)
+        for kind, k, s, p in self.layers:
+            n = _out_length(n, k, s, p).clamp_min(0)
+            if kind == "conv":
+                x = next(convs)(x)
+                x = torch.relu(next(norms)(x, time_mask(n, x.shape[3])))
+            else:  # a window straddling the clip's end must not leak into the next layer
+                x = Fn.max_pool2d(x, kernel_size=k, stride=s)
+                x = x * time_mask(n, x.shape[3])[:, None, None, :]
+        _, ch, h, w = x.shape
+        mask = time_mask(n.clamp(max=w), w)[:, None, :].expand(b, h, w).reshape(b, h * w)
+        vectors = x.permute(0, 2, 3, 1).reshape(b, h * w, ch)  # n = H * W vectors, row-major
         return vectors, mask

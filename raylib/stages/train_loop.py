@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 
-from raylib.checkpoints import load_checkpoint, save_checkpoint
+from raylib.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from raylib.prediction import val_metrics
 from raylib.stages.train_config import TrainConfig
 
@@ -79,7 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         state = None
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_model_state(model, state, config.get("resume_from") or "the last checkpoint")
         if state.get("optimizer"):
             optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
@@ -93,7 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        batches = (collate(arrow) for arrow in shard.iter_batches(
+        batches = (collate(arrow, model_cfg.audio_channels) for arrow in shard.iter_batches(
             batch_size=cfg.batch_size, batch_format="pyarrow", local_shuffle_buffer_size=4 * cfg.batch_size,
             local_shuffle_seed=cfg.seed + epoch))
         loss_sum, correct, total = train_epoch(model, optimizer, batches, device)
