@@ -1,6 +1,6 @@
 """The extraction job: video clips -> faces + spectrograms -> features -> a Parquet feature store.
 
-    clip records (minus clips already stored)
+    clip records (minus clips already stored), in a seeded random order (shards mix classes)
         |  ray.data.from_items, one block per clip
         v
     cpu_stage        tasks, 1 CPU each: decode, detect, align, spectrogram   (1 row in, 1 row out)
@@ -94,7 +94,10 @@ class ExtractConfig:
                                                             "(e.g. decode_node; '' : any node with CPUs)"})
     feature_resource: str = field(default="", metadata={"help": "custom Ray resource the feature actors require "
                                                                 "(e.g. gpu_node; '' : any node)"})
-    limit: int = field(default=0, metadata={"help": "process at most this many clips (0: all)"})
+    limit: int = field(default=0, metadata={"help": "process at most this many new clips, a random sample drawn "
+                                                    "with --seed (0: all)"})
+    seed: int = field(default=0, metadata={"help": "seed of the order clips are processed and written in (a "
+                                                   "permutation, so each shard mixes classes) and of --limit's sample"})
     s3_endpoint: str = field(default="", metadata={"help": "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs of the local Ray when RAY_ADDRESS is unset (0: all)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars (CI, logs)"})
@@ -318,6 +321,15 @@ def _check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
                            f"{describe_recipe(wanted)}: use a new --output, or the store's flags")
 
 
+def shuffled(pending: list[dict], seed: int) -> list[dict]:
+    """Clip records in a seeded random order: sorted by a hash of (seed, clip_id). Sources list
+    clips by path (AFEW: class folder after class folder), and shards take the clips in the order
+    they come: unshuffled, each shard would hold one or two classes. A clip's place depends only on
+    its own id, so a resumed run keeps the order of the clips still pending, and the first N
+    (--limit) are a random sample that the next run continues."""
+    return sorted(pending, key=lambda r: hashlib.sha1(f"{seed}:{r['clip_id']}".encode()).digest())
+
+
 def run_extract(cfg: ExtractConfig) -> dict:
     """Run the extraction graph over cfg.input into cfg.output; returns the summary dict.
 
@@ -343,8 +355,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     _check_recipe(cfg, state, prov)
     pending = [{**r.to_dict(), "label": r.label or NO_LABEL} for r in records if r.clip_id not in state.usable]
     already = len(records) - len(pending)
-    if cfg.limit:
-        pending = pending[: cfg.limit]
+    pending = shuffled(pending, cfg.seed)[: cfg.limit or None]
     retry: dict[str, set[str]] = {}
     for r in pending:
         if r["clip_id"] in state.failed:
