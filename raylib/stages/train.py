@@ -121,15 +121,21 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         raise ValueError(f"feature store {cfg.store} has no train split")
     from raylib.batches import COLUMNS
 
-    # fractional CPUs: on a small machine the workers' reservations must leave room for reading
+    # fractional CPUs: on a small machine the workers' reservations must leave room for reading.
+    # Shuffling: the files in a new seeded order each epoch (Ray reseeds FileShuffleConfig with the
+    # dataset's execution count, and Train re-executes the dataset every epoch), so workers get other
+    # files each epoch; each worker then shuffles its rows in a buffer (train_loop.py). A global
+    # random_shuffle or randomize_block_order would hold the whole split before the first batch.
     train_ds = ray.data.read_parquet(files, columns=COLUMNS, num_cpus=READ_CPUS,
+                                     shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
                                      filesystem=fs if storage.is_remote(cfg.store) else None)
     train_ds = train_ds.filter(expr="label_index >= 0 and status != 'error'", num_cpus=READ_CPUS)
     output = cfg.output
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": asdict(cfg), "model": asdict(model_cfg), "run_id": run_id,
-                           "tracking_uri": tracking.tracking_uri(), "resume_from": cfg.resume_from},
+                           "tracking_uri": tracking.tracking_uri(), "resume_from": cfg.resume_from,
+                           "shuffle_rows": cfg.shuffle_rows(info["train_rows"])},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         datasets={"train": train_ds},

@@ -36,7 +36,11 @@ class TrainConfig:
     attention_hidden: int = field(default=64, metadata={"help": "hidden size m of the transformer attention"})
     dropout: float = field(default=0.2, metadata={"help": "dropout (FBP and classifier)"})
     power_norm: bool = field(default=False, metadata={"help": "signed square root before FBP's l2 step"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    seed: int = field(default=0, metadata={"help": "random seed (model init, the order files are read in each "
+                                                   "epoch, the shuffle buffer)"})
+    shuffle_buffer: int = field(default=1024, metadata={"help": "rows each worker shuffles in memory (capped at its share "
+                                                                "of the train split: then each epoch is a full shuffle "
+                                                                "of that share)"})
     num_workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, nccl"})
     cpus_per_worker: float = field(default=0.5, metadata={"help": "CPUs reserved per worker"})
@@ -50,6 +54,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 1 or self.lr <= 0:
             raise ValueError("--epochs, --batch-size, --num-workers must be >= 1 and --lr > 0")
+        if self.shuffle_buffer < 1:
+            raise ValueError("--shuffle-buffer must be >= 1 (rows)")
+
+    def shuffle_rows(self, train_rows: int) -> int:
+        """Rows of each worker's local shuffle buffer for a train split of train_rows: shuffle_buffer,
+        or the worker's whole share when that is smaller. A row holds ~80 KB of spectrogram per second
+        of clip plus the frame features: 1024 rows of 2-3 s clips are ~0.2-0.3 GB per worker."""
+        return min(self.shuffle_buffer, max(1, -(-train_rows // self.num_workers)))
 
     def model_config(self, visual_dim: int, audio_channels: int):
         from raylib.models.fusion import ModelConfig

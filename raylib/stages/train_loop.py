@@ -47,6 +47,14 @@ def train_epoch(model, optimizer, batches, device="cpu") -> tuple[float, int, in
     return loss_sum, correct, total
 
 
+def label_mix(batches, distinct: list[int]):
+    """Passes collated batches through, appending each one's number of distinct labels to distinct:
+    how well shuffled the data arrives (a batch of one class gives a one-sided gradient)."""
+    for batch in batches:
+        distinct.append(len(set(batch["labels"].tolist())))
+        yield batch
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: config = {"train": TrainConfig dict, "model": ModelConfig dict, "run_id"}."""
     import ray.train
@@ -93,13 +101,16 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        batches = (collate(arrow, model_cfg.audio_channels) for arrow in shard.iter_batches(
-            batch_size=cfg.batch_size, batch_format="pyarrow", local_shuffle_buffer_size=4 * cfg.batch_size,
-            local_shuffle_seed=cfg.seed + epoch))
+        distinct: list[int] = []
+        batches = label_mix((collate(arrow, model_cfg.audio_channels) for arrow in shard.iter_batches(
+            batch_size=cfg.batch_size, batch_format="pyarrow",
+            local_shuffle_buffer_size=config.get("shuffle_rows") or cfg.shuffle_buffer,
+            local_shuffle_seed=cfg.seed + epoch)), distinct)
         loss_sum, correct, total = train_epoch(model, optimizer, batches, device)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
-                   "train_samples_per_s_per_worker": total / max(seconds, 1e-9)}
+                   "train_samples_per_s_per_worker": total / max(seconds, 1e-9),
+                   "train_batch_distinct_labels": sum(distinct) / max(len(distinct), 1)}
         if rank == 0:
             metrics.update(val_metrics(core, val, device) if val.num_rows else {"val_accuracy": 0.0, "val_uar": 0.0})
             best = max(best, metrics.get(cfg.select_metric, 0.0))

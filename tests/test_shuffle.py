@@ -1,0 +1,116 @@
+"""Shuffled training data: sources list clips class folder after class folder; extraction writes
+them in a seeded random order, and training reads them in a new order each epoch, so batches mix
+classes about as a full shuffle does (and the old sorted order would not)."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from raylib.labels import EMOTIONS
+from raylib.sources import list_clips
+from raylib.stages.extract import shuffled
+
+PER_CLASS = 8  # train clips per class
+SHARD = 8  # clips per Parquet file
+BATCH = 4  # clips per training batch and worker
+WORKERS = 2
+MIX = 0.8  # the bound: mean distinct labels per batch within 80% of a full shuffle's
+
+
+def expected_distinct(labels: list[int], size: int) -> float:
+    """Mean distinct labels of `size` rows drawn at random, without replacement, from labels."""
+    n = len(labels)
+    counts = np.bincount(labels)
+    return float(sum(1 - math.comb(n - c, size) / math.comb(n, size) for c in counts if c))
+
+
+def distinct_per_chunk(labels: list[int], size: int) -> float:
+    """Mean distinct labels of consecutive chunks of `size` (shards or batches in that order)."""
+    return float(np.mean([len(set(labels[i:i + size])) for i in range(0, len(labels), size)]))
+
+
+def class_folders(root, per_class: int = PER_CLASS) -> str:
+    """An AFEW-layout folder of (empty) clips, per_class per emotion."""
+    for label in EMOTIONS:
+        os.makedirs(root / "Train" / label)
+        for k in range(per_class):
+            (root / "Train" / label / f"{label.lower()}_{k:03d}.mp4").write_bytes(b"")
+    return str(root)
+
+
+def records(root: str) -> list[dict]:
+    return [{**r.to_dict(), "label_index": EMOTIONS.index(r.label)} for r in list_clips(root, "afew")]
+
+
+def test_extraction_order_mixes_class_sorted_clips_into_shards(tmp_path):
+    listed = records(class_folders(tmp_path))
+    sorted_labels = [r["label_index"] for r in listed]
+    ours = [r["label_index"] for r in shuffled(listed, seed=0)]
+    uniform = expected_distinct(sorted_labels, SHARD)
+    print(f"distinct labels per shard of {SHARD}: listed order {distinct_per_chunk(sorted_labels, SHARD):.2f}, "
+          f"extraction order {distinct_per_chunk(ours, SHARD):.2f}, uniform shuffle {uniform:.2f}")
+    assert sorted_labels == sorted(sorted_labels)  # the source lists class after class
+    assert distinct_per_chunk(sorted_labels, SHARD) < MIX * uniform  # the old order fails the bound
+    assert distinct_per_chunk(ours, SHARD) >= MIX * uniform
+
+
+def test_extraction_order_is_seeded_and_stable_under_resume_and_limit(tmp_path):
+    listed = records(class_folders(tmp_path))
+    ids = [r["clip_id"] for r in shuffled(listed, seed=0)]
+    assert ids == [r["clip_id"] for r in shuffled(list(reversed(listed)), seed=0)]  # same seed, same order
+    assert ids != [r["clip_id"] for r in shuffled(listed, seed=1)]
+    # a resumed run (some clips stored) keeps the order of the rest: --limit N twice = the first 2N
+    pending = [r for r in listed if r["clip_id"] not in set(ids[:10])]
+    assert [r["clip_id"] for r in shuffled(pending, seed=0)] == ids[10:]
+    # --limit takes a sample across classes, not the first class folders
+    first = shuffled(listed, seed=0)[:2 * PER_CLASS]
+    assert len({r["label_index"] for r in first}) >= 5 > len({r["label_index"] for r in listed[:2 * PER_CLASS]})
+
+
+@pytest.fixture(scope="module")
+def class_sorted_store(tmp_path_factory, mlflow_uri):
+    """A store extracted by the real job from generated clips in class folders (7 x 8 train clips,
+    small and short), shards of 8 clips."""
+    import ray
+
+    from raylib.sample import SampleConfig, generate_sample_set
+    from raylib.stages.extract import ExtractConfig, run_extract
+
+    root = tmp_path_factory.mktemp("shuffle")
+    generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=PER_CLASS, val_per_class=0,
+                                     width=160, height=120, seconds=1.0))
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), frames="uniform:2",
+                              face_detector="hog", shard_size=SHARD, quiet=True))
+    yield str(root / "features"), root
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_training_batches_mix_classes_like_a_full_shuffle(class_sorted_store):
+    from mlflow.tracking import MlflowClient
+
+    from raylib.store import data_files, read_files, read_store
+    from raylib.stages.train import TrainConfig, run_train
+
+    store, root = class_sorted_store
+    labels = read_store(store, ["label_index"], split="train").column("label_index").to_pylist()
+    assert len(labels) == len(EMOTIONS) * PER_CLASS
+    shard_mix = np.mean([len(set(t.column("label_index").to_pylist()))
+                         for t in read_files(store, data_files(store, "train"), ["label_index"])])
+    assert shard_mix >= MIX * expected_distinct(labels, SHARD)  # the job wrote mixed shards
+
+    epochs = 3
+    run = run_train(TrainConfig(store=store, output=str(root / "runs"), epochs=epochs, batch_size=BATCH,
+                                num_workers=WORKERS, quiet=True), log_artifacts=False, progress=False)
+    history = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_metric_history(run["run_id"],
+                                                                                 "train_batch_distinct_labels")
+    assert sorted(m.step for m in history) == list(range(epochs))
+    seen = float(np.mean([m.value for m in history]))  # rank 0's batches, BATCH rows each
+    uniform = expected_distinct(labels, BATCH)
+    listed = distinct_per_chunk(sorted(labels), BATCH)
+    print(f"distinct labels per training batch of {BATCH}: class-sorted order {listed:.2f}, "
+          f"trained on {seen:.2f}, uniform shuffle {uniform:.2f}; per shard of {SHARD}: {shard_mix:.2f}")
+    assert listed < MIX * uniform <= seen
