@@ -64,8 +64,9 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         var = (((x - mean[None, :, None, None]) * m) ** 2).sum(dim=(0, 2, 3)) / count
         with torch.no_grad():
             self.num_batches_tracked += 1
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+            rate = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean, rate)
+            self.running_var.lerp_(var * count / (count - 1), rate)
         y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
         return (y * self.weight[None, :, None, None] + self.bias[None, :, None, None]) * m
 
@@ -78,7 +79,9 @@ class AudioAlexNet(nn.Module):
         from raylib.media.audio import input_shape
 
         self.in_channels, self.freq_bins = input_shape(in_channels)
-        self.input_norm = MaskedBatchNorm2d(self.in_channels * self.freq_bins)  # one (mean, std) per bin
+        # one (mean, std) per bin, averaged over every training batch: the input's distribution
+        # does not move during training, so its statistics need not forget
+        self.input_norm = MaskedBatchNorm2d(self.in_channels * self.freq_bins, momentum=None)
         self.convs, self.norms, self.layers = nn.ModuleList(), nn.ModuleList(), []
         channels = in_channels
         for layer in _TRUNK:
