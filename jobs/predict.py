@@ -1,4 +1,4 @@
-"""Predict emotions for new videos: a folder, s3:// prefix or manifest (labelled or not) -> the
+"""Predict emotions for new videos or audio files: a folder, s3:// prefix or manifest (labelled or not) -> the
 extraction graph -> an ensemble of trained models (checkpoints or MLflow run ids) -> predictions.
 
 Runs on the Ray cluster named by RAY_ADDRESS (as under `ray job submit`), else on a local Ray.

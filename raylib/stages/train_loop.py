@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from raylib.checkpoints import load_checkpoint, save_checkpoint
-from raylib.prediction import val_metrics
+from raylib.prediction import rows_for, val_metrics
 from raylib.stages.train_config import TrainConfig
 
 
@@ -89,7 +89,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
-    val = usable(read_store(cfg.store, COLUMNS, split="val")) if rank == 0 else None
+    val = rows_for(usable(read_store(cfg.store, COLUMNS, split="val")), cfg.modalities) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
