@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from raylib.checkpoints import load_checkpoint, save_checkpoint
-from raylib.prediction import rows_for, val_metrics
+from raylib.prediction import val_metrics
 from raylib.stages.train_config import TrainConfig
 
 
@@ -56,6 +56,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raylib import tracking
     from raylib.batches import COLUMNS, collate, usable
     from raylib.models.fusion import ModelConfig, build_model
+    from raylib.prediction import rows_for
     from raylib.store import read_store
 
     cfg = TrainConfig(**config["train"])
