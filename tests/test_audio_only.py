@@ -164,7 +164,8 @@ def test_a_visual_branch_refuses_a_store_of_audio_files_in_one_line(tmp_path):
     rows = [{**r, **provenance(ExtractConfig())} for r in batch_rows(batch)]
     for split in ("train", "val"):
         (tmp_path / "store" / split).mkdir(parents=True)
-        pq.write_table(to_table([r for r in rows if r["split"] == split]), tmp_path / "store" / split / "part-0.parquet")
+        part = to_table([r for r in rows if r["split"] == split])
+        pq.write_table(part, tmp_path / "store" / split / "part-0.parquet")
     store = str(tmp_path / "store")
     for modalities in ("av", "visual"):
         with pytest.raises(ValueError) as info:

@@ -97,7 +97,8 @@ def check_fits(state: dict, ref: str, info: dict, what: str) -> None:
     want = (int(cfg.get("visual_dim", 0)), int(cfg.get("audio_channels", 1)))
     have = (int(info["visual_dim"]), int(info["audio_channels"]))
     modalities = cfg.get("modalities", "av")  # a branch the model lacks takes anything
-    if (modalities in VISUAL_MODALITIES and want[0] != have[0]) or (modalities in AUDIO_MODALITIES and want[1] != have[1]):
+    if (modalities in VISUAL_MODALITIES and want[0] != have[0]) or \
+            (modalities in AUDIO_MODALITIES and want[1] != have[1]):
         trained_on = (state.get("train_config") or {}).get("store", "?")
         raise WeightsError(f"checkpoint {ref} takes {want[0]}-d visual features and {want[1]} audio channel(s) "
                            f"(trained on the store {trained_on}); {what} has {have[0]}-d and {have[1]} "

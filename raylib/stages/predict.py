@@ -1,4 +1,5 @@
-"""The prediction job: new videos (or audio files) -> the extraction graph -> an ensemble of trained models -> predictions.
+"""The prediction job: new videos or audio files -> the extraction graph -> an ensemble of trained
+models -> predictions.
 
     clip records (minus clips already predicted)
         |

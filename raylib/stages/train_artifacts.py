@@ -53,7 +53,8 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
             model, state = model_from_checkpoint(d)
     else:
         model, state = model_from_checkpoint(checkpoint_path)
-    val = rows_for(usable(read_store(store, COLUMNS + ["thumbnails"], split="val")), state["model_config"]["modalities"])
+    val = usable(read_store(store, COLUMNS + ["thumbnails"], split="val"))
+    val = rows_for(val, state["model_config"]["modalities"])  # the rows this model has inputs for
     if val.num_rows == 0:
         return
     probs, _ = predict(model, val)
