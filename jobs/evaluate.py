@@ -26,6 +26,9 @@ def main(argv=None) -> int:
         print(f"evaluate: {s['models']} model(s) on {s['clips']} {s['split']} clips: accuracy {s['accuracy']:.3f}, "
               f"UAR {s['uar']:.3f}")
         print("evaluate: recall " + json.dumps({k: (None if v is None else round(v, 3)) for k, v in s["recall"].items()}))
+    if s["skipped_without_frames"]:
+        print(f"evaluate: {s['skipped_without_frames']} clip(s) without frames (audio files) left out: the models "
+              f"read visual features")
     print(f"evaluate: predictions {s['predictions_parquet']} and {s['predictions_csv']}; MLflow run {s['run_id']}")
     return 0
 

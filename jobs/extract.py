@@ -1,4 +1,4 @@
-"""Extract features: video clips (folder, s3:// prefix or manifest) -> a Parquet feature store.
+"""Extract features: video or audio clips (folder, s3:// prefix or manifest) -> a Parquet feature store.
 
 Runs on the Ray cluster named by RAY_ADDRESS (as under `ray job submit`), else on a local Ray.
 Re-running with the same --output skips clips already stored with features and retries clips

@@ -1,5 +1,6 @@
-"""Predict emotions for new videos: a folder, s3:// prefix or manifest (labelled or not) -> the
-extraction graph -> an ensemble of trained models (checkpoints or MLflow run ids) -> predictions.
+"""Predict emotions for new videos or audio files: a folder, s3:// prefix or manifest (labelled or
+not) -> the extraction graph -> an ensemble of trained models (checkpoints or MLflow run ids) ->
+predictions.
 
 Runs on the Ray cluster named by RAY_ADDRESS (as under `ray job submit`), else on a local Ray.
 Writes <output>/predictions.parquet and predictions.csv; a re-run predicts only clips it has not

@@ -17,6 +17,10 @@ class ClipError(RaylibError):
         return (type(self), (self.uri, self.cause))
 
 
+class NoVideoStream(ClipError):
+    """A readable file without a video stream (an audio file): extraction keeps its audio alone."""
+
+
 class SourceError(RaylibError):
     """A dataset folder or manifest cannot be turned into clip records."""
 

@@ -9,6 +9,29 @@ from __future__ import annotations
 import numpy as np
 
 from raylib.labels import EMOTIONS
+from raylib.models import VISUAL_MODALITIES
+
+# Rows without frames (audio files, status "audio_only"; visual_dim 0) give a visual branch
+# nothing to attend to: models with one skip them rather than read an empty input.
+FRAMES_EXPR = "visual_dim > 0"  # the same rule as a Ray Data filter expression
+NO_FRAMES = "no frames (an audio file): the models read visual features; use a --modalities audio model"
+
+
+def reads_frames(*modalities: str) -> bool:
+    """Whether any model of these modalities has a visual branch."""
+    return any(m in VISUAL_MODALITIES for m in modalities)
+
+
+def takes(table, *modalities: str) -> np.ndarray:
+    """[N] bool: the store rows every model of these modalities has an input for."""
+    if not reads_frames(*modalities):
+        return np.ones(table.num_rows, bool)
+    return np.asarray(table.column("visual_dim").to_numpy(), np.int64) > 0
+
+
+def rows_for(table, *modalities: str):
+    """The store rows every model of these modalities has an input for (see takes)."""
+    return table.filter(takes(table, *modalities)) if reads_frames(*modalities) else table
 
 
 def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int = 0):

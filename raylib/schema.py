@@ -25,8 +25,10 @@ STATUS_NO_AUDIO = "no_audio"  # video usable, audio stream missing: visual-only 
 STATUS_SILENT = "silent"  # audio stream present but silent
 STATUS_NO_FACE = "no_face"  # no face in any sampled frame: whole-frame fallback throughout
 STATUS_TRUNCATED = "truncated"  # decoded far less than the container declares
+STATUS_AUDIO_ONLY = "audio_only"  # an audio file (no video stream): audio features, no frames
 STATUS_ERROR = "error"  # unreadable: no features; a re-run of extraction retries it
-STATUSES = (STATUS_OK, STATUS_NO_AUDIO, STATUS_SILENT, STATUS_NO_FACE, STATUS_TRUNCATED, STATUS_ERROR)
+STATUSES = (STATUS_OK, STATUS_NO_AUDIO, STATUS_SILENT, STATUS_NO_FACE, STATUS_TRUNCATED, STATUS_AUDIO_ONLY,
+            STATUS_ERROR)
 USABLE_STATUSES = tuple(s for s in STATUSES if s != STATUS_ERROR)
 
 # Unlabelled clips (AFEW Test/, a manifest's empty label, videos to predict) are stored with a
@@ -50,9 +52,9 @@ SCHEMA = pa.schema(
         ("label_index", pa.int16()),  # index in raylib.labels.EMOTIONS, -1 when unlabelled
         ("split", pa.string()),
         ("dataset", pa.string()),
-        ("status", pa.string()),  # ok | no_audio | silent | no_face | truncated | error
+        ("status", pa.string()),  # one of STATUSES
         ("error", pa.string()),
-        ("num_frames", pa.int32()),  # sampled frames with features
+        ("num_frames", pa.int32()),  # sampled frames with features; 0 for audio-only clips
         ("frame_timestamps", pa.list_(pa.float32())),  # seconds, [num_frames]
         ("face_found", pa.list_(pa.bool_())),  # [num_frames]; False: whole-frame fallback
         ("face_count", pa.list_(pa.int16())),  # [num_frames]; faces the shot's last detection found

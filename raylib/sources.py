@@ -2,10 +2,13 @@
 
 Supported layouts (`list_clips(uri, fmt)`):
   afew      <root>/{Train,Val,Test}/<Emotion>/<clip>   (AFEW; an unlabelled Test/<clip> is allowed)
-  ravdess   <root>/**/MM-VC-EE-II-SS-RR-AA.mp4         (EE: emotion code, table RAVDESS_EMOTIONS)
+  ravdess   <root>/**/MM-VC-EE-II-SS-RR-AA.mp4|.wav    (EE: emotion code, table RAVDESS_EMOTIONS)
   cremad    <root>/**/AAAA_SSS_EEE_LL.<ext>            (EEE: ANG DIS FEA HAP NEU SAD)
   manifest  a .csv or .parquet with columns uri,label[,split] (relative uris: from its folder)
   auto      the first of the above that the input looks like
+
+A clip is a video file or an audio file (AUDIO_EXTENSIONS): audio files are clips without video
+(extraction stores their audio features and no frames, status "audio_only").
 
 Clip ids. `clip_id` hashes the clip's canonical URI (`canonical_uri`): an absolute, normalised
 local path, or `s3://bucket/key`. The same file named as `data/x.mp4`, `./data/x.mp4` or by its
@@ -29,6 +32,8 @@ from raylib.errors import SourceError
 from raylib.labels import EMOTIONS, SPLITS
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".flv", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac")  # read as audio only
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 FORMATS = ("auto", "afew", "ravdess", "cremad", "manifest")
 
 # RAVDESS emotion codes (3rd field) -> AFEW labels. RAVDESS has 8 emotions, AFEW 7: "calm" is a
@@ -37,7 +42,8 @@ RAVDESS_EMOTIONS = {
     "01": "Neutral", "02": "Neutral",  # neutral, calm
     "03": "Happy", "04": "Sad", "05": "Angry", "06": "Fear", "07": "Disgust", "08": "Surprise",
 }
-RAVDESS_AV_MODALITY = "01"  # full audio-video; 02 is video-only (no audio), 03 audio-only (.wav)
+# modality (1st field): 01 full audio-video, 03 audio-only (.wav); 02 video-only files (no audio) are skipped
+RAVDESS_MODALITIES = ("01", "03")
 RAVDESS_VAL_ACTORS = range(21, 25)  # speaker-independent split: actors 21-24 are val
 RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
@@ -102,8 +108,13 @@ def _unknown(problems: list[str], what: str) -> SourceError:
                        f"expected labels: {', '.join(EMOTIONS)}")
 
 
-def _video_files(root: str) -> list[tuple[str, list[str]]]:
-    """Sorted (uri, path parts below root) of the video files under root, keeping its scheme."""
+def is_audio_file(uri: str) -> bool:
+    """Whether a clip is an audio file by its name (AUDIO_EXTENSIONS): it is read as audio only."""
+    return uri.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def _media_files(root: str) -> list[tuple[str, list[str]]]:
+    """Sorted (uri, path parts below root) of the video and audio files under root, keeping its scheme."""
     fs, path = storage.filesystem(root)
     if not fs.exists(path):
         raise SourceError(f"input {root} not found")
@@ -114,7 +125,7 @@ def _video_files(root: str) -> list[tuple[str, list[str]]]:
     base = path.rstrip("/")
     out = []
     for p in sorted(fs.find(path)):
-        if not p.lower().endswith(VIDEO_EXTENSIONS) or posixpath.basename(p).startswith("."):
+        if not p.lower().endswith(MEDIA_EXTENSIONS) or posixpath.basename(p).startswith("."):
             continue
         parts = p[len(base):].strip("/").split("/")
         uri = scheme + p if remote else (os.path.join(root, *parts) if "://" not in root else p)
@@ -125,7 +136,7 @@ def _video_files(root: str) -> list[tuple[str, list[str]]]:
 def afew_clips(root: str) -> list[ClipRecord]:
     """AFEW class folders: <root>/<Split>/<Emotion>/<clip>; unlabelled clips only under Test/."""
     records, problems = [], []
-    for uri, parts in _video_files(root):
+    for uri, parts in _media_files(root):
         split = AFEW_SPLIT_FOLDERS.get(parts[0].lower()) if len(parts) >= 2 else None
         if split is None:
             problems.append(f"{uri} (not under a Train/Val/Test folder)")
@@ -148,15 +159,15 @@ def _stem(uri: str) -> str:
 
 
 def ravdess_clips(root: str) -> list[ClipRecord]:
-    """RAVDESS file names MM-VC-EE-II-SS-RR-AA; audio-video files only; split by actor."""
+    """RAVDESS file names MM-VC-EE-II-SS-RR-AA; audio-video and audio-only files; split by actor."""
     records, problems = [], []
-    for uri, _ in _video_files(root):
+    for uri, _ in _media_files(root):
         m = RAVDESS_NAME.match(_stem(uri))
         if m is None:
             problems.append(f"{uri} (not a RAVDESS name MM-VC-EE-II-SS-RR-AA)")
             continue
         modality, emotion, actor = m.group(1), m.group(3), int(m.group(7))
-        if modality != RAVDESS_AV_MODALITY:
+        if modality not in RAVDESS_MODALITIES:
             continue  # video-only files have no audio track to fuse
         label = RAVDESS_EMOTIONS.get(emotion)
         if label is None:
@@ -172,7 +183,7 @@ def ravdess_clips(root: str) -> list[ClipRecord]:
 def cremad_clips(root: str) -> list[ClipRecord]:
     """CREMA-D file names AAAA_SSS_EEE_LL (e.g. 1001_DFA_ANG_XX); split by actor."""
     records, problems = [], []
-    for uri, _ in _video_files(root):
+    for uri, _ in _media_files(root):
         m = CREMAD_NAME.match(_stem(uri))
         label = CREMAD_EMOTIONS.get(m.group(3)) if m else None
         if label is None:
@@ -231,9 +242,9 @@ def detect_format(uri: str) -> str:
     """Guess the layout of an input folder or manifest (see the module docstring)."""
     if uri.lower().endswith((".csv", ".parquet")):
         return "manifest"
-    files = _video_files(uri)
+    files = _media_files(uri)
     if not files:
-        raise SourceError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {uri}")
+        raise SourceError(f"no video or audio files ({', '.join(MEDIA_EXTENSIONS)}) under {uri}")
     example, first = files[0]
     if len(first) >= 2 and first[0].lower() in AFEW_SPLIT_FOLDERS:
         return "afew"

@@ -199,7 +199,7 @@ def test_empty_or_missing_input_is_one_clear_line(local_ray, dataset, tmp_path, 
 
     (tmp_path / "empty").mkdir()
     assert main(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o"), "--quiet"]) == 1
-    assert "no video files" in capsys.readouterr().err
+    assert "no video or audio files" in capsys.readouterr().err
     assert main(["--input", str(tmp_path / "absent"), "--output", str(tmp_path / "o"), "--quiet"]) == 1
     assert "not found" in capsys.readouterr().err
     root, _ = dataset

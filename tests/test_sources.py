@@ -86,7 +86,7 @@ def test_manifest_errors(tmp_path):
 def test_wrong_paths_and_unknown_layouts(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         list_clips(str(tmp_path / "absent"))
-    with pytest.raises(SourceError, match="no video files"):
+    with pytest.raises(SourceError, match="no video or audio files"):
         list_clips(str(tmp_path))
     touch(tmp_path, "holiday.mp4")
     with pytest.raises(SourceError, match="cannot tell the layout"):

@@ -7,6 +7,8 @@ first damaged packet, where PyAV lets us skip that packet and keep the rest.
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -42,10 +44,28 @@ class AudioTrack:
     sample_rate: int
     status: str
     skipped_packets: int = 0
+    declared: float = 0.0  # seconds the file declares (0 when it declares none)
 
     @property
     def seconds(self) -> float:
         return len(self.samples) / self.sample_rate
+
+
+def riff_shortfall(src) -> float:
+    """How many times longer a WAV file's RIFF header says the file is than it is (1.0 when whole,
+    or not a RIFF WAV). ffmpeg takes a WAV's duration from the file's size, so a cut WAV would
+    otherwise decode as a whole one."""
+    if isinstance(src, io.BytesIO):
+        head, size = bytes(src.getbuffer()[:12]), src.getbuffer().nbytes
+    else:
+        with open(src, "rb") as f:
+            head, size = f.read(12), os.path.getsize(src)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 1.0
+    riff = int.from_bytes(head[4:8], "little")
+    if riff in (0, 0xFFFFFFFF):  # streamed WAVs leave the size unset
+        return 1.0
+    return max((riff + 8) / size, 1.0)
 
 
 def load_audio(uri: str, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
@@ -68,6 +88,8 @@ def load_audio(uri: str, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
         stream = container.streams.audio[0]
         if stream.duration and stream.time_base:
             declared = max(declared or 0.0, float(stream.duration * stream.time_base))
+        if declared:
+            declared *= riff_shortfall(src)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks, skipped = [], 0
         packets = container.demux(stream)
@@ -91,13 +113,13 @@ def load_audio(uri: str, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
             chunks.append(out.to_ndarray().reshape(-1))
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if samples.size == 0:
-        return AudioTrack(uri, samples, sample_rate, AUDIO_MISSING, skipped)
+        return AudioTrack(uri, samples, sample_rate, AUDIO_MISSING, skipped, declared or 0.0)
     status = AUDIO_OK
     if declared and len(samples) / sample_rate < 0.9 * declared - 0.05:
         status = AUDIO_TRUNCATED
     elif float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) < SILENCE_RMS:
         status = AUDIO_SILENT
-    return AudioTrack(uri, samples, sample_rate, status, skipped)
+    return AudioTrack(uri, samples, sample_rate, status, skipped, declared or 0.0)
 
 
 def stft_magnitude(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

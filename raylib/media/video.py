@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raylib import storage
-from raylib.errors import ClipError, StorageError
+from raylib.errors import ClipError, NoVideoStream, StorageError
 
 # A clip whose decoded length falls short of the container's duration by more than this many
 # frames (and this fraction) is flagged as truncated.
@@ -120,9 +120,11 @@ def probe(src) -> Probe:
     try:
         with av.open(src) as c:
             found = [c.duration / 1e6] if c.duration else []
-            if not c.streams.video:
+            # cover art in an .mp3, .flac or .m4a is a one-picture "video" stream: not a video
+            videos = [s for s in c.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+            if not videos:
                 return Probe(True, max(found) if found else None, container=c.format.name)
-            v = c.streams.video[0]
+            v = videos[0]
             fps = float(v.average_rate) if v.average_rate else 0.0
             own = []
             if v.duration and v.time_base:
@@ -175,8 +177,8 @@ def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Vide
         sampling = FrameSampling.parse(sampling)
     src = open_media(uri)
     info = probe(src)
-    if info.readable and not info.has_video:
-        raise ClipError(uri, "no video stream (an audio-only file?)")
+    if info.readable and not info.has_video:  # never hand an audio file to decord
+        raise NoVideoStream(uri, "no video stream (an audio-only file?)")
     width, height = decode_size(info)
     try:
         reader = decord.VideoReader(src, num_threads=1)

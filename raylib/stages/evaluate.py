@@ -91,10 +91,14 @@ def check_fits(state: dict, ref: str, info: dict, what: str) -> None:
     from raylib.errors import WeightsError
     from raylib.store import describe_recipe
 
+    from raylib.models import AUDIO_MODALITIES, VISUAL_MODALITIES
+
     cfg = state["model_config"]
     want = (int(cfg.get("visual_dim", 0)), int(cfg.get("audio_channels", 1)))
     have = (int(info["visual_dim"]), int(info["audio_channels"]))
-    if want != have:
+    modalities = cfg.get("modalities", "av")  # a branch the model lacks takes anything
+    if (modalities in VISUAL_MODALITIES and want[0] != have[0]) or \
+            (modalities in AUDIO_MODALITIES and want[1] != have[1]):
         trained_on = (state.get("train_config") or {}).get("store", "?")
         raise WeightsError(f"checkpoint {ref} takes {want[0]}-d visual features and {want[1]} audio channel(s) "
                            f"(trained on the store {trained_on}); {what} has {have[0]}-d and {have[1]} "
@@ -152,26 +156,55 @@ def read_store_file(uri: str):
         return pq.read_table(f)
 
 
-def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str]):
+def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str], frames: bool = False):
     """Batch inference over store shards with Ray Data: read the shards in parallel, score them
-    in a pool of StorePredictor actors; the predictions (a few numbers per clip) come back as
-    one Arrow table."""
+    in a pool of StorePredictor actors (only rows with frames when `frames`); the predictions (a
+    few numbers per clip) come back as one Arrow table."""
     import pyarrow as pa
     import ray
 
     from raylib.batches import COLUMNS
+    from raylib.prediction import FRAMES_EXPR
     from raylib.runtime import init_ray
 
     init_ray()
     fs, _ = storage.filesystem(cfg.store)
     ds = ray.data.read_parquet(files, columns=COLUMNS + ["label"], filesystem=fs if storage.is_remote(cfg.store) else None)
-    ds = ds.filter(expr="status != 'error'")
+    ds = ds.filter(expr="status != 'error'" + (f" and {FRAMES_EXPR}" if frames else ""))
     ds = ds.map_batches(StorePredictor, fn_constructor_kwargs={"checkpoints": refs, "weights": weights,
                                                                "batch_size": cfg.batch_size},
                         batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=0.5,
                         compute=ray.data.ActorPoolStrategy(size=cfg.predictor_actors))
     tables = ray.get(ds.to_arrow_refs())
     return pa.concat_tables(tables).sort_by("uri") if tables else None
+
+
+def check_split(cfg: EvaluateConfig, refs: list[str]) -> tuple[bool, int]:
+    """Before any work, on the split's small columns: the rows the checkpoints can take (a model
+    with a visual branch skips rows without frames) and that each checkpoint fits their features.
+    Returns (whether the models read frames, rows skipped); ValueError or WeightsError otherwise."""
+    from raylib.batches import usable
+    from raylib.checkpoints import load_checkpoint
+    from raylib.prediction import reads_frames, rows_for
+    from raylib.store import read_store, single_recipe
+
+    recipe = single_recipe(cfg.store)  # a store mixing recipes has features no one model fits
+    small = usable(read_store(cfg.store, ["status", "label_index", "visual_dim", "audio_shape"], split=cfg.split),
+                   labelled=False)
+    if small.num_rows == 0:
+        raise ValueError(f"no clips with features in split {cfg.split!r} of {cfg.store}")
+    states = [(ref, load_checkpoint(resolve_checkpoint(ref))) for ref in refs]
+    modalities = [state["model_config"].get("modalities", "av") for _, state in states]
+    fit = rows_for(small, *modalities)
+    if fit.num_rows == 0:
+        raise ValueError(f"split {cfg.split!r} of {cfg.store} holds no clips with frames ({small.num_rows} audio "
+                         f"files): the checkpoints read visual features; evaluate a --modalities audio model on it")
+    shapes = [s for s in fit.column("audio_shape").to_pylist() if s]
+    info = {"visual_dim": max(fit.column("visual_dim").to_pylist()), "provenance": recipe,
+            "audio_channels": shapes[0][0] if shapes else 1}
+    for ref, state in states:
+        check_fits(state, ref, info, f"the store {cfg.store}")
+    return reads_frames(*modalities), small.num_rows - fit.num_rows
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
@@ -181,27 +214,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     import pyarrow.parquet as pq
 
     from raylib import plots, tracking
-    from raylib.batches import usable
-    from raylib.checkpoints import load_checkpoint
     from raylib.metrics import summarize
-    from raylib.store import data_files, read_store, single_recipe
+    from raylib.store import data_files
     from raylib.stages.train_config import store_info
 
     t0 = time.perf_counter()
     refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
-    recipe = single_recipe(cfg.store)  # a store mixing recipes has features no one model fits
-    # the small columns on the driver: what the models must take, before any work
-    small = usable(read_store(cfg.store, ["status", "label_index", "visual_dim", "audio_shape"], split=cfg.split),
-                   labelled=False)
-    if small.num_rows == 0:
-        raise ValueError(f"no clips with features in split {cfg.split!r} of {cfg.store}")
-    shapes = [s for s in small.column("audio_shape").to_pylist() if s]
-    info = {"visual_dim": max(small.column("visual_dim").to_pylist()), "provenance": recipe,
-            "audio_channels": shapes[0][0] if shapes else 1}
-    for ref in refs:
-        check_fits(load_checkpoint(resolve_checkpoint(ref)), ref, info, f"the store {cfg.store}")
+    frames, skipped = check_split(cfg, refs)
     weights = class_weights(cfg.reweight, store_info(cfg.store)["train_counts"] if cfg.reweight == "train" else None)
-    out = predict_store(cfg, refs, weights, data_files(cfg.store, cfg.split))
+    out = predict_store(cfg, refs, weights, data_files(cfg.store, cfg.split), frames)
     parquet_uri = storage.join(cfg.output, "predictions.parquet")
     csv_uri = storage.join(cfg.output, "predictions.csv")
     with storage.atomic_write(parquet_uri) as f:
@@ -219,6 +240,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                 tracking.config_params(cfg), {"store": cfg.store, "kind": "evaluation",
                                                               **tracking.source_tags("jobs/evaluate.py")})
     summary = {"run_id": run_id, "clips": table.num_rows, "models": len(refs), "split": cfg.split,
+               "skipped_without_frames": skipped,
                "predictions_parquet": parquet_uri, "predictions_csv": csv_uri}
     if metrics:
         summary.update(accuracy=metrics["accuracy"], uar=metrics["uar"],

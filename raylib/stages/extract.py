@@ -1,4 +1,4 @@
-"""The extraction job: video clips -> faces + spectrograms -> features -> a Parquet feature store.
+"""The extraction job: video (or audio) clips -> faces + spectrograms -> features -> a Parquet feature store.
 
     clip records (minus clips already stored), in a seeded random order (shards mix classes)
         |  ray.data.from_items, one block per clip
@@ -16,7 +16,8 @@
     driver           counts statuses and nodes, prints and stores the summary
 
 A clip that cannot be read, or whose processing raises anything at all, is a row with status
-"error", never a failed job. Shard names are a hash of their clip ids, so a retried task rewrites
+"error", never a failed job. An audio file is a row with its audio features and no frames
+(status "audio_only": usable, no failure). Shard names are a hash of their clip ids, so a retried task rewrites
 the same file; a re-run skips clips stored with features and retries clips stored as "error"
 (whose old row it removes first), so an interrupted run followed by a re-run stores every clip
 exactly once. A store holds one recipe (raylib.store): a run with other features refuses. On a cluster,
@@ -40,7 +41,7 @@ import numpy as np
 import raylib
 from raylib import storage
 from raylib.errors import RaylibError
-from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_ERROR, stored_label
+from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_AUDIO_ONLY, STATUS_ERROR, STATUS_OK, stored_label
 from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
 from raylib.media.audio import AUDIO_MODES
@@ -380,7 +381,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
                        nodes={stage: dict(Counter(o[f"{stage}_node"] for o in outcomes)) for stage in ("cpu", "feature")},
                        shards_written=len(shards), write_retries=sum(a - 1 for a in shards.values()),
                        errors=[{"uri": o["uri"], "status": o["status"], "error": o["error"]}
-                               for o in outcomes if o["status"] != "ok"][:200],
+                               for o in outcomes if o["status"] not in (STATUS_OK, STATUS_AUDIO_ONLY)][:200],
                        cpu_seconds_per_clip=float(np.mean([o["seconds_cpu"] for o in outcomes])))
     summary.update(_judge(records, state, outcomes))
     elapsed = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""The prediction job: new videos -> the extraction graph -> an ensemble of trained models -> predictions.
+"""The prediction job: new videos or audio files -> the extraction graph -> an ensemble of trained
+models -> predictions.
 
     clip records (minus clips already predicted)
         |
@@ -18,7 +19,8 @@
 
 At the end the driver gathers the prediction files (7 scores per clip) into
 <output>/predictions.parquet and predictions.csv: clip_id, uri, label (if known), prediction, one
-score per class, status, error. Clips without features (status "error") keep a null prediction.
+score per class, status, error. Clips without features (status "error") keep a null prediction, and
+so do audio files (no frames) when a model reads visual features (error: NO_FRAMES).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class PredictError(RaylibError):
 class PredictConfig:
     """Every knob of jobs/predict.py; the extraction flags must match the models' training store."""
 
-    input: str = field(default="data/demo/videos", metadata={"help": "folder, s3:// prefix or .csv/.parquet manifest of videos (labels optional)"})
+    input: str = field(default="data/demo/videos", metadata={"help": "folder, s3:// prefix or .csv/.parquet manifest of videos "
+                                                                    "or audio files (labels optional)"})
     checkpoints: str = field(default="", metadata={"help": "comma-separated checkpoints (folder, model.pt, s3:// URI) or MLflow run ids; their mean is the prediction"})
     output: str = field(default="data/demo/predicted", metadata={"help": "folder for predictions.parquet/.csv (local or s3://)"})
     store: str = field(default="", metadata={"help": "also keep the features in this feature store (one recipe per store)"})
@@ -94,13 +97,14 @@ class PredictConfig:
 
 def score_rows(table, models, weights) -> np.ndarray:
     """[N, 7] ensemble probabilities (re-weighted) of store-format rows; NaN rows for rows
-    without features."""
-    from raylib.prediction import predict
+    without features, and for rows without frames when a model reads visual features."""
+    from raylib.prediction import predict, takes
     from raylib.schema import STATUS_ERROR
     from raylib.stages.evaluate import apply_weights
 
     out = np.full((table.num_rows, len(EMOTIONS)), np.nan, np.float32)
     ok = np.asarray([s != STATUS_ERROR for s in table.column("status").to_pylist()], bool)
+    ok &= takes(table, *(m.cfg.modalities for m in models))
     if ok.any():
         usable = table.filter(ok)
         probs = sum(predict(m, usable)[0] for m in models) / len(models)
@@ -120,7 +124,8 @@ class Predictor:
         self.prov = prov
 
     def __call__(self, batch: dict) -> dict:
-        from raylib.schema import to_table
+        from raylib.prediction import NO_FRAMES
+        from raylib.schema import STATUS_ERROR, to_table
         from raylib.stages.extract import batch_rows
 
         rows = batch_rows(batch)
@@ -129,6 +134,8 @@ class Predictor:
         out = {k: np.asarray([r.get(k) or "" for r in rows]) for k in ("clip_id", "uri", "split", "status", "error")}
         out["label"] = np.asarray([r["label"] or "" for r in rows])
         out["prediction"] = np.asarray(["" if np.isnan(p[0]) else EMOTIONS[int(np.argmax(p))] for p in probs])
+        unscored = np.isnan(probs[:, 0]) & (out["status"] != STATUS_ERROR)  # features, but none a model reads
+        out["error"] = np.where(unscored, NO_FRAMES, out["error"])
         for i, name in enumerate(SCORE_COLUMNS):
             out[name] = probs[:, i]
         return out

@@ -13,6 +13,7 @@ last checkpoint (FailureConfig); --resume-from continues a finished or interrupt
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict, replace
@@ -109,17 +110,21 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output", "resume_from")
              if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
     cfg = replace(cfg, **local)  # workers do not share the driver's working directory
-    info = store_info(cfg.store)
+    info = store_info(cfg.store, cfg.modalities)
+    if info["skipped"] and not cfg.quiet:
+        print(f"train: skipping {info['skipped']} labelled clip(s) without frames (audio files): --modalities "
+              f"{cfg.modalities} reads visual features", file=sys.stderr, flush=True)
     model_cfg = cfg.model_config(info["visual_dim"], info["audio_channels"])
     run_name = cfg.run_name or default_run_name(cfg)
     tags = {"store": cfg.store, "schema_version": SCHEMA_VERSION, **{f"store.{k}": v for k, v in info["provenance"].items()},
-            **tracking.source_tags(source)}
+            "store.skipped_without_frames": str(info["skipped"]), **tracking.source_tags(source)}
     run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id)
     fs, _ = storage.filesystem(cfg.store)
     files = data_files(cfg.store, "train")
     if not files:
         raise ValueError(f"feature store {cfg.store} has no train split")
     from raylib.batches import COLUMNS
+    from raylib.prediction import FRAMES_EXPR, reads_frames
 
     # fractional CPUs: on a small machine the workers' reservations must leave room for reading.
     # Shuffling: the files in a new seeded order each epoch (Ray reseeds FileShuffleConfig with the
@@ -129,7 +134,8 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     train_ds = ray.data.read_parquet(files, columns=COLUMNS, num_cpus=READ_CPUS,
                                      shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
                                      filesystem=fs if storage.is_remote(cfg.store) else None)
-    train_ds = train_ds.filter(expr="label_index >= 0 and status != 'error'", num_cpus=READ_CPUS)
+    keep = "label_index >= 0 and status != 'error'" + (f" and {FRAMES_EXPR}" if reads_frames(cfg.modalities) else "")
+    train_ds = train_ds.filter(expr=keep, num_cpus=READ_CPUS)
     output = cfg.output
     trainer = TorchTrainer(
         train_loop_per_worker,

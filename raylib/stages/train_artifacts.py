@@ -11,7 +11,7 @@ import numpy as np
 
 from raylib.checkpoints import CHECKPOINT_FILE, model_config_of, model_from_checkpoint, save_checkpoint
 from raylib.labels import EMOTIONS
-from raylib.prediction import predict
+from raylib.prediction import predict, rows_for
 from raylib.stages.train_config import TrainConfig
 
 
@@ -54,6 +54,7 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
     else:
         model, state = model_from_checkpoint(checkpoint_path)
     val = usable(read_store(store, COLUMNS + ["thumbnails"], split="val"))
+    val = rows_for(val, state["model_config"]["modalities"])  # the rows this model has inputs for
     if val.num_rows == 0:
         return
     probs, _ = predict(model, val)

@@ -72,21 +72,30 @@ class TrainConfig:
                            fbp_k=self.fbp_k, fbp_o=self.fbp_o, dropout=self.dropout, power_norm=self.power_norm)
 
 
-def store_info(store: str) -> dict:
-    """visual_dim, audio_channels, class counts of train, and the recipe of a store; StoreError
-    when the store mixes recipes (its features would not be comparable)."""
+def store_info(store: str, modalities: str = "") -> dict:
+    """visual_dim, audio_channels, class counts of train, and the recipe of a store; with a model's
+    modalities, of the rows that model can take (`skipped`: labelled rows without frames that a
+    visual branch leaves out). StoreError when the store mixes recipes (its features would not be
+    comparable); ValueError when no row is left."""
     from raylib.batches import usable
+    from raylib.prediction import rows_for
     from raylib.store import RECIPE_KEYS, read_store, single_recipe
 
     table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", *RECIPE_KEYS])
     recipe = single_recipe(store, table)
-    ok = usable(table)
-    if ok.num_rows == 0:
+    labelled = usable(table)
+    if labelled.num_rows == 0:
         raise ValueError(f"feature store {store} has no labelled rows with features")
+    ok = rows_for(labelled, modalities) if modalities else labelled
+    if ok.num_rows == 0:
+        raise ValueError(f"feature store {store} holds no clips with frames (its {labelled.num_rows} labelled clips "
+                         f"are audio files): --modalities {modalities} reads visual features; train on them "
+                         f"with --modalities audio")
     rows = ok.to_pylist()
     train = [r for r in rows if r["split"] == "train"]
     shapes = [r["audio_shape"] for r in rows if r["audio_shape"]]
     counts = np.bincount([r["label_index"] for r in train], minlength=len(EMOTIONS))
     return {"visual_dim": max(r["visual_dim"] for r in rows), "audio_channels": shapes[0][0] if shapes else 1,
             "train_counts": counts.tolist(), "train_rows": len(train),
-            "val_rows": sum(r["split"] == "val" for r in rows), "provenance": recipe}
+            "val_rows": sum(r["split"] == "val" for r in rows), "provenance": recipe,
+            "skipped": labelled.num_rows - ok.num_rows}

@@ -64,6 +64,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raylib import tracking
     from raylib.batches import COLUMNS, collate, usable
     from raylib.models.fusion import ModelConfig, build_model
+    from raylib.prediction import rows_for
     from raylib.store import read_store
 
     cfg = TrainConfig(**config["train"])
@@ -97,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
-    val = usable(read_store(cfg.store, COLUMNS, split="val")) if rank == 0 else None
+    val = rows_for(usable(read_store(cfg.store, COLUMNS, split="val")), cfg.modalities) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
