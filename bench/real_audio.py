@@ -82,11 +82,12 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--val-actors", default="21,22,23,24", help="ravdess: the held-out actors")
+    p.add_argument("--max-clips", type=int, default=0, help="a seeded sample of this many files (0: all; for a quick look)")
     args = p.parse_args(argv)
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", (work / "mlflow").as_uri())
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     from raylib.runtime import init_ray
     from raylib.stages.extract import ExtractConfig, run_extract
     from raylib.stages.train import TrainConfig, run_train
@@ -96,6 +97,10 @@ def main(argv=None) -> int:
     records = tess_records(root) if args.corpus == "tess" else ravdess_records(root)
     if not records:
         p.error(f"no {args.corpus} audio files under {root}")
+    if args.max_clips:
+        import random
+
+        records = sorted(random.Random(0).sample(records, min(args.max_clips, len(records))), key=lambda r: r["uri"])
     rows = []
     for fold, val in folds(args.corpus, records, args.val_actors).items():
         slug = re.sub(r"[^A-Za-z0-9]+", "-", fold).strip("-")

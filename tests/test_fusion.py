@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from raylib.models import ATTENTIONS, FUSIONS
-from raylib.models.audio_cnn import AudioAlexNet, MaskedBatchNorm2d, pool5_length
+from raylib.models.audio_cnn import AudioAlexNet, MaskedBatchNorm2d, pool5_length, recalibrate_norms
 from raylib.models.fusion import Concat, FactorizedBilinearPooling, ModelConfig, build_model
 
 
@@ -78,6 +78,32 @@ def test_masked_batch_norm_takes_statistics_from_real_time_steps_only():
     torch.testing.assert_close(bn.running_var, torch.tensor([20.0 / 3]))
     bn.eval()  # eval: the running statistics, padding still zero
     torch.testing.assert_close(bn(x, mask)[0, 0, 0], torch.tensor([-3.0, -1.0, 0.0]) / (20 / 3 + bn.eps) ** 0.5)
+
+
+def test_recalibrated_norms_make_eval_mode_match_the_batch_statistics():
+    """After training steps the running statistics trail the weights; recalibrated on a batch,
+    eval mode on that batch gives what train mode (batch statistics) gives; the input's own
+    statistics are left alone."""
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(modalities="audio", audio_attention="mean", dropout=0.0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    spec, lengths = torch.randn(6, 1, 200, 140) - 4, torch.tensor([140, 120, 100, 90, 80, 140])
+    for _ in range(4):
+        logits, _ = model(None, None, spec, lengths)
+        loss = torch.nn.functional.cross_entropy(logits, torch.arange(6) % 7)
+        opt.zero_grad(), loss.backward(), opt.step()
+    with torch.no_grad():
+        model.train()
+        batch_stats, _ = model(None, None, spec, lengths)
+        before, _ = model.eval()(None, None, spec, lengths)
+    input_mean = model.audio_cnn.input_norm.running_mean.clone()
+    assert recalibrate_norms(model, [(None, None, spec, lengths)]) == 5  # the five convolutions' norms
+    with torch.no_grad():
+        after, _ = model.eval()(None, None, spec, lengths)
+    assert not model.training
+    torch.testing.assert_close(model.audio_cnn.input_norm.running_mean, input_mean)
+    assert (before - batch_stats).abs().max() > 10 * (after - batch_stats).abs().max()
+    torch.testing.assert_close(after, batch_stats, atol=2e-2 * float(batch_stats.abs().max()), rtol=0)
 
 
 @pytest.mark.parametrize("attention", ["transformer", "self", "relation", "mean"])

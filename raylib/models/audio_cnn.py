@@ -120,3 +120,30 @@ class AudioAlexNet(nn.Module):
         mask = time_mask(n.clamp(max=w), w)[:, None, :].expand(b, h, w).reshape(b, h * w)
         vectors = x.permute(0, 2, 3, 1).reshape(b, h * w, ch)  # n = H * W vectors, row-major
         return vectors, mask
+
+
+def recalibrate_norms(model: nn.Module, batches) -> int:
+    """Replace the running statistics of the batch norms that follow the weights (not the input's,
+    which averages all of training) by their exact average over `batches` (lists of forward
+    arguments), the model's weights unchanged. Without it the statistics trail the weights of
+    the last steps, and in eval mode a whole split can collapse onto one class. Returns the number
+    of batch norms recalibrated."""
+    norms = [m for m in model.modules() if isinstance(m, MaskedBatchNorm2d) and m.momentum is not None]
+    if not norms or not batches:
+        return 0
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches given
+    frozen = [m for m in model.modules() if isinstance(m, MaskedBatchNorm2d) and m not in norms]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in frozen]
+    model.train()
+    with torch.no_grad():
+        for args in batches:
+            model(*args)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    for m, (mean, var, n) in zip(frozen, saved):  # the input's statistics are left as they were
+        m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(n)
+    model.train(was_training)
+    return len(norms)

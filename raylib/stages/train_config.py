@@ -12,6 +12,7 @@ from raylib.models import FUSIONS, MODALITIES, POOLINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_uar", "val_accuracy")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class TrainConfig:
     modalities: str = field(default="av", metadata={"help": "av, visual or audio alone", "choices": list(MODALITIES)})
     optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": list(OPTIMIZERS)})
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "cosine: from --lr down to 0 over the epochs; constant",
+                                                         "choices": list(LR_SCHEDULES)})
     weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
     epochs: int = field(default=12, metadata={"help": "epochs"})
     batch_size: int = field(default=8, metadata={"help": "clips per batch and worker"})

@@ -7,6 +7,7 @@ train split; rank 0 scores val each epoch, logs the epoch to MLflow and reports 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -14,6 +15,10 @@ import time
 from raylib.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from raylib.prediction import val_metrics
 from raylib.stages.train_config import TrainConfig
+
+# clips of the epoch's last batches over which rank 0 recomputes the batch-norm statistics
+# before it scores val and saves the checkpoint (raylib.models.audio_cnn.recalibrate_norms)
+RECALIBRATION_CLIPS = 256
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -26,8 +31,9 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-def train_epoch(model, optimizer, batches, device="cpu") -> tuple[float, int, int]:
-    """One pass of cross-entropy training over collated batches: (loss sum, correct, samples)."""
+def train_epoch(model, optimizer, batches, device="cpu", keep: list | None = None) -> tuple[float, int, int]:
+    """One pass of cross-entropy training over collated batches: (loss sum, correct, samples).
+    keep: receives the forward arguments of the last batches, RECALIBRATION_CLIPS clips at most."""
     import torch
 
     from raylib.batches import model_inputs
@@ -36,7 +42,12 @@ def train_epoch(model, optimizer, batches, device="cpu") -> tuple[float, int, in
     loss_sum, correct, total = 0.0, 0, 0
     for batch in batches:
         labels = batch["labels"].to(device)
-        logits, _ = model(*model_inputs(batch, device))
+        inputs = model_inputs(batch, device)
+        if keep is not None:
+            keep.append(inputs)
+            while sum(len(k[0]) for k in keep) > RECALIBRATION_CLIPS:
+                keep.pop(0)
+        logits, _ = model(*inputs)
         loss = torch.nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad()
         loss.backward()
@@ -45,6 +56,13 @@ def train_epoch(model, optimizer, batches, device="cpu") -> tuple[float, int, in
         correct += int((logits.argmax(1) == labels).sum())
         total += len(labels)
     return loss_sum, correct, total
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of an epoch: cosine from --lr down to 0 over --epochs, or constant."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
 def label_mix(batches, distinct: list[int]):
@@ -63,6 +81,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from raylib import tracking
     from raylib.batches import COLUMNS, collate, usable
+    from raylib.models.audio_cnn import recalibrate_norms
     from raylib.models.fusion import ModelConfig, build_model
     from raylib.prediction import rows_for
     from raylib.store import read_store
@@ -107,12 +126,16 @@ def train_loop_per_worker(config: dict) -> None:
             batch_size=cfg.batch_size, batch_format="pyarrow",
             local_shuffle_buffer_size=config.get("shuffle_rows") or cfg.shuffle_buffer,
             local_shuffle_seed=cfg.seed + epoch)), distinct)
-        loss_sum, correct, total = train_epoch(model, optimizer, batches, device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        kept: list | None = [] if rank == 0 else None
+        loss_sum, correct, total = train_epoch(model, optimizer, batches, device, kept)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
                    "train_samples_per_s_per_worker": total / max(seconds, 1e-9),
                    "train_batch_distinct_labels": sum(distinct) / max(len(distinct), 1)}
         if rank == 0:
+            recalibrate_norms(core, kept)  # the other workers take these statistics from rank 0 (DDP)
             metrics.update(val_metrics(core, val, device) if val.num_rows else {"val_accuracy": 0.0, "val_uar": 0.0})
             best = max(best, metrics.get(cfg.select_metric, 0.0))
             metrics["best_" + cfg.select_metric] = best
