@@ -112,8 +112,8 @@ def test_input_size_that_contradicts_the_checkpoint_is_one_line(ir50_checkpoint,
     assert str(info.value) == (f"ir50 checkpoint {path} takes 112 px inputs, not --input-size 224: leave "
                                f"--input-size out (the checkpoint sets it) or give 112")
     # the job says so on the driver, before starting any work
-    assert main(["--input", os.path.dirname(cremad_clips[0]), "--output", str(tmp_path / "o"), "--backbone", "ir50", "--weights", path,
-                 "--input-size", "224", "--quiet"]) == 1
+    assert main(["--input", os.path.dirname(cremad_clips[0]), "--output", str(tmp_path / "o"), "--backbone", "ir50",
+                 "--weights", path, "--input-size", "224", "--quiet"]) == 1
     assert capsys.readouterr().err == f"extract: error: {info.value}\n"
     assert not (tmp_path / "o").exists()
 

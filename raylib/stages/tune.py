@@ -36,10 +36,10 @@ def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return names
 
 
-# The training knobs of a sweep are TrainConfig's own fields (same flags, defaults and help), but:
-SWEPT = ("visual_attention", "audio_attention", "fusion")  # the grid's axes, --visual-attentions ...
-NOT_PER_TRIAL = ("run_name", "resume_from")  # trials are named by the grid, and each starts fresh:
-# continuing one model is a single run's job (jobs/train.py --resume-from)
+# A sweep's training knobs are TrainConfig's fields, with their defaults and help, except:
+SWEPT = ("visual_attention", "audio_attention", "fusion")  # the grid's axes: --visual-attentions, ...
+# trials are named by the grid and start fresh (one model is continued by jobs/train.py --resume-from)
+NOT_PER_TRIAL = ("run_name", "resume_from")
 # where a sweep's default differs from a single run's (8 epochs per trial: docs/method.md, section 4)
 SWEEP_DEFAULTS = {"output": "data/demo/sweeps", "experiment": "emotion-fusion-sweep", "epochs": 8, "num_workers": 1}
 SWEEP_HELP = {  # where a knob means more in a sweep
