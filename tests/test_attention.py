@@ -101,4 +101,4 @@ def test_a_clip_with_no_items_gives_zeros_not_nan(name):
 
 def test_unknown_attention_name():
     with pytest.raises(ValueError, match="unknown attention 'cross'"):
-        build_attention("cross", 4)
+        build_attention("cross", 4, hidden=4)

@@ -18,6 +18,16 @@ def ir50_checkpoint(tmp_path_factory):
     return model, path
 
 
+@pytest.fixture(scope="module")
+def ir50_224_checkpoint(tmp_path_factory):
+    """An IR50 at the paper's 224 px chip: its output linear is (512, 512 * 14 * 14)."""
+    torch.manual_seed(1)
+    model = IR50(224).eval()
+    path = str(tmp_path_factory.mktemp("ckpt224") / "backbone_ir50_224.pth")
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
 def chips(n=2, size=224, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
@@ -52,6 +62,7 @@ def test_checkpoint_reloads_strictly_with_identical_outputs(ir50_checkpoint):
         expected = model(enc.preprocess(x))
     torch.testing.assert_close(enc.embed(x), expected, atol=0, rtol=0)
     assert enc.weights == path and len(enc.weights_digest) == 64 and enc.dtype is None  # fp32 on CPU
+    assert enc.spec.input_size == 112  # read from output_layer.3.weight (512, 25088): 512 * 7 * 7
 
 
 def test_common_wrappers_are_unwrapped(ir50_checkpoint, tmp_path):
@@ -76,9 +87,46 @@ def test_renamed_key_lists_missing_and_unexpected(ir50_checkpoint, tmp_path):
     assert "unexpected keys in ir50 checkpoint" in msg and "body.0.res_layer.1.weights" in msg
 
 
-def test_wrong_input_size_is_a_shape_mismatch(ir50_checkpoint):
-    with pytest.raises(WeightsError, match="shape mismatch.*output_layer.3.weight"):
-        build_backbone("ir50", ir50_checkpoint[1], input_size=224)
+def test_ir50_at_224_is_read_from_its_checkpoint_and_embeds_extraction_chips_unresized(ir50_224_checkpoint):
+    from raylib.media.faces import CHIP_SIZE
+    from raylib.stages.extract import ExtractConfig, FeatureStage
+
+    model, path = ir50_224_checkpoint
+    stage = FeatureStage(ExtractConfig(backbone="ir50", weights=path))  # the extraction's feature actor
+    assert stage.encoder.spec.input_size == CHIP_SIZE == 224
+    x = chips(2, size=CHIP_SIZE)
+    with torch.no_grad():  # no resize: the chip itself, scaled to [-1, 1] (mean 0.5, std 0.5)
+        expected = model(x.float() / 127.5 - 1.0)
+    rows = x.permute(0, 2, 3, 1).numpy()  # two clips of one chip each, [N, S, S, 3] as the CPU stage makes them
+    out = stage({"clip_id": np.asarray(["a", "b"]), "chips": [rows[:1], rows[1:]]})
+    torch.testing.assert_close(torch.from_numpy(np.concatenate(list(out["visual_features"]))), expected,
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_input_size_that_contradicts_the_checkpoint_is_one_line(ir50_checkpoint, cremad_clips, tmp_path, capsys):
+    from jobs_extract import main
+
+    _, path = ir50_checkpoint
+    with pytest.raises(WeightsError) as info:
+        build_backbone("ir50", path, input_size=224)
+    assert str(info.value) == (f"ir50 checkpoint {path} takes 112 px inputs, not --input-size 224: leave "
+                               f"--input-size out (the checkpoint sets it) or give 112")
+    # the job says so on the driver, before starting any work
+    assert main(["--input", os.path.dirname(cremad_clips[0]), "--output", str(tmp_path / "o"), "--backbone", "ir50",
+                 "--weights", path, "--input-size", "224", "--quiet"]) == 1
+    assert capsys.readouterr().err == f"extract: error: {info.value}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_input_size_only_the_flag_sets_is_part_of_the_store_recipe(ir50_checkpoint):
+    from raylib.stages.extract import ExtractConfig, provenance
+
+    def backbone(**kw):
+        return provenance(ExtractConfig(**kw))["backbone"]
+
+    assert backbone(backbone="ir50", weights=ir50_checkpoint[1], input_size=112) == "ir50"  # the checkpoint's
+    assert backbone(backbone="resnet18", weights="random", input_size=224) == "resnet18"  # its own size
+    assert backbone(backbone="resnet18", weights="random", input_size=112) == "resnet18@112"
 
 
 def test_checkpoint_on_s3_loads_through_the_uri(ir50_checkpoint, s3_bucket):

@@ -10,7 +10,7 @@ from raylib.models.fusion import Concat, FactorizedBilinearPooling, ModelConfig,
 
 def test_fbp_output_dimension_and_unit_norm():
     torch.manual_seed(0)
-    fbp = FactorizedBilinearPooling(6, 4, k=3, o=5, dropout=0.5).eval()
+    fbp = FactorizedBilinearPooling(6, 4, k=3, o=5, dropout=0.5, power_norm=False).eval()
     z = fbp(torch.randn(8, 6), torch.randn(8, 4))
     assert z.shape == (8, 5)
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(8))
@@ -21,7 +21,7 @@ def test_fbp_equals_the_explicit_bilinear_form():
     to carry the FC biases, then l2-normalised."""
     torch.manual_seed(1)
     k, o = 3, 4
-    fbp = FactorizedBilinearPooling(5, 2, k=k, o=o, dropout=0.0).eval()
+    fbp = FactorizedBilinearPooling(5, 2, k=k, o=o, dropout=0.0, power_norm=False).eval()
     a, v = torch.randn(5, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
     U = torch.cat([fbp.U.weight, fbp.U.bias[:, None]], 1).double()  # [k*o, 6]
     V = torch.cat([fbp.V.weight, fbp.V.bias[:, None]], 1).double()  # [k*o, 3]
@@ -38,7 +38,7 @@ def test_fbp_equals_the_explicit_bilinear_form():
 
 def test_fbp_power_norm_is_signed_sqrt_before_l2():
     torch.manual_seed(2)
-    plain = FactorizedBilinearPooling(3, 3, k=2, o=4, dropout=0.0).eval()
+    plain = FactorizedBilinearPooling(3, 3, k=2, o=4, dropout=0.0, power_norm=False).eval()
     signed = FactorizedBilinearPooling(3, 3, k=2, o=4, dropout=0.0, power_norm=True).eval()
     signed.load_state_dict(plain.state_dict())
     a, v = torch.randn(1, 3), torch.randn(1, 3)

@@ -59,7 +59,7 @@ class TransformerAttention(nn.Module):
     The normalised exp is computed as a masked softmax, which is the same quantity, stably.
     """
 
-    def __init__(self, dim: int, hidden: int = 128):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.W2 = nn.Linear(dim, hidden)
         self.u = nn.Linear(hidden, 1, bias=False)
@@ -83,8 +83,9 @@ class MeanPooling(nn.Module):
         return _weighted_mean(f, mask.to(f.dtype))
 
 
-def build_attention(name: str, dim: int, hidden: int = 128) -> nn.Module:
-    """One of ATTENTIONS (or "mean", the baseline) by name, for features of dimension dim."""
+def build_attention(name: str, dim: int, hidden: int) -> nn.Module:
+    """One of ATTENTIONS (or "mean", the baseline) by name, for features of dimension dim; hidden is
+    the transformer attention's m (ModelConfig.attention_hidden), unused by the others."""
     if name == "mean":
         return MeanPooling(dim)
     if name == "self":

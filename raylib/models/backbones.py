@@ -18,7 +18,7 @@ from torch import nn
 from raylib.errors import WeightsError
 from raylib.media.faces import CHIP_PADDING, dlib_model_path
 from raylib.models import BACKBONES
-from raylib.models.ir50 import IR50
+from raylib.models.ir50 import IR50, OUTPUT_LINEAR, input_size_of
 from raylib.models.weights import RANDOM, load_into, read_checkpoint
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -189,10 +189,38 @@ def trained_input_size(weights: str, name: str) -> int | None:
         return None
 
 
+def weights_input_size(name: str, weights: str | None, state: dict | None = None) -> int | None:
+    """The input side that weights fix, None where they fix none: an IR50 checkpoint's from its
+    output linear (in_features = 512 * (S/16)^2; the checkpoint is read when state is not given),
+    another backbone's from the backbone.json of jobs/pretrain.py beside it; random weights none."""
+    if not weights or weights in (RANDOM, PACKAGED) or name == "dlib_resnet":
+        return None
+    if name != "ir50":
+        return trained_input_size(weights, name)
+    if state is None:
+        state, _ = read_checkpoint(weights)
+    linear = state.get(OUTPUT_LINEAR)
+    if linear is None or linear.ndim != 2:
+        return None  # the strict loader lists it as missing
+    size = input_size_of(linear.shape[1])
+    if size is None:
+        raise WeightsError(f"ir50 checkpoint {weights}: {OUTPUT_LINEAR} {tuple(linear.shape)} fits no IR50 input "
+                           f"size (112 px: (512, 25088), 224 px: (512, 100352))")
+    return size
+
+
+def check_input_size(name: str, weights: str, asked: int | None, fixed: int | None) -> None:
+    """WeightsError, one line, when an input side asked for (--input-size) is not the weights' own."""
+    if asked and fixed and asked != fixed:
+        raise WeightsError(f"{name} checkpoint {weights} takes {fixed} px inputs, not --input-size {asked}: "
+                           f"leave --input-size out (the checkpoint sets it) or give {fixed}")
+
+
 def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
                    input_size: int | None = None):
     """An encoder for backbone `name` with weights from a path/URI, "random", or (dlib_resnet
-    only) the packaged model. Errors name the backbone and the fix."""
+    only) the packaged model, at the input side its weights fix (weights_input_size), else at
+    input_size, else at the backbone's own. Errors name the backbone and the fix."""
     if name == "dlib_resnet":
         if weights == RANDOM:
             raise WeightsError("dlib_resnet has no random initialisation: use its packaged model "
@@ -204,16 +232,16 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
     if not weights:
         raise WeightsError(f"backbone {name} needs weights: a checkpoint path or URI (s3://...), "
                            f"or 'random' to ask for random initialisation")
-    if not input_size and weights != RANDOM:
-        input_size = trained_input_size(weights, name)
+    state, digest = (None, RANDOM) if weights == RANDOM else read_checkpoint(weights)
+    fixed = weights_input_size(name, weights, state)
+    check_input_size(name, weights, input_size, fixed)
+    input_size = fixed or input_size
     module = architecture(name, input_size)
     spec = SPECS[name]
     if input_size and input_size != spec.input_size:
         if name == "vggface":
             raise WeightsError(f"vggface takes 224 px inputs only, not {input_size}")
         spec = BackboneSpec(**{**spec.__dict__, "input_size": input_size})
-    if weights == RANDOM:
-        return TorchFaceEncoder(module, spec, RANDOM, RANDOM, device)
-    state, digest = read_checkpoint(weights)
-    load_into(module, state, weights, name, spec.head_prefixes)
+    if state is not None:
+        load_into(module, state, weights, name, spec.head_prefixes)
     return TorchFaceEncoder(module, spec, weights, digest, device)

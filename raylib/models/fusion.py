@@ -6,16 +6,13 @@ audio spectrogram to logits over the 7 labels; `modalities` "visual" or "audio" 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as Fn
 from torch import nn
 
-from raylib.labels import NUM_CLASSES
-from raylib.models import FUSIONS, MODALITIES, POOLINGS
 from raylib.models.attention import build_attention
 from raylib.models.audio_cnn import AudioAlexNet
+from raylib.models.model_config import ModelConfig  # defined torch-free, where the training configs read it
 
 
 class Concat(nn.Module):
@@ -32,8 +29,7 @@ class Concat(nn.Module):
 class FactorizedBilinearPooling(nn.Module):
     """z = SumPool(U~^T a o V~^T v, k), dropout before pooling, optional signed sqrt, l2.   (Eq. 8-9)"""
 
-    def __init__(self, audio_dim: int, visual_dim: int, k: int = 5, o: int = 256,
-                 dropout: float = 0.1, power_norm: bool = False):
+    def __init__(self, audio_dim: int, visual_dim: int, *, k: int, o: int, dropout: float, power_norm: bool):
         super().__init__()
         self.k, self.o, self.power_norm = k, o, power_norm
         self.U = nn.Linear(audio_dim, k * o)
@@ -47,31 +43,6 @@ class FactorizedBilinearPooling(nn.Module):
         if self.power_norm:
             z = torch.sign(z) * torch.sqrt(z.abs() + 1e-12)
         return Fn.normalize(z, dim=-1)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a FusionModel; saved inside each checkpoint."""
-
-    visual_dim: int = 128
-    visual_attention: str = "transformer"
-    audio_attention: str = "transformer"
-    fusion: str = "fbp"
-    modalities: str = "av"
-    audio_channels: int = 1  # 1: speech spectrogram, 3: log-Mel with deltas
-    attention_hidden: int = 128  # m of the transformer attention
-    fbp_k: int = 5
-    fbp_o: int = 256
-    dropout: float = 0.3
-    power_norm: bool = False
-    num_classes: int = NUM_CLASSES
-
-    def __post_init__(self):
-        for name, value, allowed in (("visual_attention", self.visual_attention, POOLINGS),
-                                     ("audio_attention", self.audio_attention, POOLINGS),
-                                     ("fusion", self.fusion, FUSIONS), ("modalities", self.modalities, MODALITIES)):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
 
 
 class FusionModel(nn.Module):
@@ -91,7 +62,8 @@ class FusionModel(nn.Module):
         if cfg.modalities == "av":
             a_dim, v_dim = self.audio_attention.out_dim, self.visual_attention.out_dim
             self.fusion = (Concat(a_dim, v_dim) if cfg.fusion == "concat" else
-                           FactorizedBilinearPooling(a_dim, v_dim, cfg.fbp_k, cfg.fbp_o, cfg.dropout, cfg.power_norm))
+                           FactorizedBilinearPooling(a_dim, v_dim, k=cfg.fbp_k, o=cfg.fbp_o, dropout=cfg.dropout,
+                                                     power_norm=cfg.power_norm))
             fused_dim = self.fusion.out_dim
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(fused_dim, cfg.num_classes)

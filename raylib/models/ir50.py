@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from torch import nn
 
+from raylib.models import FIXED_INPUT_SIZES
+
 IR50_STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))  # (in, depth, units)
 IR50_DIM = 512
+IR50_SIZES = FIXED_INPUT_SIZES["ir50"]
+OUTPUT_LINEAR = "output_layer.3.weight"  # [512, 512 * (S/16)^2]: the one weight the input side S shapes
+
+
+def input_size_of(in_features: int) -> int | None:
+    """The input side S whose output linear takes in_features = 512 * (S/16)^2; None if no S in
+    IR50_SIZES does (112 -> 25088, 224 -> 100352)."""
+    return next((s for s in IR50_SIZES if 512 * (s // 16) ** 2 == in_features), None)
 
 
 class Flatten(nn.Module):
@@ -43,7 +53,7 @@ class IR50(nn.Module):
 
     def __init__(self, input_size: int = 112):
         super().__init__()
-        if input_size not in (112, 224):
+        if input_size not in IR50_SIZES:
             raise ValueError(f"IR50 input size must be 112 or 224, got {input_size}")
         self.input_size = input_size
         self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))

@@ -48,7 +48,7 @@ from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import DETECTORS, FaceConfig
 from raylib.media.video import FrameSampling
 from raylib.runtime import placement
-from raylib.models import BACKBONES, ENHANCEMENTS
+from raylib.models import BACKBONES, ENHANCEMENTS, FIXED_INPUT_SIZES
 from raylib.sources import FORMATS, list_clips
 from raylib.stages.preprocess import PreprocessConfig, exception_line, preprocess_clip
 
@@ -73,6 +73,9 @@ class ExtractConfig:
     backbone: str = field(default="dlib_resnet", metadata={"help": "face backbone", "choices": list(BACKBONES)})
     weights: str = field(default="packaged", metadata={"help": "checkpoint path or URI; 'random' for random init; "
                                                                   "'packaged' for dlib_resnet's shipped model"})
+    input_size: int = field(default=0, metadata={"help": "backbone input side in px (0: the checkpoint's: IR50's output "
+                                                         "layer says 112 or 224, a jobs/pretrain.py backbone.json its "
+                                                         "size; else the backbone's own). Chips are 224 px, resized to it"})
     second_backbone: str = field(default="", metadata={"help": "second backbone for --enhance ar-mean"})
     second_weights: str = field(default="", metadata={"help": "weights of the second backbone"})
     enhance: str = field(default="basic", metadata={"help": "feature enhancement (docs/method.md)", "choices": list(ENHANCEMENTS)})
@@ -114,6 +117,12 @@ class ExtractConfig:
             raise ValueError("--batch-size and --shard-size must be >= 1; counts must be >= 0")
         if self.gpu_actors == 0 and self.cpu_actors < 1:
             raise ValueError("--cpu-actors must be >= 1 when --gpu-actors is 0")
+        sizes = FIXED_INPUT_SIZES.get(self.backbone, ())
+        if self.input_size < 0 or self.input_size and sizes and self.input_size not in sizes:
+            raise ValueError(f"--input-size {self.input_size}: {self.backbone} takes "
+                             f"{' or '.join(map(str, sizes)) or 'a positive size in'} px inputs")
+        if self.input_size and self.backbone == "dlib_resnet":
+            raise ValueError("--input-size is for torch backbones: dlib_resnet makes its own 150 px chips")
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(frames=self.frames, audio_mode=self.audio,
@@ -215,7 +224,7 @@ class FeatureStage:
 
         device = "cuda" if cfg.gpu_actors and torch.cuda.is_available() else "cpu"
         self.mode = cfg.enhance
-        self.encoder = build_backbone(cfg.backbone, cfg.weights, device=device)
+        self.encoder = build_backbone(cfg.backbone, cfg.weights, device=device, input_size=cfg.input_size or None)
         self.second = build_backbone(cfg.second_backbone, cfg.second_weights or None, device=device) \
             if cfg.enhance == "ar-mean" else None
 
@@ -241,6 +250,8 @@ def provenance(cfg: ExtractConfig) -> dict:
     from raylib.models.weights import weights_digest
 
     backbone, weights, digest = cfg.backbone, cfg.weights, weights_digest(cfg.backbone, cfg.weights)
+    if cfg.input_size:
+        backbone += asked_input_size(cfg)
     if cfg.enhance == "ar-mean":
         backbone += "+" + cfg.second_backbone
         weights += "+" + cfg.second_weights
@@ -248,6 +259,17 @@ def provenance(cfg: ExtractConfig) -> dict:
     return {"backbone": backbone, "weights": public_uri(weights), "weights_digest": digest,
             "enhancement": cfg.enhance, "audio_mode": cfg.audio, "frames": cfg.frames,
             "code_version": raylib.__version__}
+
+
+def asked_input_size(cfg: ExtractConfig) -> str:
+    """Checks --input-size against the weights on the driver, before any work (one-line
+    WeightsError); "@<size>" when the flag sets a size the weights do not fix (it is then part of
+    the recipe: the backbone column reads e.g. resnet18@112), else ""."""
+    from raylib.models.backbones import SPECS, check_input_size, weights_input_size
+
+    fixed = weights_input_size(cfg.backbone, cfg.weights)
+    check_input_size(cfg.backbone, cfg.weights, cfg.input_size, fixed)
+    return f"@{cfg.input_size}" if not fixed and cfg.input_size != SPECS[cfg.backbone].input_size else ""
 
 
 # ---- writer ------------------------------------------------------------------------------------

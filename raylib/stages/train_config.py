@@ -9,6 +9,7 @@ import numpy as np
 
 from raylib.labels import EMOTIONS
 from raylib.models import FUSIONS, MODALITIES, POOLINGS
+from raylib.models.model_config import MODEL_DEFAULTS as MODEL, ModelConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_uar", "val_accuracy")
@@ -17,16 +18,17 @@ LR_SCHEDULES = ("cosine", "constant")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of jobs/train.py; defaults train on the demo store in about a minute."""
+    """Every knob of jobs/train.py; defaults train on the demo store in about a minute. The model's
+    knobs take their defaults from ModelConfig (defined once there)."""
 
     store: str = field(default="data/demo/features", metadata={"help": "feature store written by jobs/extract.py (local or s3://)"})
     output: str = field(default="data/demo/runs", metadata={"help": "where checkpoints go (local folder or s3://)"})
     experiment: str = field(default="emotion-fusion", metadata={"help": "MLflow experiment"})
     run_name: str = field(default="", metadata={"help": "MLflow run name (default: visual/audio/fusion and a time stamp)"})
-    visual_attention: str = field(default="transformer", metadata={"help": "visual pooling", "choices": list(POOLINGS)})
-    audio_attention: str = field(default="transformer", metadata={"help": "audio pooling", "choices": list(POOLINGS)})
-    fusion: str = field(default="fbp", metadata={"help": "cross-modal fusion", "choices": list(FUSIONS)})
-    modalities: str = field(default="av", metadata={"help": "av, visual or audio alone", "choices": list(MODALITIES)})
+    visual_attention: str = field(default=MODEL.visual_attention, metadata={"help": "visual pooling", "choices": list(POOLINGS)})
+    audio_attention: str = field(default=MODEL.audio_attention, metadata={"help": "audio pooling", "choices": list(POOLINGS)})
+    fusion: str = field(default=MODEL.fusion, metadata={"help": "cross-modal fusion", "choices": list(FUSIONS)})
+    modalities: str = field(default=MODEL.modalities, metadata={"help": "av, visual or audio alone", "choices": list(MODALITIES)})
     optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": list(OPTIMIZERS)})
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
     lr_schedule: str = field(default="cosine", metadata={"help": "cosine: from --lr down to 0 over the epochs; constant",
@@ -34,11 +36,11 @@ class TrainConfig:
     weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
     epochs: int = field(default=12, metadata={"help": "epochs"})
     batch_size: int = field(default=8, metadata={"help": "clips per batch and worker"})
-    fbp_k: int = field(default=5, metadata={"help": "FBP window k"})
-    fbp_o: int = field(default=128, metadata={"help": "FBP output dimension o"})
-    attention_hidden: int = field(default=64, metadata={"help": "hidden size m of the transformer attention"})
-    dropout: float = field(default=0.2, metadata={"help": "dropout (FBP and classifier)"})
-    power_norm: bool = field(default=False, metadata={"help": "signed square root before FBP's l2 step"})
+    fbp_k: int = field(default=MODEL.fbp_k, metadata={"help": "FBP window k"})
+    fbp_o: int = field(default=MODEL.fbp_o, metadata={"help": "FBP output dimension o"})
+    attention_hidden: int = field(default=MODEL.attention_hidden, metadata={"help": "hidden size m of the transformer attention"})
+    dropout: float = field(default=MODEL.dropout, metadata={"help": "dropout (FBP and classifier)"})
+    power_norm: bool = field(default=MODEL.power_norm, metadata={"help": "signed square root before FBP's l2 step"})
     seed: int = field(default=0, metadata={"help": "random seed (model init, the order files are read in each "
                                                    "epoch, the shuffle buffer)"})
     shuffle_buffer: int = field(default=1024, metadata={"help": "rows each worker shuffles in memory (capped at its share "
@@ -66,9 +68,8 @@ class TrainConfig:
         of clip plus the frame features: 1024 rows of 2-3 s clips are ~0.2-0.3 GB per worker."""
         return min(self.shuffle_buffer, max(1, -(-train_rows // self.num_workers)))
 
-    def model_config(self, visual_dim: int, audio_channels: int):
-        from raylib.models.fusion import ModelConfig
-
+    def model_config(self, visual_dim: int, audio_channels: int) -> ModelConfig:
+        """The ModelConfig this run builds, for a store of visual_dim features and audio_channels."""
         return ModelConfig(visual_dim=visual_dim, visual_attention=self.visual_attention,
                            audio_attention=self.audio_attention, fusion=self.fusion, modalities=self.modalities,
                            audio_channels=audio_channels, attention_hidden=self.attention_hidden,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+import typing
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 
 from raylib import storage
 from raylib.models import ATTENTIONS, FUSIONS
@@ -35,9 +36,26 @@ def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return names
 
 
+# A sweep's training knobs are TrainConfig's fields, with their defaults and help, except:
+SWEPT = ("visual_attention", "audio_attention", "fusion")  # the grid's axes: --visual-attentions, ...
+# trials are named by the grid and start fresh (one model is continued by jobs/train.py --resume-from)
+NOT_PER_TRIAL = ("run_name", "resume_from")
+# where a sweep's default differs from a single run's (8 epochs per trial: docs/method.md, section 4)
+SWEEP_DEFAULTS = {"output": "data/demo/sweeps", "experiment": "emotion-fusion-sweep", "epochs": 8, "num_workers": 1}
+SWEEP_HELP = {  # where a knob means more in a sweep
+    "output": "checkpoints and the report (local folder or s3://)",
+    "experiment": "MLflow experiment of the sweep's parent run",
+    "epochs": "epochs per trial (ASHA's budget with --asha)",
+    "num_workers": "Ray Train workers (DDP) per trial",
+    "select_metric": "metric that picks each trial's best epoch, the report's cells and ASHA's cut",
+    "quiet": "no per-trial lines",
+}
+
+
 @dataclass(frozen=True)
-class TuneConfig:
-    """Every knob of jobs/tune.py; the training knobs are those of jobs/train.py."""
+class SweepConfig:
+    """The sweep's own knobs (the grid, ASHA, concurrency): the base of TuneConfig, which adds the
+    training knobs that these methods read."""
 
     visual_attentions: str = field(default=",".join(ATTENTIONS), metadata={"help": "visual attentions to sweep (comma-separated)"})
     audio_attentions: str = field(default=",".join(ATTENTIONS), metadata={"help": "audio attentions to sweep"})
@@ -45,38 +63,45 @@ class TuneConfig:
     lrs: str = field(default="", metadata={"help": "extra grid over learning rates, e.g. 1e-3,3e-4 (default: --lr only)"})
     asha: bool = field(default=False, metadata={"help": "ASHA early stopping on the selection metric"})
     max_concurrent_trials: int = field(default=1, metadata={"help": "trials run at once (each holds its Train workers; raise it on a cluster)"})
-    store: str = field(default="data/demo/features", metadata={"help": "feature store"})
-    output: str = field(default="data/demo/sweeps", metadata={"help": "checkpoints and the report (local folder or s3://)"})
-    experiment: str = field(default="emotion-fusion-sweep", metadata={"help": "MLflow experiment"})
     sweep_name: str = field(default="", metadata={"help": "name of the parent run (default: a time stamp)"})
-    epochs: int = field(default=8, metadata={"help": "epochs per trial"})
-    batch_size: int = field(default=8, metadata={"help": "clips per batch and worker"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (when --lrs is empty)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
-    optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": ["adam", "adamw", "sgd"]})
-    fbp_k: int = field(default=5, metadata={"help": "FBP window k"})
-    fbp_o: int = field(default=128, metadata={"help": "FBP output dimension o"})
-    attention_hidden: int = field(default=64, metadata={"help": "hidden size m of the transformer attention"})
-    dropout: float = field(default=0.2, metadata={"help": "dropout"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    num_workers: int = field(default=1, metadata={"help": "Ray Train workers per trial"})
-    cpus_per_worker: float = field(default=0.5, metadata={"help": "CPUs reserved per worker"})
-    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
-    worker_resource: str = field(default="", metadata={"help": "custom Ray resource the workers require (e.g. gpu_node)"})
-    select_metric: str = field(default="val_uar", metadata={"help": "metric of the report and of ASHA", "choices": list(SELECT_METRICS)})
-    quiet: bool = field(default=False, metadata={"help": "no per-trial lines"})
 
     def __post_init__(self):
-        _names(self.visual_attentions, ATTENTIONS, "--visual-attentions")
-        _names(self.audio_attentions, ATTENTIONS, "--audio-attentions")
-        _names(self.fusions, FUSIONS, "--fusions")
+        visual = _names(self.visual_attentions, ATTENTIONS, "--visual-attentions")
+        audio = _names(self.audio_attentions, ATTENTIONS, "--audio-attentions")
+        fusions = _names(self.fusions, FUSIONS, "--fusions")
         [float(x) for x in self.lrs.split(",") if x.strip()]
-        if self.epochs < 1 or self.max_concurrent_trials < 1:
-            raise ValueError("--epochs and --max-concurrent-trials must be >= 1")
+        if self.max_concurrent_trials < 1:
+            raise ValueError("--max-concurrent-trials must be >= 1")
+        unused = {"visual": ["--audio-attentions", "--fusions"], "audio": ["--visual-attentions", "--fusions"]}
+        grids = {"--visual-attentions": visual, "--audio-attentions": audio, "--fusions": fusions}
+        wide = [flag for flag in unused.get(self.modalities, []) if len(grids[flag]) > 1]
+        if wide:  # their trials would train the same model
+            raise ValueError(f"--modalities {self.modalities} does not use {' or '.join(wide)}: give one name to each")
+        self.base_train_config()  # TrainConfig checks the training knobs
 
     def base_train_config(self) -> TrainConfig:
-        shared = {f.name for f in fields(TrainConfig)} & {f.name for f in fields(TuneConfig)}
-        return TrainConfig(**{k: getattr(self, k) for k in shared}, max_failures=0)
+        """The TrainConfig every trial starts from (the grid then sets its attentions, fusion, lr)."""
+        mine = {f.name for f in fields(self)}
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name in mine})
+
+
+def _trial_fields() -> list[tuple]:
+    """TrainConfig's fields as a sweep's training knobs (make_dataclass specs), in its order."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in SWEPT + NOT_PER_TRIAL:
+            continue
+        metadata = {**f.metadata, "help": SWEEP_HELP.get(f.name, f.metadata["help"])}
+        out.append((f.name, hints[f.name], field(default=SWEEP_DEFAULTS.get(f.name, f.default), metadata=metadata)))
+    return out
+
+
+TuneConfig = make_dataclass("TuneConfig", _trial_fields(), bases=(SweepConfig,), frozen=True,
+                            namespace={"__module__": __name__, "__doc__": "Every knob of jobs/tune.py: the "
+                                       "sweep's own (SweepConfig), then every knob of jobs/train.py with its default "
+                                       "and help, but the swept ones (SWEPT), those that make no sense per trial "
+                                       "(NOT_PER_TRIAL) and the defaults a sweep changes (SWEEP_DEFAULTS)."})
 
 
 def trial(config: dict) -> None:
