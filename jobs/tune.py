@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
-from raylib.errors import RaylibError
+from raylib.errors import Interrupted, RaylibError
 from raylib.runtime import init_ray
 from raylib.stages.tune import TuneConfig, run_tune
 from raylib.tracking import ui_command
@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     init_ray(quiet=cfg.quiet)
     try:
         out = run_tune(cfg)
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: the job's MLflow runs ended as KILLED
+        print(f"tune: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
     except (RaylibError, ValueError) as e:
         print(f"tune: error: {e}", file=sys.stderr)
         return 1
