@@ -13,14 +13,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
-from raylib.runtime import init_ray
 from raylib.stages.train import TrainConfig, run_train
 from raylib.tracking import ui_command
 
 
 def main(argv=None) -> int:
     cfg = parse(TrainConfig, __doc__, argv)
-    init_ray(quiet=cfg.quiet)
     try:
         summary = run_train(cfg)
     except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: the job's MLflow runs ended as KILLED

@@ -167,10 +167,14 @@ def _drop_raylet_notices() -> None:
     worker.print_to_stdstream = print_to_stdstream
 
 
-def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False):
+def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False,
+             state_api: bool = False):
     """ray.init for a job: connect when RAY_ADDRESS is set (cluster, `ray job submit`), else start
     a local Ray that listens on 127.0.0.1 only and keeps its chatter in its logs. env_vars reach
-    every worker; quiet also keeps worker output off a cluster job's terminal."""
+    every worker; quiet also keeps worker output off a cluster job's terminal. state_api: the local
+    Ray runs its dashboard (on 127.0.0.1), whose state API Ray Train's placement-group cleaner asks
+    whether a training run's controller is gone: a sweep needs it, or the workers' CPUs of every
+    trial Tune stops (ASHA) stay reserved and the next trial waits forever."""
     import ray
 
     if ray.is_initialized():
@@ -182,6 +186,7 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded default: loopback only
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         quiet_logging()
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if state_api else {"include_dashboard": False}
+        ray.init(num_cpus=num_cpus, **dashboard, runtime_env=runtime_env, log_to_driver=False,
                  logging_level=logging.WARNING)
     return ray

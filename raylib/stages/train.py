@@ -125,7 +125,7 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     from ray.train.torch import TorchTrainer
 
     from raylib import tracking
-    from raylib.runtime import sigint_raises
+    from raylib.runtime import init_ray, sigint_raises
     from raylib.schema import SCHEMA_VERSION
     from raylib.store import data_files
 
@@ -135,6 +135,7 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     cfg = replace(cfg, **local)  # workers do not share the driver's working directory
     info = store_info(cfg.store)
     require_splits(cfg.store, info)
+    init_ray(quiet=cfg.quiet)  # a no-op where Ray runs already (a sweep's trial, a test)
     check_workers_fit(cfg)
     model_cfg = cfg.model_config(info["visual_dim"], info["audio_channels"])
     run_name = cfg.run_name or default_run_name(cfg)

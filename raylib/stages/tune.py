@@ -111,7 +111,7 @@ def trial_lines_callback(total: int, metric: str, epochs: int):
             self.done = 0
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if metric in result and result[metric] >= self.best.get(trial.trial_id, {}).get(metric, -1.0):
+            if metric in result and result[metric] > self.best.get(trial.trial_id, {}).get(metric, -1.0):  # ties: the earliest
                 self.best[trial.trial_id] = dict(result)
 
         def _line(self, trial, outcome: str) -> None:
@@ -204,35 +204,62 @@ def child_results(parent_run_id: str) -> list[dict]:
     return out
 
 
-def end_open_trials(parent_run_id: str, metric: str, failed: set[str] = frozenset(), interrupted: bool = False) -> int:
-    """End the trial runs of a sweep still RUNNING once Tune is done with them (Tune stopped their
-    run_train before it could): with `interrupted` all KILLED; those named in `failed` FAILED; the
-    others were stopped by ASHA: FINISHED, tagged stopped_early=true and stopped_at_epoch, with
-    best_* and best_epoch of the epochs they reported. Returns how many runs it ended."""
+def end_open_trials(parent_run_id: str, metric: str, epochs: int, output: str, store: str,
+                    failed: set[str] = frozenset(), interrupted: bool = False) -> int:
+    """End the trial runs of a sweep that Tune stopped before their run_train could: with
+    `interrupted` those still RUNNING end KILLED; else those named in `failed` (the trials Tune saw
+    fail) end FAILED, and the others still RUNNING, or FAILED by the stop itself (the trial's Ray
+    Train run lost its controller), were stopped by ASHA (at a rung, or at max_t: the last epoch)
+    and end as finish_stopped_trial says. Returns how many runs it ended."""
     from mlflow.tracking import MlflowClient
 
     from raylib import tracking
-    from raylib.metrics import pick_best
 
     client = MlflowClient(tracking.tracking_uri())
     experiment = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
-    for r in runs:
-        run_id = r.info.run_id
-        if interrupted or r.info.run_name in failed:
-            tracking.end_run(run_id, "KILLED" if interrupted else "FAILED")
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    ended = 0
+    for r in children:
+        if r.info.status == "RUNNING" and (interrupted or r.info.run_name in failed):
+            tracking.end_run(r.info.run_id, "KILLED" if interrupted else "FAILED")
+        elif r.info.status in ("RUNNING", "FAILED") and not interrupted and r.info.run_name not in failed:
+            finish_stopped_trial(r.info.run_id, r.info.run_name, metric, epochs, output, store)
+        else:
             continue
-        history = {n: {m.step: m.value for m in client.get_metric_history(run_id, n)} for n in SELECT_METRICS}
-        epochs = [{"epoch": e, **{n: history[n].get(e) for n in SELECT_METRICS}} for e in sorted(history[metric])]
+        ended += 1
+    return ended
+
+
+def finish_stopped_trial(run_id: str, run_name: str, metric: str, epochs: int, output: str, store: str) -> None:
+    """What run_train would have logged at the end, from the epochs the trial logged: best_* and
+    best_epoch (best metric, then the earliest epoch), its checkpoint and artifacts where that
+    checkpoint was kept; stopped_early=true and stopped_at_epoch when it ran fewer than `epochs`.
+    The run ends FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from raylib import tracking
+    from raylib.checkpoints import checkpoint_of_epoch
+    from raylib.metrics import pick_best
+    from raylib.stages.train import storage_name
+    from raylib.stages.train_artifacts import log_run_artifacts
+
+    client = MlflowClient(tracking.tracking_uri())
+    history = {n: {m.step: m.value for m in client.get_metric_history(run_id, n)} for n in SELECT_METRICS}
+    logged = [{"epoch": e, **{n: history[n].get(e) for n in SELECT_METRICS}} for e in sorted(history[metric])]
+    ran = logged[-1]["epoch"] + 1 if logged else 0
+    if ran < epochs:
         client.set_tag(run_id, "stopped_early", "true")
-        client.set_tag(run_id, "stopped_at_epoch", str(epochs[-1]["epoch"] + 1 if epochs else 0))
-        best = pick_best(epochs, metric)
-        if best is not None:
-            e = epochs[best]
-            tracking.log_metrics(run_id, {f"best_{n}": e[n] for n in SELECT_METRICS}, e["epoch"])
-            client.set_tag(run_id, "best_epoch", str(e["epoch"]))
-        tracking.end_run(run_id)
-    return len(runs)
+        client.set_tag(run_id, "stopped_at_epoch", str(ran))
+    best = pick_best(logged, metric)
+    if best is not None:
+        e = logged[best]
+        tracking.log_metrics(run_id, {f"best_{n}": e[n] for n in SELECT_METRICS}, e["epoch"])
+        client.set_tag(run_id, "best_epoch", str(e["epoch"]))
+        path = checkpoint_of_epoch(storage.join(output, storage_name(run_name, run_id)), e["epoch"])
+        if path:
+            log_run_artifacts(run_id, path, store)
+            client.set_tag(run_id, "best_checkpoint", tracking.public(path))
+    tracking.end_run(run_id)
 
 
 def best_cells(results: list[dict], metric: str) -> list[dict]:
@@ -281,7 +308,7 @@ def run_tune(cfg: TuneConfig) -> dict:
     from raylib import tracking
     from raylib.errors import Interrupted
     from raylib.metrics import pick_best
-    from raylib.runtime import sigint_raises
+    from raylib.runtime import init_ray, sigint_raises
     from raylib.stages.train import check_workers_fit
     from raylib.stages.train_config import require_splits, store_info
 
@@ -294,6 +321,7 @@ def run_tune(cfg: TuneConfig) -> dict:
     cfg = replace(cfg, **local)
     base = cfg.base_train_config()
     require_splits(cfg.store, store_info(cfg.store))
+    init_ray(quiet=cfg.quiet, state_api=True)
     check_workers_fit(base)  # each trial's workers
     name = cfg.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
     if cfg.sweep_name:
@@ -327,11 +355,12 @@ def run_tune(cfg: TuneConfig) -> dict:
             with sigint_raises():
                 grid = tuner.fit()
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C: the sweep and its open trials end KILLED
-            n = end_open_trials(parent, cfg.select_metric, interrupted=True)
+            n = end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store, interrupted=True)
             tracking.end_run(parent, "KILLED")
             raise Interrupted(f"interrupted; MLflow sweep run {parent} and {n} open trial run(s) ended as KILLED") from None
         errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error]
-        end_open_trials(parent, cfg.select_metric, failed={trial_name(r.config) for r in grid if r.error})
+        end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store,
+                        failed={trial_name(r.config) for r in grid if r.error})
         results = child_results(parent)
         text, out_dir = write_report(cfg, name, parent, results, visual, audio, fusions)
         best = pick_best(results, cfg.select_metric, "best_epoch")
