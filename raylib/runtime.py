@@ -57,7 +57,7 @@ def capacity_error(what: str, count: int, each: dict[str, float], nodes: list[di
             return f"{what} x {unit} needs nodes with the resource {r}; the cluster has none (no autoscaler): " \
                    f"{fixes.get(r, default_fix)}"
         have = "none" if not total else f"{total / 2**30:.3g} GiB" if r == "memory" else f"{total:g}"
-        more = f", and {other_name} {_unit(r, other[r])} more" if other.get(r) else ""
+        more = f", and {other_name} {_unit(r, other[r], plural=True)} more" if other.get(r) else ""
         return f"{what} x {unit} needs {_unit(r, wanted, plural=True)}{more}; the cluster has {have} (no autoscaler): " \
                f"{fixes.get(r, default_fix)}"
     if fits < count:

@@ -94,14 +94,14 @@ def test_a_run_name_already_in_the_experiment_is_refused(mlflow_uri):
 
 def test_workers_the_cluster_can_never_hold_are_one_line():
     two_cpus = [{"CPU": 2.0, "memory": 8 * 2**30}]
-    reading = ("reading the store", {"CPU": 0.25})
+    reading = ("reading the store", {"CPU": 1.0})  # Ray Data's file listing task takes a whole CPU
     fix = "lower --num-workers or --cpus-per-worker"
     assert capacity_error("--num-workers 8", 8, {"CPU": 0.5}, two_cpus, fix, reading) == (
-        "--num-workers 8 x 0.5 CPU needs 4 CPUs, and reading the store 0.25 CPU more; the cluster has 2 "
+        "--num-workers 8 x 0.5 CPU needs 4 CPUs, and reading the store 1 CPU more; the cluster has 2 "
         "(no autoscaler): lower --num-workers or --cpus-per-worker")
-    assert capacity_error("--num-workers 3", 3, {"CPU": 0.5}, two_cpus, fix, reading) is None
-    # all CPUs held by workers leave none for reading the store: that waits forever too
-    assert "needs 2 CPUs, and reading the store" in capacity_error("--num-workers 4", 4, {"CPU": 0.5}, two_cpus, fix, reading)
+    assert capacity_error("--num-workers 2", 2, {"CPU": 0.5}, two_cpus, fix, reading) is None
+    # workers that leave less than a CPU for reading the store wait forever too
+    assert "needs 1.5 CPUs, and reading the store" in capacity_error("--num-workers 3", 3, {"CPU": 0.5}, two_cpus, fix, reading)
     gpu = capacity_error("--num-workers 2", 2, {"CPU": 0.5, "GPU": 1.0}, two_cpus, {"CPU": fix, "GPU": "no --use-gpu"})
     assert gpu == "--num-workers 2 x 0.5 CPU + 1 GPU needs 2 GPUs; the cluster has none (no autoscaler): no --use-gpu"
     custom = capacity_error("--num-workers 1", 1, {"CPU": 0.5, "gpu_node": 0.001}, two_cpus, fix)

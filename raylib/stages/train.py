@@ -25,6 +25,7 @@ from raylib.stages.train_loop import KEEP_SCORE, train_loop_per_worker
 
 READ_CPUS = 0.25  # per Ray Data task reading the store for training
 DATA_CPUS = 0.5  # all of Ray Data's reading for one training run
+LIST_CPUS = 1.0  # Ray Data's task listing the store's files (it does not take READ_CPUS): beside the workers
 
 __all__ = ["TrainConfig", "best_checkpoint", "check_workers_fit", "run_train", "store_info", "worker_resources"]
 
@@ -76,16 +77,23 @@ def worker_resources(cfg: TrainConfig) -> dict:
     return {"CPU": cfg.cpus_per_worker, **placement(cfg.worker_resource)}
 
 
-def check_workers_fit(cfg: TrainConfig) -> None:
-    """ClusterError when the cluster can never run cfg's workers together with the store's reading."""
+def check_workers_fit(cfg: TrainConfig, runs: int = 1, trial_cpus: float = 0.0) -> None:
+    """ClusterError when the cluster can never run cfg's workers together with the store's reading,
+    for `runs` training runs at once (a sweep's concurrent trials, each driven by a Tune trial
+    holding trial_cpus)."""
     from raylib.runtime import check_capacity
 
-    fix = {"CPU": "lower --num-workers or --cpus-per-worker", "GPU": "lower --num-workers, or run without --use-gpu"}
+    what = f"--num-workers {cfg.num_workers}"
+    more = ""
+    if runs > 1:
+        what, more = f"{runs} trials at once (--max-concurrent-trials) x {what}", "--max-concurrent-trials, "
+    fix = {"CPU": f"lower {more}--num-workers or --cpus-per-worker",
+           "GPU": f"lower {more}--num-workers, or run without --use-gpu"}
     if cfg.worker_resource:
         fix[cfg.worker_resource] = "start such nodes, or change --worker-resource"
-    check_capacity(f"--num-workers {cfg.num_workers}", cfg.num_workers,
-                   {**worker_resources(cfg), "GPU": 1.0 if cfg.use_gpu else 0.0}, fix,
-                   beside=("reading the store", {"CPU": READ_CPUS}))
+    check_capacity(what, cfg.num_workers * runs, {**worker_resources(cfg), "GPU": 1.0 if cfg.use_gpu else 0.0}, fix,
+                   beside=("reading the store" + (" and the trials" if trial_cpus else ""),
+                           {"CPU": (LIST_CPUS + trial_cpus) * runs}))
 
 
 def best_checkpoint(checkpoints: list, metric: str):

@@ -20,6 +20,7 @@ from raylib.models import ATTENTIONS, FUSIONS
 from raylib.stages.train_config import SELECT_METRICS, TrainConfig
 
 METRIC_NAMES = {"val_uar": "UAR", "val_accuracy": "accuracy"}
+TRIAL_CPUS = 0.01  # a trial only drives its Ray Train run, whose workers hold the CPUs (0 is refused)
 PAPER_TABLE2_FBP = {  # published AFEW val accuracy, speech spectrogram + FBP (docs/method.md, Table 2)
     ("self", "self"): 54.6, ("self", "relation"): 56.9, ("self", "transformer"): 60.3,
     ("relation", "self"): 54.0, ("relation", "relation"): 57.2, ("relation", "transformer"): 60.0,
@@ -322,7 +323,8 @@ def run_tune(cfg: TuneConfig) -> dict:
     base = cfg.base_train_config()
     require_splits(cfg.store, store_info(cfg.store))
     init_ray(quiet=cfg.quiet, state_api=True)
-    check_workers_fit(base)  # each trial's workers
+    total = len(visual) * len(audio) * len(fusions) * max(len(lrs), 1)
+    check_workers_fit(base, min(cfg.max_concurrent_trials, total), TRIAL_CPUS)  # the trials that run at once
     name = cfg.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
     if cfg.sweep_name:
         tracking.require_new_run_name(cfg.experiment, name, "choose another --sweep-name")
@@ -340,9 +342,8 @@ def run_tune(cfg: TuneConfig) -> dict:
         scheduler = ASHAScheduler(metric=cfg.select_metric, mode="max", max_t=cfg.epochs, grace_period=min(2, cfg.epochs))
     import ray.tune
 
-    total = len(visual) * len(audio) * len(fusions) * max(len(lrs), 1)
     tuner = tune.Tuner(
-        tune.with_resources(trial, {"cpu": 0.01}),  # the trial only drives; its Train workers hold the CPUs
+        tune.with_resources(trial, {"cpu": TRIAL_CPUS}),
         param_space=space,
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=cfg.max_concurrent_trials),
         # Tune's own progress tables stay off: the driver prints one line per trial instead
