@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
-from raylib.errors import RaylibError
+from raylib.errors import Interrupted, RaylibError
 from raylib.stages.evaluate import EvaluateConfig, run_evaluate
 
 
@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     cfg = parse(EvaluateConfig, __doc__, argv)
     try:
         s = run_evaluate(cfg)
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: the job's MLflow runs ended as KILLED
+        print(f"evaluate: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
     except (RaylibError, ValueError) as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 1

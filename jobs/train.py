@@ -12,17 +12,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
-from raylib.errors import RaylibError
-from raylib.runtime import init_ray
+from raylib.errors import Interrupted, RaylibError
 from raylib.stages.train import TrainConfig, run_train
 from raylib.tracking import ui_command
 
 
 def main(argv=None) -> int:
     cfg = parse(TrainConfig, __doc__, argv)
-    init_ray(quiet=cfg.quiet)
     try:
         summary = run_train(cfg)
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: the job's MLflow runs ended as KILLED
+        print(f"train: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
     except (RaylibError, ValueError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 1

@@ -75,3 +75,19 @@ def model_config_of(state: dict):
     from raylib.models.fusion import ModelConfig
 
     return ModelConfig(**state["model_config"])
+
+
+def checkpoint_of_epoch(run_folder: str, epoch: int) -> str | None:
+    """The checkpoint folder under a training run's folder (local or URI) that holds `epoch`; None
+    when that epoch's checkpoint was not kept (or not written)."""
+    from raylib.errors import WeightsError
+
+    scheme = run_folder.split("://", 1)[0] + "://" if storage.is_remote(run_folder) else ""
+    for path in storage.list_files(run_folder, "/" + CHECKPOINT_FILE):
+        uri = scheme + path.lstrip("/") if scheme else path
+        try:
+            if int(load_checkpoint(uri)["epoch"]) == epoch:
+                return uri.rsplit("/", 1)[0]
+        except WeightsError:  # a checkpoint cut short when its trial was stopped
+            continue
+    return None

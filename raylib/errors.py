@@ -35,3 +35,15 @@ class StorageError(RaylibError):
 
 class StoreError(RaylibError):
     """A feature store breaks its rules (mixed recipes, a clip stored twice) or does not fit the job."""
+
+
+class TrackingError(RaylibError):
+    """The MLflow tracking server cannot be reached, or refuses a run as asked (its name is taken)."""
+
+
+class ClusterError(RaylibError):
+    """The Ray cluster can never hold what a job asks for (and no autoscaler can add nodes)."""
+
+
+class Interrupted(RaylibError):
+    """The job was stopped (SIGINT, Ctrl-C) and its MLflow runs ended as KILLED."""

@@ -32,3 +32,25 @@ def summarize(y_true, y_pred, num_classes: int = NUM_CLASSES) -> dict:
         "recall": recall,
         "confusion": cm,
     }
+
+
+def pick_best(candidates: list[dict], metric: str, earliest: str = "epoch") -> int | None:
+    """Index of the candidate (a dict of metrics) with the highest finite `metric`; among ties the
+    one with the lowest `earliest` (the earliest epoch), then the first listed. None when no
+    candidate reported the metric."""
+    best = None
+    for i, c in enumerate(candidates):
+        value = c.get(metric)
+        if value is None or not np.isfinite(value):
+            continue
+        key = (float(value), -float(c.get(earliest, 0) or 0))
+        if best is None or key > best[0]:
+            best = (key, i)
+    return None if best is None else best[1]
+
+
+def keep_score(value: float, best_before: float) -> float:
+    """The score a checkpoint is kept by: the selection metric when it beats every earlier epoch,
+    one lower when it only ties or trails one. Ray keeps the later of equal scores; this keeps the
+    earliest epoch of a tie, the one pick_best chooses."""
+    return float(value) if value > best_before else float(value) - 1.0

@@ -8,8 +8,13 @@ start-up warnings, and hints about tools that are not installed stay in Ray's lo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
 import os
+import signal
+import threading
 
 # Share of a node's custom resource (cluster.yaml: decode_node, gpu_node) one task, actor or
 # training worker asks for: the resource picks the node type, CPUs and GPUs bound concurrency.
@@ -29,6 +34,107 @@ RAYLET_NOTICES = ("PYTHON worker processes have been started on node",)
 def placement(resource: str) -> dict[str, float]:
     """Ray resources that pin work to nodes declaring `resource` ({} when resource is '')."""
     return {resource: RESOURCE_SHARE} if resource else {}
+
+
+def capacity_error(what: str, count: int, each: dict[str, float], nodes: list[dict[str, float]],
+                   fix: str | dict[str, str], beside: tuple[str, dict[str, float]] | None = None) -> str | None:
+    """Why `count` units (workers, actors) of `each` resources can never run at once on nodes with
+    these total resources, with room left for `beside` (what else the job needs to run at the same
+    time: (its name, its resources)); one line naming `what` (the flag) and the fix (`fix`, or
+    `fix[resource]` of the resource that falls short). None when they fit."""
+    fixes = fix if isinstance(fix, dict) else {}
+    default_fix = fix if isinstance(fix, str) else fix.get("CPU", "")
+    need = {r: v for r, v in each.items() if v > 0}
+    other_name, other = beside or ("", {})
+    fits = sum(min((math.floor(node.get(r, 0.0) / v + 1e-9) for r, v in need.items()), default=count) for node in nodes)
+    unit = " + ".join(_unit(r, v) for r, v in need.items())
+    for r in [*need, *[r for r in other if r not in need]]:
+        total = sum(node.get(r, 0.0) for node in nodes)
+        wanted = need.get(r, 0.0) * count
+        if total >= wanted + other.get(r, 0.0) - 1e-9:
+            continue
+        if r not in ("CPU", "GPU", "memory"):
+            return f"{what} x {unit} needs nodes with the resource {r}; the cluster has none (no autoscaler): " \
+                   f"{fixes.get(r, default_fix)}"
+        have = "none" if not total else f"{total / 2**30:.3g} GiB" if r == "memory" else f"{total:g}"
+        more = f", and {other_name} {_unit(r, other[r], plural=True)} more" if other.get(r) else ""
+        return f"{what} x {unit} needs {_unit(r, wanted, plural=True)}{more}; the cluster has {have} (no autoscaler): " \
+               f"{fixes.get(r, default_fix)}"
+    if fits < count:
+        return f"{what} x {unit}: the cluster's {len(nodes)} node(s) hold at most {fits} at once (no autoscaler): " \
+               f"{default_fix}"
+    return None
+
+
+def _unit(resource: str, value: float, plural: bool = False) -> str:
+    """0.5 CPU, 4 CPUs, 1 GPU, 0.75 GiB memory; a custom resource by its name (its share is a tag)."""
+    if resource == "memory":
+        return f"{value / 2**30:.3g} GiB memory"
+    if resource in ("CPU", "GPU"):
+        return f"{value:g} {resource}" + ("s" if plural and value != 1 else "")
+    return resource
+
+
+def autoscaling() -> bool:
+    """Whether an autoscaler may add nodes to the cluster. The embedded default (no RAY_ADDRESS) has
+    none; on a cluster, an autoscaling config with a node group that can grow (autoscaler v2,
+    KubeRay) or a monitor that is not the read-only one (`ray up`'s autoscaler) says yes; when
+    neither can be read the answer is yes (never refuse what a cluster may grow to hold)."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return False
+    try:
+        from ray._private.state import state
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        config = state.get_cluster_config()
+        if config is not None and config.node_group_configs:
+            return any(g.max_count == -1 or g.max_count > g.min_count for g in config.node_group_configs
+                       if g.resources and g.max_count != 0)
+        # autoscaler v1: the read-only monitor (no --autoscaling-config) names nodes "node_<id>"
+        status = json.loads(_internal_kv_get(b"__autoscaling_status") or b"{}")
+        active = (status.get("autoscaler_report") or {}).get("active_nodes") or {}
+        return not active or not all(name.startswith("node_") for name in active)
+    except Exception:
+        return True
+
+
+def check_capacity(what: str, count: int, each: dict[str, float], fix: str | dict[str, str],
+                   beside: tuple[str, dict[str, float]] | None = None) -> None:
+    """ClusterError, before any work, when the connected cluster can never hold `count` units of
+    `each` at once (with `beside` next to them; capacity_error) and no autoscaler can add nodes:
+    Ray would wait, or retry, forever."""
+    import ray
+
+    from raylib.errors import ClusterError
+
+    if not ray.is_initialized() or autoscaling():
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    message = capacity_error(what, count, each, nodes, fix, beside)
+    if message:
+        raise ClusterError(message)
+
+
+@contextlib.contextmanager
+def sigint_raises():
+    """Inside the block SIGINT (Ctrl-C) raises KeyboardInterrupt or SystemExit out of Ray, and the
+    handler of before is back after it: Tune's own handler (which ends a sweep as if it had
+    finished) is off, and the one Ray Train's fit() installs (abort the run, SystemExit) goes."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if main:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def quiet_logging() -> None:
@@ -61,10 +167,14 @@ def _drop_raylet_notices() -> None:
     worker.print_to_stdstream = print_to_stdstream
 
 
-def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False):
+def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False,
+             state_api: bool = False):
     """ray.init for a job: connect when RAY_ADDRESS is set (cluster, `ray job submit`), else start
     a local Ray that listens on 127.0.0.1 only and keeps its chatter in its logs. env_vars reach
-    every worker; quiet also keeps worker output off a cluster job's terminal."""
+    every worker; quiet also keeps worker output off a cluster job's terminal. state_api: the local
+    Ray runs its dashboard (on 127.0.0.1), whose state API Ray Train's placement-group cleaner asks
+    whether a training run's controller is gone: a sweep needs it, or the workers' CPUs of every
+    trial Tune stops (ASHA) stay reserved and the next trial waits forever."""
     import ray
 
     if ray.is_initialized():
@@ -76,6 +186,7 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # embedded default: loopback only
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         quiet_logging()
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if state_api else {"include_dashboard": False}
+        ray.init(num_cpus=num_cpus, **dashboard, runtime_env=runtime_env, log_to_driver=False,
                  logging_level=logging.WARNING)
     return ray

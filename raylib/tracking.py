@@ -9,11 +9,14 @@ opens it (relocate_artifacts). Figures live in raylib.plots.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import sqlite3
 import subprocess
+import urllib.error
+import urllib.request
 
 import numpy as np
 
@@ -31,7 +34,10 @@ NOT_PARAMS = ("run_name", "sweep_name", "quiet")
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# an unreachable tracking server is reported within this many seconds, not after MLflow's retries
+PROBE_TIMEOUT_S = 10
 _relocated: set[str] = set()
+_reachable: set[str] = set()
 
 
 def embedded_uri(root: str = EMBEDDED_DIR) -> str:
@@ -41,6 +47,25 @@ def embedded_uri(root: str = EMBEDDED_DIR) -> str:
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else the embedded SQLite store under ./mlflow."""
     return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
+
+
+def check_reachable(uri: str | None = None) -> None:
+    """TrackingError, within PROBE_TIMEOUT_S, when an http(s) tracking server does not answer (MLflow's
+    own client would retry for minutes); any HTTP answer counts. Once per URI and process."""
+    from raylib.errors import TrackingError
+
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")) or uri in _reachable:
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: a server is there (a proxy's 404, a login page)
+    except (OSError, ValueError) as e:  # URLError, a timeout, a malformed address
+        reason = str(getattr(e, "reason", e)) or type(e).__name__
+        raise TrackingError(f"MLflow tracking server {public_uri(uri)} unreachable: {reason} (set MLFLOW_TRACKING_URI "
+                            f"to a running server, or unset it for the local store)") from None
+    _reachable.add(uri)
 
 
 def ui_command() -> str:
@@ -165,6 +190,27 @@ def config_params(cfg, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def require_new_run_name(experiment: str, run_name: str, fix: str) -> None:
+    """TrackingError when `experiment` already holds a run named run_name: a second run of that name
+    would pass for the first one continued. `fix` says what to do instead."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from raylib.errors import TrackingError
+
+    mlflow.set_tracking_uri(tracking_uri())
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    quote = '"' if "'" in run_name else "'"
+    runs = MlflowClient(tracking_uri()).search_runs([found.experiment_id], f"attributes.run_name = {quote}{run_name}{quote}",
+                                                    max_results=1)
+    if runs:
+        info, ckpt = runs[0].info, runs[0].data.tags.get("best_checkpoint")
+        raise TrackingError(f"experiment {experiment!r} already has a run named {run_name!r} (run {info.run_id}, "
+                            f"{info.status}" + (f", checkpoint {ckpt}" if ckpt else "") + f"): {fix}")
+
+
 def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = None,
               parent_run_id: str | None = None) -> str:
     """Create a run (child of parent_run_id if given) with params and tags; returns its id."""
@@ -197,6 +243,26 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri()).set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def ending_runs(*run_ids: str):
+    """Inside the block, Ctrl-C (KeyboardInterrupt, or the SystemExit Ray Train turns it into) ends
+    these runs as KILLED and becomes Interrupted; any other exception ends them as FAILED."""
+    from raylib.errors import Interrupted
+
+    try:
+        yield
+    except Interrupted:  # the block ended its runs itself
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        for run_id in run_ids:
+            end_run(run_id, "KILLED")
+        raise Interrupted(f"interrupted; MLflow run {', '.join(run_ids)} ended as KILLED") from None
+    except BaseException:
+        for run_id in run_ids:
+            end_run(run_id, "FAILED")
+        raise
 
 
 def log_artifact(run_id: str, path: str, artifact_path: str | None = None) -> None:

@@ -22,6 +22,8 @@ from raylib.labels import EMOTIONS
 
 AFEW_WEIGHTS = (0.15, 0.097, 0.129, 0.185, 0.138, 0.082, 0.215)  # the published AFEW vector (docs/method.md, section 3), label order
 REWEIGHTS = ("none", "train", "afew")
+PREDICTOR_CPUS = 0.5  # per StorePredictor actor
+READ_TASK_CPUS = 1.0  # Ray Data's reservation for one task reading the store
 _RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
 
 
@@ -165,15 +167,17 @@ def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str
 
     from raylib.batches import COLUMNS
     from raylib.prediction import FRAMES_EXPR
-    from raylib.runtime import init_ray
+    from raylib.runtime import check_capacity, init_ray
 
     init_ray()
+    check_capacity(f"--predictor-actors {cfg.predictor_actors}", cfg.predictor_actors, {"CPU": PREDICTOR_CPUS},
+                   "lower --predictor-actors", beside=("reading the store", {"CPU": READ_TASK_CPUS}))
     fs, _ = storage.filesystem(cfg.store)
     ds = ray.data.read_parquet(files, columns=COLUMNS + ["label"], filesystem=fs if storage.is_remote(cfg.store) else None)
     ds = ds.filter(expr="status != 'error'" + (f" and {FRAMES_EXPR}" if frames else ""))
     ds = ds.map_batches(StorePredictor, fn_constructor_kwargs={"checkpoints": refs, "weights": weights,
                                                                "batch_size": cfg.batch_size},
-                        batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=0.5,
+                        batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=PREDICTOR_CPUS,
                         compute=ray.data.ActorPoolStrategy(size=cfg.predictor_actors))
     tables = ray.get(ds.to_arrow_refs())
     return pa.concat_tables(tables).sort_by("uri") if tables else None
@@ -219,6 +223,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from raylib.stages.train_config import store_info
 
     t0 = time.perf_counter()
+    tracking.check_reachable()
     refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
     frames, skipped = check_split(cfg, refs)
     weights = class_weights(cfg.reweight, store_info(cfg.store)["train_counts"] if cfg.reweight == "train" else None)
@@ -242,18 +247,19 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     summary = {"run_id": run_id, "clips": table.num_rows, "models": len(refs), "split": cfg.split,
                "skipped_without_frames": skipped,
                "predictions_parquet": parquet_uri, "predictions_csv": csv_uri}
-    if metrics:
-        summary.update(accuracy=metrics["accuracy"], uar=metrics["uar"],
-                       recall={n: (None if not np.isfinite(r) else float(r)) for n, r in zip(EMOTIONS, metrics["recall"])})
-        tracking.log_metrics(run_id, {"accuracy": metrics["accuracy"], "uar": metrics["uar"],
-                                      **{f"recall_{n}": r for n, r in zip(EMOTIONS, metrics["recall"])}}, 0)
+    with tracking.ending_runs(run_id):  # an interrupted evaluation's run ends KILLED
+        if metrics:
+            summary.update(accuracy=metrics["accuracy"], uar=metrics["uar"],
+                           recall={n: (None if not np.isfinite(r) else float(r)) for n, r in zip(EMOTIONS, metrics["recall"])})
+            tracking.log_metrics(run_id, {"accuracy": metrics["accuracy"], "uar": metrics["uar"],
+                                          **{f"recall_{n}": r for n, r in zip(EMOTIONS, metrics["recall"])}}, 0)
+            with tempfile.TemporaryDirectory() as d:
+                tracking.log_artifact(run_id, plots.confusion_png(metrics["confusion"], os.path.join(d, "confusion_matrix.png"),
+                                                                     f"{cfg.split}: accuracy {metrics['accuracy']:.2f}, UAR {metrics['uar']:.2f}"))
         with tempfile.TemporaryDirectory() as d:
-            tracking.log_artifact(run_id, plots.confusion_png(metrics["confusion"], os.path.join(d, "confusion_matrix.png"),
-                                                                 f"{cfg.split}: accuracy {metrics['accuracy']:.2f}, UAR {metrics['uar']:.2f}"))
-    with tempfile.TemporaryDirectory() as d:
-        local = os.path.join(d, "predictions.csv")
-        pacsv.write_csv(out, local)
-        tracking.log_artifact(run_id, local)
+            local = os.path.join(d, "predictions.csv")
+            pacsv.write_csv(out, local)
+            tracking.log_artifact(run_id, local)
     tracking.end_run(run_id)
     summary["elapsed_s"] = round(time.perf_counter() - t0, 2)
     return summary

@@ -47,7 +47,7 @@ from raylib.storage import public_uri, with_retries
 from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import DETECTORS, FaceConfig
 from raylib.media.video import FrameSampling
-from raylib.runtime import placement
+from raylib.runtime import check_capacity, placement
 from raylib.models import BACKBONES, ENHANCEMENTS, FIXED_INPUT_SIZES
 from raylib.sources import FORMATS, list_clips
 from raylib.stages.preprocess import PreprocessConfig, exception_line, preprocess_clip
@@ -482,12 +482,25 @@ def _env(env: dict) -> dict:
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
+def check_feature_actors_fit(cfg: ExtractConfig) -> None:
+    """ClusterError when the cluster can never run the feature actors together with one decode task."""
+    gpu = cfg.gpu_actors > 0
+    flag, count = ("--gpu-actors", cfg.gpu_actors) if gpu else ("--cpu-actors", cfg.cpu_actors)
+    fix = {"CPU": f"lower {flag}", "GPU": f"lower {flag}, or use --cpu-actors", "memory": "run on nodes with more memory"}
+    for name, resource in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
+        if resource:
+            fix[resource] = f"start such nodes, or change {name}"
+    check_capacity(f"{flag} {count}", count, {"CPU": 1.0, "GPU": 1.0 if gpu else 0.0, **placement(cfg.feature_resource)},
+                   fix, beside=("one decode task", {"CPU": 1.0, "memory": CPU_TASK_MEMORY, **placement(cfg.cpu_resource)}))
+
+
 def feature_graph(ds, cfg: ExtractConfig, env: dict):
     """Clip-record rows -> rows with features: the CPU stage (tasks) and the feature stage (actor
     pool), placed on the nodes cfg names. Shared by extraction and prediction."""
     import ray
 
     extra = _env(env)
+    check_feature_actors_fit(cfg)
     for flag, name in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
         if name and name not in ray.cluster_resources():  # an autoscaler may still add such a node
             print(f"extract: no node offers the resource {name} ({flag}) yet; that stage waits until one joins",

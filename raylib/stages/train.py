@@ -19,14 +19,16 @@ import time
 from dataclasses import asdict, replace
 
 from raylib import storage
+from raylib.metrics import pick_best
 from raylib.stages.train_artifacts import log_run_artifacts
-from raylib.stages.train_config import TrainConfig, store_info
-from raylib.stages.train_loop import train_loop_per_worker
+from raylib.stages.train_config import TrainConfig, require_splits, store_info
+from raylib.stages.train_loop import KEEP_SCORE, train_loop_per_worker
 
 READ_CPUS = 0.25  # per Ray Data task reading the store for training
 DATA_CPUS = 0.5  # all of Ray Data's reading for one training run
+LIST_CPUS = 1.0  # Ray Data's task listing the store's files (it does not take READ_CPUS): beside the workers
 
-__all__ = ["TrainConfig", "run_train", "store_info", "worker_resources"]
+__all__ = ["TrainConfig", "best_checkpoint", "check_workers_fit", "run_train", "store_info", "worker_resources"]
 
 
 class EpochLines(threading.Thread):
@@ -76,6 +78,34 @@ def worker_resources(cfg: TrainConfig) -> dict:
     return {"CPU": cfg.cpus_per_worker, **placement(cfg.worker_resource)}
 
 
+def check_workers_fit(cfg: TrainConfig, runs: int = 1, trial_cpus: float = 0.0) -> None:
+    """ClusterError when the cluster can never run cfg's workers together with the store's reading,
+    for `runs` training runs at once (a sweep's concurrent trials, each driven by a Tune trial
+    holding trial_cpus)."""
+    from raylib.runtime import check_capacity
+
+    what = f"--num-workers {cfg.num_workers}"
+    more = ""
+    if runs > 1:
+        what, more = f"{runs} trials at once (--max-concurrent-trials) x {what}", "--max-concurrent-trials, "
+    fix = {"CPU": f"lower {more}--num-workers or --cpus-per-worker",
+           "GPU": f"lower {more}--num-workers, or run without --use-gpu"}
+    if cfg.worker_resource:
+        fix[cfg.worker_resource] = "start such nodes, or change --worker-resource"
+    check_capacity(what, cfg.num_workers * runs, {**worker_resources(cfg), "GPU": 1.0 if cfg.use_gpu else 0.0}, fix,
+                   beside=("reading the store" + (" and the trials" if trial_cpus else ""),
+                           {"CPU": (LIST_CPUS + trial_cpus) * runs}))
+
+
+def best_checkpoint(checkpoints: list, metric: str):
+    """The (checkpoint, metrics) pair of Ray's kept checkpoints with the best `metric`; of a tie,
+    the earliest epoch (raylib.metrics.pick_best)."""
+    i = pick_best([m for _, m in checkpoints], metric)
+    if i is None:
+        raise ValueError(f"no checkpoint of the run reported {metric}")
+    return checkpoints[i]
+
+
 def short_name(visual: str, audio: str, fusion: str, modalities: str = "av") -> str:
     """visual/audio/fusion (e.g. transformer/self/fbp), the branch appended when only one trains."""
     return f"{visual}/{audio}/{fusion}" + ("" if modalities == "av" else f"/{modalities}")
@@ -104,9 +134,11 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     from ray.train.torch import TorchTrainer
 
     from raylib import tracking
+    from raylib.runtime import init_ray, sigint_raises
     from raylib.schema import SCHEMA_VERSION
     from raylib.store import data_files
 
+    tracking.check_reachable()
     local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output", "resume_from")
              if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
     cfg = replace(cfg, **local)  # workers do not share the driver's working directory
@@ -114,8 +146,14 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     if info["skipped"] and not cfg.quiet:
         print(f"train: skipping {info['skipped']} labelled clip(s) without frames (audio files): --modalities "
               f"{cfg.modalities} reads visual features", file=sys.stderr, flush=True)
+    require_splits(cfg.store, info)
+    init_ray(quiet=cfg.quiet)  # a no-op where Ray runs already (a sweep's trial, a test)
+    check_workers_fit(cfg)
     model_cfg = cfg.model_config(info["visual_dim"], info["audio_channels"])
     run_name = cfg.run_name or default_run_name(cfg)
+    if cfg.run_name and not parent_run_id and not cfg.resume_from:
+        tracking.require_new_run_name(cfg.experiment, run_name, "choose another --run-name, or go on from its "
+                                                                "checkpoint with --resume-from")
     tags = {"store": cfg.store, "schema_version": SCHEMA_VERSION, **{f"store.{k}": v for k, v in info["provenance"].items()},
             "store.skipped_without_frames": str(info["skipped"]), **tracking.source_tags(source)}
     run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id)
@@ -151,35 +189,41 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         run_config=ray.train.RunConfig(
             name=storage_name(run_name, run_id), storage_path=output, callbacks=callbacks or None,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=cfg.select_metric,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=KEEP_SCORE,
                                                          checkpoint_score_order="max")),
     )
     t0 = time.perf_counter()
     lines = EpochLines(run_id, cfg.epochs) if progress and not cfg.quiet else None
     if lines:
         lines.start()
-    try:
-        result = trainer.fit()
-    except Exception:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    finally:
-        if lines:
-            lines.stop()
-    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(cfg.select_metric, -1))
+    with tracking.ending_runs(run_id):
+        try:
+            with sigint_raises():
+                result = trainer.fit()
+        finally:
+            if lines:
+                lines.stop()
+        return finish_run(cfg, run_id, run_name, result, time.perf_counter() - t0, log_artifacts)
+
+
+def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: float, log_artifacts: bool) -> dict:
+    """The summary of a fitted run; logs its best checkpoint's metrics (and artifacts) and ends it."""
+    from mlflow.tracking import MlflowClient
+
+    from raylib import tracking
+
+    best_ckpt, best_metrics = best_checkpoint(result.best_checkpoints, cfg.select_metric)
     path = best_ckpt.path  # a path inside the storage filesystem: give it back its scheme
-    if storage.is_remote(output) and "://" not in path:
-        path = output.split("://", 1)[0] + "://" + path.lstrip("/")
+    if storage.is_remote(cfg.output) and "://" not in path:
+        path = cfg.output.split("://", 1)[0] + "://" + path.lstrip("/")
     summary = {"run_id": run_id, "run_name": run_name, "best_checkpoint": path,
-               "best_epoch": int(best_metrics["epoch"]), "elapsed_s": round(time.perf_counter() - t0, 1),
+               "best_epoch": int(best_metrics["epoch"]), "elapsed_s": round(elapsed_s, 1),
                **{k: v for k, v in best_metrics.items() if k.startswith(("val_", "train_"))}}
     # the best checkpoint's metrics, once each, at its epoch (where the logged model links them)
     tracking.log_metrics(run_id, {"best_val_accuracy": summary.get("val_accuracy", 0.0),
                                   "best_val_uar": summary.get("val_uar", 0.0)}, summary["best_epoch"])
     if log_artifacts:
         log_run_artifacts(run_id, summary["best_checkpoint"], cfg.store, best_ckpt)
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking.tracking_uri())
     client.set_tag(run_id, "best_checkpoint", tracking.public(summary["best_checkpoint"]))
     client.set_tag(run_id, "best_epoch", str(summary["best_epoch"]))

@@ -103,3 +103,16 @@ def store_info(store: str, modalities: str = "") -> dict:
             "train_counts": counts.tolist(), "train_rows": len(train),
             "val_rows": sum(r["split"] == "val" for r in rows), "provenance": recipe,
             "skipped": labelled.num_rows - ok.num_rows}
+
+
+def require_splits(store: str, info: dict) -> None:
+    """StoreError, before any training, when the store (store_info) has no labelled train or val
+    clips: without val rows no epoch is scored and the "best" checkpoint would be arbitrary."""
+    from raylib.errors import StoreError
+
+    if not info["train_rows"]:
+        raise StoreError(f"feature store {store} has no labelled train clips with features")
+    if not info["val_rows"]:
+        raise StoreError(f"feature store {store} has no labelled val clips, so no epoch can be scored: give the "
+                         f"manifest a split column with val rows (or use an adapter with a val split: afew, "
+                         f"ravdess, cremad) and extract into a new --output")

@@ -13,12 +13,15 @@ import tempfile
 import time
 
 from raylib.checkpoints import load_checkpoint, load_model_state, save_checkpoint
+from raylib.metrics import keep_score
 from raylib.prediction import val_metrics
 from raylib.stages.train_config import TrainConfig
 
 # clips of the epoch's last batches over which rank 0 recomputes the batch-norm statistics
 # before it scores val and saves the checkpoint (raylib.models.audio_cnn.recalibrate_norms)
 RECALIBRATION_CLIPS = 256
+
+KEEP_SCORE = "keep_score"  # what Ray keeps checkpoints by (raylib.metrics.keep_score); not logged
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -137,12 +140,13 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             recalibrate_norms(core, kept)  # the other workers take these statistics from rank 0 (DDP)
             metrics.update(val_metrics(core, val, device) if val.num_rows else {"val_accuracy": 0.0, "val_uar": 0.0})
+            metrics[KEEP_SCORE] = keep_score(metrics.get(cfg.select_metric, 0.0), best)
             best = max(best, metrics.get(cfg.select_metric, 0.0))
             metrics["best_" + cfg.select_metric] = best
             if config.get("run_id"):
                 # best_* go to MLflow once, when the run ends (the driver logs both at the best epoch)
                 tracking.log_metrics(config["run_id"], {k: v for k, v in metrics.items()
-                                                        if k != "epoch" and not k.startswith("best_")}, epoch)
+                                                        if k not in ("epoch", KEEP_SCORE) and not k.startswith("best_")}, epoch)
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(d, core, optimizer, epoch, best, model_cfg, cfg, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -21,6 +21,7 @@ from raylib.models import ATTENTIONS, FUSIONS
 from raylib.stages.train_config import SELECT_METRICS, TrainConfig
 
 METRIC_NAMES = {"val_uar": "UAR", "val_accuracy": "accuracy"}
+TRIAL_CPUS = 0.01  # a trial only drives its Ray Train run, whose workers hold the CPUs (0 is refused)
 PAPER_TABLE2_FBP = {  # published AFEW val accuracy, speech spectrogram + FBP (docs/method.md, Table 2)
     ("self", "self"): 54.6, ("self", "relation"): 56.9, ("self", "transformer"): 60.3,
     ("relation", "self"): 54.0, ("relation", "relation"): 57.2, ("relation", "transformer"): 60.0,
@@ -125,9 +126,9 @@ def trial_name(config: dict) -> str:
     return name + (f"/lr{config['lr']:g}" if "lr" in config else "")
 
 
-def trial_lines_callback(total: int, metric: str):
-    """A Tune callback (it runs on the driver) that prints one line per finished or failed trial:
-    its name, epochs, best metric and the accuracy of that epoch, last train loss, seconds."""
+def trial_lines_callback(total: int, metric: str, epochs: int):
+    """A Tune callback (it runs on the driver) that prints one line per finished, stopped (ASHA) or
+    failed trial: its name, epochs, best metric and the accuracy of that epoch, last train loss, seconds."""
     from ray.tune import Callback
 
     class TrialLines(Callback):
@@ -136,7 +137,7 @@ def trial_lines_callback(total: int, metric: str):
             self.done = 0
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if metric in result and result[metric] >= self.best.get(trial.trial_id, {}).get(metric, -1.0):
+            if metric in result and result[metric] > self.best.get(trial.trial_id, {}).get(metric, -1.0):  # ties: the earliest
                 self.best[trial.trial_id] = dict(result)
 
         def _line(self, trial, outcome: str) -> None:
@@ -152,7 +153,8 @@ def trial_lines_callback(total: int, metric: str):
             print(text + f", {last.get('time_total_s', 0):.0f} s", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._line(trial, "done")
+            ran = int((trial.last_result or {}).get("epoch", epochs - 1)) + 1
+            self._line(trial, "done" if ran >= epochs else f"stopped at epoch {ran}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trial, "FAILED")
@@ -196,7 +198,8 @@ def report(cells: list[dict], visual: list[str], audio: list[str], fusions: list
             row = []
             for a in audio:
                 c = next((c for c in cells if (c["visual"], c["audio"], c["fusion"]) == (v, a, fusion)), None)
-                row.append("-" if c is None else f"{100 * c['val_accuracy']:.1f} / {100 * c['val_uar']:.1f}")
+                row.append("-" if c is None else f"{100 * c['val_accuracy']:.1f} / {100 * c['val_uar']:.1f}"
+                           + (f" (stopped at epoch {c['stopped_at_epoch']})" if c.get("stopped_at_epoch") else ""))
             lines.append(f"| {v.capitalize()} | " + " | ".join(row) + " |")
         lines.append("")
     published = [f"{v}/{a} {PAPER_TABLE2_FBP[(v, a)]}" for v in visual for a in audio if (v, a) in PAPER_TABLE2_FBP]
@@ -218,66 +221,93 @@ def child_results(parent_run_id: str) -> list[dict]:
     out = []
     for r in runs:
         p, m = r.data.params, r.data.metrics
+        t = r.data.tags
         out.append({"visual": p["visual_attention"], "audio": p["audio_attention"], "fusion": p["fusion"],
                     "lr": float(p["lr"]), "val_accuracy": m.get("best_val_accuracy", float("nan")),
                     "val_uar": m.get("best_val_uar", float("nan")), "run_id": r.info.run_id,
-                    "status": r.info.status})
+                    "status": r.info.status, "best_epoch": int(t.get("best_epoch", 0)),
+                    "stopped_at_epoch": int(t["stopped_at_epoch"]) if t.get("stopped_early") == "true" else None})
     return out
 
 
+def end_open_trials(parent_run_id: str, metric: str, epochs: int, output: str, store: str,
+                    failed: set[str] = frozenset(), interrupted: bool = False) -> int:
+    """End the trial runs of a sweep that Tune stopped before their run_train could: with
+    `interrupted` those still RUNNING end KILLED; else those named in `failed` (the trials Tune saw
+    fail) end FAILED, and the others still RUNNING, or FAILED by the stop itself (the trial's Ray
+    Train run lost its controller), were stopped by ASHA (at a rung, or at max_t: the last epoch)
+    and end as finish_stopped_trial says. Returns how many runs it ended."""
+    from mlflow.tracking import MlflowClient
+
+    from raylib import tracking
+
+    client = MlflowClient(tracking.tracking_uri())
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    ended = 0
+    for r in children:
+        if r.info.status == "RUNNING" and (interrupted or r.info.run_name in failed):
+            tracking.end_run(r.info.run_id, "KILLED" if interrupted else "FAILED")
+        elif r.info.status in ("RUNNING", "FAILED") and not interrupted and r.info.run_name not in failed:
+            finish_stopped_trial(r.info.run_id, r.info.run_name, metric, epochs, output, store)
+        else:
+            continue
+        ended += 1
+    return ended
+
+
+def finish_stopped_trial(run_id: str, run_name: str, metric: str, epochs: int, output: str, store: str) -> None:
+    """What run_train would have logged at the end, from the epochs the trial logged: best_* and
+    best_epoch (best metric, then the earliest epoch), its checkpoint and artifacts where that
+    checkpoint was kept; stopped_early=true and stopped_at_epoch when it ran fewer than `epochs`.
+    The run ends FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from raylib import tracking
+    from raylib.checkpoints import checkpoint_of_epoch
+    from raylib.metrics import pick_best
+    from raylib.stages.train import storage_name
+    from raylib.stages.train_artifacts import log_run_artifacts
+
+    client = MlflowClient(tracking.tracking_uri())
+    history = {n: {m.step: m.value for m in client.get_metric_history(run_id, n)} for n in SELECT_METRICS}
+    logged = [{"epoch": e, **{n: history[n].get(e) for n in SELECT_METRICS}} for e in sorted(history[metric])]
+    ran = logged[-1]["epoch"] + 1 if logged else 0
+    if ran < epochs:
+        client.set_tag(run_id, "stopped_early", "true")
+        client.set_tag(run_id, "stopped_at_epoch", str(ran))
+    best = pick_best(logged, metric)
+    if best is not None:
+        e = logged[best]
+        tracking.log_metrics(run_id, {f"best_{n}": e[n] for n in SELECT_METRICS}, e["epoch"])
+        client.set_tag(run_id, "best_epoch", str(e["epoch"]))
+        path = checkpoint_of_epoch(storage.join(output, storage_name(run_name, run_id)), e["epoch"])
+        if path:
+            log_run_artifacts(run_id, path, store)
+            client.set_tag(run_id, "best_checkpoint", tracking.public(path))
+    tracking.end_run(run_id)
+
+
 def best_cells(results: list[dict], metric: str) -> list[dict]:
-    """The best trial (by metric) of each (visual, audio, fusion) cell, over any extra grid axes."""
-    cells: dict[tuple, dict] = {}
+    """The best trial (by metric, then the earlier best epoch) of each (visual, audio, fusion) cell,
+    over any extra grid axes; trials that reported no metric fill no cell."""
+    from raylib.metrics import pick_best
+
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        key = (r["visual"], r["audio"], r["fusion"])
-        if key not in cells or r[metric] > cells[key][metric]:
-            cells[key] = r
-    return list(cells.values())
+        groups.setdefault((r["visual"], r["audio"], r["fusion"]), []).append(r)
+    picks = [(g, pick_best(g, metric, "best_epoch")) for g in groups.values()]
+    return [g[i] for g, i in picks if i is not None]
 
 
-def run_tune(cfg: TuneConfig) -> dict:
-    """Run the sweep; returns {parent_run_id, results, report_markdown, report_png, ...}."""
+def write_report(cfg: TuneConfig, name: str, parent: str, results: list[dict], visual: list[str], audio: list[str],
+                 fusions: list[str]) -> tuple[str, str]:
+    """The Table-2 report of a sweep (markdown + heat maps) to the parent run and under
+    --output/<sweep>/; returns (its text, that folder)."""
     import tempfile
-
-    from ray import tune
 
     from raylib import plots, tracking
 
-    visual = _names(cfg.visual_attentions, ATTENTIONS, "--visual-attentions")
-    audio = _names(cfg.audio_attentions, ATTENTIONS, "--audio-attentions")
-    fusions = _names(cfg.fusions, FUSIONS, "--fusions")
-    lrs = [float(x) for x in cfg.lrs.split(",") if x.strip()]
-    local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output") if not storage.is_remote(getattr(cfg, k))}
-    cfg = replace(cfg, **local)
-    base = cfg.base_train_config()
-    name = cfg.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg),
-                                {"store": cfg.store, "kind": "sweep", **tracking.source_tags("jobs/tune.py")})
-    space = {"visual_attention": tune.grid_search(visual), "audio_attention": tune.grid_search(audio),
-             "fusion": tune.grid_search(fusions), "base": asdict(base), "parent_run_id": parent, "sweep": name,
-             "tracking_uri": tracking.tracking_uri()}
-    if lrs:
-        space["lr"] = tune.grid_search(lrs)
-    scheduler = None
-    if cfg.asha:
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(metric=cfg.select_metric, mode="max", max_t=cfg.epochs, grace_period=min(2, cfg.epochs))
-    import ray.tune
-
-    total = len(visual) * len(audio) * len(fusions) * max(len(lrs), 1)
-    tuner = tune.Tuner(
-        tune.with_resources(trial, {"cpu": 0.01}),  # the trial only drives; its Train workers hold the CPUs
-        param_space=space,
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=cfg.max_concurrent_trials),
-        # Tune's own progress tables stay off: the driver prints one line per trial instead
-        run_config=ray.tune.RunConfig(name=name, storage_path=storage.join(cfg.output, "tune"), verbose=0,
-                                      callbacks=[] if cfg.quiet else [trial_lines_callback(total, cfg.select_metric)]),
-    )
-    t0 = time.perf_counter()
-    grid = tuner.fit()
-    errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error]
-    results = child_results(parent)
     cells = best_cells(results, cfg.select_metric)
     source = store_description(cfg.store)
     text = report(cells, visual, audio, fusions, cfg.select_metric, source, cfg.epochs)
@@ -294,10 +324,76 @@ def run_tune(cfg: TuneConfig) -> dict:
             tracking.log_artifact(parent, path)
             with open(path, "rb") as src, storage.atomic_write(storage.join(out_dir, os.path.basename(path))) as dst:
                 dst.write(src.read())
-    best = max(results, key=lambda r: r[cfg.select_metric]) if results else None
-    if best:
-        tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
-    tracking.end_run(parent, "FAILED" if errors and not results else "FINISHED")
+    return text, out_dir
+
+
+def run_tune(cfg: TuneConfig) -> dict:
+    """Run the sweep; returns {parent_run_id, results, report_markdown, report_png, ...}."""
+    from ray import tune
+
+    from raylib import tracking
+    from raylib.errors import Interrupted
+    from raylib.metrics import pick_best
+    from raylib.runtime import init_ray, sigint_raises
+    from raylib.stages.train import check_workers_fit
+    from raylib.stages.train_config import require_splits, store_info
+
+    tracking.check_reachable()
+    visual = _names(cfg.visual_attentions, ATTENTIONS, "--visual-attentions")
+    audio = _names(cfg.audio_attentions, ATTENTIONS, "--audio-attentions")
+    fusions = _names(cfg.fusions, FUSIONS, "--fusions")
+    lrs = [float(x) for x in cfg.lrs.split(",") if x.strip()]
+    local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output") if not storage.is_remote(getattr(cfg, k))}
+    cfg = replace(cfg, **local)
+    base = cfg.base_train_config()
+    require_splits(cfg.store, store_info(cfg.store))
+    init_ray(quiet=cfg.quiet, state_api=True)
+    total = len(visual) * len(audio) * len(fusions) * max(len(lrs), 1)
+    check_workers_fit(base, min(cfg.max_concurrent_trials, total), TRIAL_CPUS)  # the trials that run at once
+    name = cfg.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    if cfg.sweep_name:
+        tracking.require_new_run_name(cfg.experiment, name, "choose another --sweep-name")
+    parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg),
+                                {"store": cfg.store, "kind": "sweep", **tracking.source_tags("jobs/tune.py")})
+    space = {"visual_attention": tune.grid_search(visual), "audio_attention": tune.grid_search(audio),
+             "fusion": tune.grid_search(fusions), "base": asdict(base), "parent_run_id": parent, "sweep": name,
+             "tracking_uri": tracking.tracking_uri()}
+    if lrs:
+        space["lr"] = tune.grid_search(lrs)
+    scheduler = None
+    if cfg.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric=cfg.select_metric, mode="max", max_t=cfg.epochs, grace_period=min(2, cfg.epochs))
+    import ray.tune
+
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"cpu": TRIAL_CPUS}),
+        param_space=space,
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=cfg.max_concurrent_trials),
+        # Tune's own progress tables stay off: the driver prints one line per trial instead
+        run_config=ray.tune.RunConfig(name=name, storage_path=storage.join(cfg.output, "tune"), verbose=0,
+                                      callbacks=[] if cfg.quiet else [trial_lines_callback(total, cfg.select_metric, cfg.epochs)]),
+    )
+    t0 = time.perf_counter()
+    with tracking.ending_runs(parent):
+        try:
+            with sigint_raises():
+                grid = tuner.fit()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C: the sweep and its open trials end KILLED
+            n = end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store, interrupted=True)
+            tracking.end_run(parent, "KILLED")
+            raise Interrupted(f"interrupted; MLflow sweep run {parent} and {n} open trial run(s) ended as KILLED") from None
+        errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error]
+        end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store,
+                        failed={trial_name(r.config) for r in grid if r.error})
+        results = child_results(parent)
+        text, out_dir = write_report(cfg, name, parent, results, visual, audio, fusions)
+        best = pick_best(results, cfg.select_metric, "best_epoch")
+        best = None if best is None else results[best]
+        if best:
+            tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
+        tracking.end_run(parent, "FAILED" if errors and not results else "FINISHED")
     return {"parent_run_id": parent, "sweep_name": name, "trials": len(results), "errors": errors,
             "results": results, "report": text, "report_markdown": storage.join(out_dir, "table2.md"),
             "report_png": storage.join(out_dir, "table2.png"), "best": best,
