@@ -24,6 +24,13 @@ def main(argv=None) -> int:
     except RaylibError as e:
         print(f"extract: error: {e}", file=sys.stderr)
         return 1
+    if cfg.dry_run:
+        print(f"extract: dry run: {summary['clips_in_input']} clips in the input, {summary['clips_already_stored']} "
+              f"already stored, {summary['clips_to_process']} to process ({summary['clips_retried']} of them retried "
+              f"after an error) into {summary['output']}; nothing was run or written")
+        for split, labels in summary["plan"].items():
+            print(f"  {split}: " + ", ".join(f"{label} {n}" for label, n in labels.items()))
+        return 0
     counts = ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()) or "nothing new"
     if summary["clips_retried"]:
         counts += f"; {summary['clips_retried']} of them retried after an error"

@@ -115,3 +115,24 @@ def test_training_batches_mix_classes_like_a_full_shuffle(class_sorted_store):
           f"trained on {seen:.2f}, uniform shuffle {uniform:.2f}; per shard of {SHARD}: {shard_mix:.2f}")
     # measured on the old path (class-sorted shards, files in listed order, a 4-batch buffer): 3.50 of 4.78
     assert listed < MIX * uniform <= seen
+
+
+def test_dry_run_lists_the_plan_per_split_and_label_and_writes_nothing(tmp_path, capsys):
+    import importlib.util
+
+    root = class_folders(tmp_path / "clips", per_class=3)
+    os.makedirs(tmp_path / "clips" / "Val" / "Sad")
+    (tmp_path / "clips" / "Val" / "Sad" / "s.mp4").write_bytes(b"")
+    os.makedirs(tmp_path / "clips" / "Test")
+    (tmp_path / "clips" / "Test" / "t.mp4").write_bytes(b"")  # AFEW's unlabelled test clips
+    store = tmp_path / "store"
+    spec = importlib.util.spec_from_file_location("extract_job", os.path.join(os.path.dirname(__file__), "..", "jobs", "extract.py"))
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--input", root, "--output", str(store), "--dry-run", "--limit", "20"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("extract: dry run: 23 clips in the input, 0 already stored, 20 to process")
+    plan = dict(line.strip().split(": ", 1) for line in out[1:])
+    counts = {split: sum(int(part.rsplit(" ", 1)[1]) for part in text.split(", ")) for split, text in plan.items()}
+    assert sum(counts.values()) == 20 and set(counts) <= {"train", "val", "test"} and counts["train"] >= 17
+    assert not store.exists()  # nothing written, not even the run summary

@@ -105,6 +105,9 @@ class ExtractConfig:
     s3_endpoint: str = field(default="", metadata={"help": "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs of the local Ray when RAY_ADDRESS is unset (0: all)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars (CI, logs)"})
+    dry_run: bool = field(default=False, metadata={"help": "list what the run would do (clips in the input, already "
+                                                           "stored, to process, per split and label) and stop: no "
+                                                           "Ray, nothing written"})
 
     def __post_init__(self):
         FrameSampling.parse(self.frames)
@@ -389,6 +392,8 @@ def run_extract(cfg: ExtractConfig) -> dict:
                "clips_processed": 0, "status_counts": {}, "failures": 0, "failure_rate": 0.0,
                "config": {k: (public_uri(v) if isinstance(v, str) else v) for k, v in asdict(cfg).items()},
                "provenance": prov}
+    if cfg.dry_run:
+        return {**summary, "dry_run": True, "clips_to_process": len(pending), "plan": plan(pending)}
     outcomes = []
     if pending:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
@@ -412,6 +417,15 @@ def run_extract(cfg: ExtractConfig) -> dict:
     _write_summary(cfg, summary)
     _check_failures(summary, cfg)
     return summary
+
+
+def plan(pending: list[dict]) -> dict[str, dict[str, int]]:
+    """split -> label -> clips to process ("-" for unlabelled clips), both sorted."""
+    counts = Counter((r["split"] or "-", r["label"] or "-") for r in pending)
+    out: dict[str, dict[str, int]] = {}
+    for (split, label), n in sorted(counts.items()):
+        out.setdefault(split, {})[label] = n
+    return out
 
 
 def _judge(records, state: StoreState, outcomes: list[dict]) -> dict:
