@@ -137,6 +137,10 @@ def test_log_mel_batch_without_any_audio_collates_and_runs():
     model = build_model(ModelConfig(visual_dim=2, audio_channels=3)).eval()
     logits, weights = model(batch["visual"], batch["visual_mask"], batch["audio"], batch["audio_lengths"])
     assert torch.isfinite(logits).all() and float(weights["audio"].detach().abs().sum()) == 0.0
+    norm = model.audio_cnn.norms[0]
+    before = norm.running_mean.clone()
+    model.train()(batch["visual"], batch["visual_mask"], batch["audio"], batch["audio_lengths"])
+    torch.testing.assert_close(norm.running_mean, before)  # a batch without audio leaves the statistics alone
 
 
 def test_unknown_names_are_refused():

@@ -59,7 +59,9 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         m = mask[:, None, None, :].to(x.dtype)
         if not self.training:
             return super().forward(x) * m
-        count = (m.sum() * x.shape[2]).clamp_min(2)
+        count = m.sum() * x.shape[2]
+        if count < 2:  # no clip of the batch has audio: nothing to learn the statistics from
+            return x * m
         mean = (x * m).sum(dim=(0, 2, 3)) / count
         var = (((x - mean[None, :, None, None]) * m) ** 2).sum(dim=(0, 2, 3)) / count
         with torch.no_grad():
