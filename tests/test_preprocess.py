@@ -44,3 +44,23 @@ def test_bad_config_fails_early():
         PreprocessConfig(frames="some")
     with pytest.raises(ValueError, match="unknown audio mode"):
         PreprocessConfig(audio_mode="mfcc")
+
+
+def test_an_object_store_clip_is_downloaded_once_for_frames_and_audio(cremad_clips, s3_bucket, monkeypatch):
+    """One GET per clip through the moto S3 server: the frames and the audio share the download,
+    and give what the local file gives."""
+    from raylib import storage
+
+    fs, _ = storage.filesystem(s3_bucket)
+    uri = f"{s3_bucket}/clips/a.flv"
+    fs.put(cremad_clips[2], uri.removeprefix("s3://"))
+    reads = []
+    real_read = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda u, *a, **k: reads.append(u) or real_read(u, *a, **k))
+    cfg = PreprocessConfig(frames="uniform:4")
+    remote = preprocess_clip(uri, cfg)
+    assert reads == [uri]
+    local = preprocess_clip(cremad_clips[2], cfg)
+    assert remote["status"] == local["status"] == "ok"
+    np.testing.assert_array_equal(remote["chips"], local["chips"])
+    np.testing.assert_array_equal(remote["audio"], local["audio"])

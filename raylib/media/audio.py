@@ -68,16 +68,17 @@ def riff_shortfall(src) -> float:
     return max((riff + 8) / size, 1.0)
 
 
-def load_audio(uri: str, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
+def load_audio(uri: str, sample_rate: int = SAMPLE_RATE, src=None) -> AudioTrack:
     """Decode the clip's audio track to mono float32 at sample_rate.
 
     A missing stream gives status "no_audio" (empty samples), a near-zero track "silent", a track
-    much shorter than declared "truncated". Unreadable files raise ClipError.
+    much shorter than declared "truncated". Unreadable files raise ClipError. src: the clip as
+    open_media gave it (a path, or an object's bytes already downloaded), else it is opened here.
     """
     import av
 
-    src = open_media(uri)
-    declared = container_duration(src)
+    src = open_media(uri) if src is None else src  # src: open_media's result, e.g. shared with the video
+    declared = container_duration(src)  # (probing leaves a BytesIO at its start)
     try:
         container = av.open(src)
     except Exception as e:  # PyAV raises many types (InvalidDataError, OSError, ...)

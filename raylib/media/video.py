@@ -166,7 +166,7 @@ def short_cause(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:160]
 
 
-def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Video:
+def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16", src=None) -> Video:
     """Decode one clip sequentially, keeping the sampled frames; ClipError on any failure.
     decord first; PyAV when decord cannot open the file (e.g. an MP4 cut after its index)."""
     import decord
@@ -175,7 +175,7 @@ def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16") -> Vide
 
     if isinstance(sampling, str):
         sampling = FrameSampling.parse(sampling)
-    src = open_media(uri)
+    src = open_media(uri) if src is None else src  # src: open_media's result, shared with the audio
     info = probe(src)
     if info.readable and not info.has_video:  # never hand an audio file to decord
         raise NoVideoStream(uri, "no video stream (an audio-only file?)")

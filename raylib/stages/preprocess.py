@@ -17,7 +17,7 @@ import numpy as np
 from raylib.errors import ClipError, NoVideoStream
 from raylib.media import audio as audio_mod
 from raylib.media.faces import FaceConfig, align_frames
-from raylib.media.video import FrameSampling, decode_video
+from raylib.media.video import FrameSampling, decode_video, open_media
 from raylib.schema import (STATUS_AUDIO_ONLY, STATUS_ERROR, STATUS_NO_AUDIO, STATUS_NO_FACE, STATUS_OK,
                            STATUS_SILENT, STATUS_TRUNCATED)
 from raylib.sources import is_audio_file
@@ -73,9 +73,9 @@ def preprocess_clip(uri: str, cfg: PreprocessConfig = PreprocessConfig()) -> dic
     return out
 
 
-def _audio(uri: str, cfg: PreprocessConfig) -> tuple[audio_mod.AudioTrack, np.ndarray | None]:
-    """The clip's audio track and its features (None without audio)."""
-    track = audio_mod.load_audio(uri, cfg.sample_rate)
+def _audio(uri: str, cfg: PreprocessConfig, src=None) -> tuple[audio_mod.AudioTrack, np.ndarray | None]:
+    """The clip's audio track and its features (None without audio); src: the opened clip."""
+    track = audio_mod.load_audio(uri, cfg.sample_rate, src)
     if track.status == audio_mod.AUDIO_MISSING:
         return track, None
     return track, audio_mod.audio_features(track.samples, cfg.audio_mode, cfg.sample_rate)
@@ -86,13 +86,14 @@ def video_clip(uri: str, cfg: PreprocessConfig) -> dict:
     goes to audio_clip. ClipError (or a library's error) when it cannot be read."""
     t0 = time.perf_counter()
     try:
-        video = decode_video(uri, cfg.frames)
+        src = open_media(uri)  # one download of an object-store clip, for the frames and the audio
+        video = decode_video(uri, cfg.frames, src)
     except NoVideoStream:  # probed before decord opens it: an audio file under a video name
-        return audio_clip(uri, cfg, "no video stream and no decodable audio")
+        return audio_clip(uri, cfg, "no video stream and no decodable audio", src)
     t1 = time.perf_counter()
     faces = align_frames(video.frames, cfg.faces)
     t2 = time.perf_counter()
-    track, spec = _audio(uri, cfg)
+    track, spec = _audio(uri, cfg, src)
     out = dict(
         chips=faces.chips,
         face_found=faces.found,
@@ -117,11 +118,11 @@ def video_clip(uri: str, cfg: PreprocessConfig) -> dict:
     return out
 
 
-def audio_clip(uri: str, cfg: PreprocessConfig, missing: str = "no decodable audio") -> dict:
+def audio_clip(uri: str, cfg: PreprocessConfig, missing: str = "no decodable audio", src=None) -> dict:
     """An audio file's features and no frames (see preprocess_clip); the video decoder never
-    opens it. ClipError (cause `missing`) when no audio decodes."""
+    opens it. ClipError (cause `missing`) when no audio decodes. src: the file already opened."""
     t0 = time.perf_counter()
-    track, spec = _audio(uri, cfg)
+    track, spec = _audio(uri, cfg, src)
     if spec is None:
         raise ClipError(uri, missing)
     size = cfg.faces.chip_size
