@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.compute as pc
 
 from raylib.labels import EMOTIONS
 from raylib.models import FUSIONS, MODALITIES, POOLINGS
@@ -95,15 +96,17 @@ def store_info(store: str, modalities: str = "") -> dict:
         raise ValueError(f"feature store {store} holds no clips with frames (its {labelled.num_rows} labelled clips "
                          f"are audio files): --modalities {modalities} reads visual features; train on them "
                          f"with --modalities audio")
-    rows = ok.to_pylist()
-    train = [r for r in rows if r["split"] == "train"]
-    shapes = [r["audio_shape"] for r in rows if r["audio_shape"]]
-    counts = np.bincount([r["label_index"] for r in train], minlength=len(EMOTIONS))
-    return {"visual_dim": max(r["visual_dim"] for r in rows), "audio_channels": shapes[0][0] if shapes else 1,
-            "train_counts": counts.tolist(), "train_rows": len(train),
-            "val_rows": sum(r["split"] == "val" for r in rows), "provenance": recipe,
+    # Arrow compute throughout: a million-clip store never becomes Python objects here
+    split = ok.column("split")
+    train_labels = ok.filter(pc.equal(split, "train")).column("label_index").to_numpy(zero_copy_only=False)
+    counts = np.bincount(train_labels.astype(np.int64), minlength=len(EMOTIONS))
+    shapes = ok.column("audio_shape").drop_null()
+    shapes = shapes.filter(pc.greater(pc.list_value_length(shapes), 0))
+    return {"visual_dim": int(pc.max(ok.column("visual_dim")).as_py() or 0),
+            "audio_channels": int(shapes[0][0].as_py()) if len(shapes) else 1,
+            "train_counts": counts.tolist(), "train_rows": int(len(train_labels)),
+            "val_rows": int(pc.sum(pc.equal(split, "val")).as_py() or 0), "provenance": recipe,
             "skipped": labelled.num_rows - ok.num_rows}
-
 
 def require_splits(store: str, info: dict) -> None:
     """StoreError, before any training, when the store (store_info) has no labelled train or val
