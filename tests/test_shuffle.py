@@ -71,15 +71,15 @@ def test_extraction_order_is_seeded_and_stable_under_resume_and_limit(tmp_path):
 
 @pytest.fixture(scope="module")
 def class_sorted_store(tmp_path_factory, mlflow_uri):
-    """A store extracted by the real job from generated clips in class folders (7 x 8 train clips,
-    small and short), shards of 8 clips."""
+    """A store extracted by the real job from generated clips in class folders (7 x 8 train clips
+    and 7 val clips, small and short; training refuses a store without val), shards of 8 clips."""
     import ray
 
     from raylib.sample import SampleConfig, generate_sample_set
     from raylib.stages.extract import ExtractConfig, run_extract
 
     root = tmp_path_factory.mktemp("shuffle")
-    generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=PER_CLASS, val_per_class=0,
+    generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=PER_CLASS, val_per_class=1,
                                      width=160, height=120, seconds=1.0))
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), frames="uniform:2",
