@@ -9,23 +9,24 @@ from raylib.models.backbones import build_backbone
 from raylib.models.ir50 import IR50
 
 
-@pytest.fixture(scope="module")
-def ir50_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = IR50(112).eval()
-    path = str(tmp_path_factory.mktemp("ckpt") / "backbone_ir50.pth")
+def _ir50_checkpoint(tmp_path_factory, size: int, seed: int):
+    """(IR50 at `size` in eval mode, the path of its state dict saved with torch.save)."""
+    torch.manual_seed(seed)
+    model = IR50(size).eval()
+    path = str(tmp_path_factory.mktemp(f"ckpt{size}") / f"backbone_ir50_{size}.pth")
     torch.save(model.state_dict(), path)
     return model, path
+
+
+@pytest.fixture(scope="module")
+def ir50_checkpoint(tmp_path_factory):
+    return _ir50_checkpoint(tmp_path_factory, 112, 0)
 
 
 @pytest.fixture(scope="module")
 def ir50_224_checkpoint(tmp_path_factory):
     """An IR50 at the paper's 224 px chip: its output linear is (512, 512 * 14 * 14)."""
-    torch.manual_seed(1)
-    model = IR50(224).eval()
-    path = str(tmp_path_factory.mktemp("ckpt224") / "backbone_ir50_224.pth")
-    torch.save(model.state_dict(), path)
-    return model, path
+    return _ir50_checkpoint(tmp_path_factory, 224, 1)
 
 
 def chips(n=2, size=224, seed=0):
