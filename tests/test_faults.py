@@ -188,7 +188,7 @@ def test_the_secret_key_appears_in_no_log_mlflow_record_or_parquet_metadata(s3, 
 
 
 def test_s3_read_hiccup_is_retried_inside_the_clip(s3, monkeypatch, caplog):
-    import threading
+    import logging
 
     from raylib.errors import ClipError
     from raylib.media import video
@@ -203,17 +203,36 @@ def test_s3_read_hiccup_is_retried_inside_the_clip(s3, monkeypatch, caplog):
     fs = s3.fs()
     fs.mkdir("reads")
     fs.pipe("reads/clip.mp4", b"\x00video" * 1000)
-    s3.stop()  # a 3 s outage: the attempts at 0 s and 2 s fail, the one at 6 s succeeds
-    restart = threading.Timer(3.0, s3.start)
-    restart.start()
+
+    class RestartOnSecondRetry(logging.Handler):
+        """The outage ends as the second retry is announced (not after a fixed time: a slow first
+        attempt must not shorten it), so exactly two attempts fail and the third reads the clip."""
+
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.retries = 0
+
+        def emit(self, record):
+            if "retrying in" in record.getMessage():
+                self.retries += 1
+                if self.retries == 2:
+                    s3.start()
+
+    handler = RestartOnSecondRetry()
+    logger = logging.getLogger("raylib.storage")
+    s3.stop()
+    logger.addHandler(handler)
     try:
         with caplog.at_level("WARNING", logger="raylib.storage"):
             data = video.open_media("s3://reads/clip.mp4")
     finally:
-        restart.join()
+        logger.removeHandler(handler)
+        if handler.retries < 2:
+            s3.start()
     assert data.getvalue() == b"\x00video" * 1000
     assert "reading s3://reads/clip.mp4: EndpointConnectionError" in caplog.text
     assert "retrying in 2 s (attempt 2 of 4)" in caplog.text and "retrying in 4 s (attempt 3 of 4)" in caplog.text
+    assert handler.retries == 2  # the third attempt read it
     s3fs.S3FileSystem.clear_instance_cache()
 
     s3.stop()  # and one that outlasts the retries: the clip fails with one line, the job does not
