@@ -37,6 +37,11 @@ def main(argv=None) -> int:
     print(f"extract: {summary['clips_processed']} clips processed ({counts}), "
           f"{summary['clips_already_stored']} already stored, {summary['clips_stored']} in {summary['output']}; "
           f"{summary['elapsed_s']} s, {summary['clips_per_s']} clips/s")
+    if summary.get("bound_clips_per_s"):
+        print(f"extract: efficiency {summary['efficiency']:.0%}: {summary['processing_clips_per_s']} clips/s while "
+              f"processing, bound {summary['bound_clips_per_s']} clips/s from {summary['cpus']:g} CPUs and the measured "
+              f"stage costs (CPU stage {summary['cpu_seconds_per_clip']} s + feature stage "
+              f"{summary['feature_seconds_per_clip']} s per clip{' on CPUs' if not cfg.gpu_actors else '; GPU not counted'})")
     if not cfg.quiet:
         print(json.dumps({k: summary[k] for k in ("status_counts", "failures", "failure_rate")}))
     return 0

@@ -369,3 +369,23 @@ def test_predict_job_scores_new_videos_like_the_model_does_on_their_features(loc
         run_predict(PredictConfig(input=str(tmp_path / "new.csv"), checkpoints=ckpts[512][0],
                                   output=str(tmp_path / "out2"), frames=FRAMES, quiet=True))
     assert not (tmp_path / "out2").exists()
+
+
+def test_clip_dataset_gives_each_task_one_clip_at_any_size(local_ray, monkeypatch):
+    """Records in blocks of 64 (standing in for RECORD_BLOCK's 8,192): every decode task still
+    gets one clip, and every clip comes out once."""
+    from raylib.stages import extract
+
+    monkeypatch.setattr(extract, "RECORD_BLOCK", 64)
+    records = [{"clip_id": f"c{i:04d}", "uri": f"/nowhere/{i}.mp4", "label": EMOTIONS[i % 7] if i % 5 else "",
+                "split": "train", "dataset": "manifest"} for i in range(300)]
+
+    def task(batch):
+        n = len(batch["clip_id"])
+        return {"clip_id": batch["clip_id"], "task": [local_ray.get_runtime_context().get_task_id()] * n,
+                "rows": [n] * n}
+
+    out = extract.clip_dataset(records).map_batches(task, batch_size=1, num_cpus=0.25).take_all()
+    assert sorted(r["clip_id"] for r in out) == [r["clip_id"] for r in records]  # none lost, none twice
+    assert {r["rows"] for r in out} == {1}
+    assert len({r["task"] for r in out}) == len(records)  # one task per clip

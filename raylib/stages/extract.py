@@ -1,19 +1,24 @@
 """The extraction job: video (or audio) clips -> faces + spectrograms -> features -> a Parquet feature store.
 
     clip records (minus clips already stored), in a seeded random order (shards mix classes)
-        |  ray.data.from_items, one block per clip
+        |  clip_dataset: Arrow blocks of RECORD_BLOCK records, split as they stream into blocks of
+        |  CLIPS_PER_TASK clips, so a task holds one clip at any dataset size
         v
     cpu_stage        tasks, 1 CPU each: decode, detect, align, spectrogram   (1 row in, 1 row out)
         |
         v
     FeatureStage     actor pool, backbone loaded once per actor, GPU when asked: features of the
         |            (enhanced) face chips                                   (1 row in, 1 row out)
+        |            On CPU the pool autoscales from 1 actor to one per CPU, each reserving
+        |            CPU_ACTOR_CPUS: the cores decoding does not need run feature actors
         v
     write_shard      one Parquet file per batch of rows, committed atomically, retried through
         |            storage outages (1 row out per clip: clip_id, split, status, error, file,
         |            write attempts, the nodes that ran its stages)
         v
-    driver           counts statuses and nodes, prints and stores the summary
+    driver           tallies outcomes as they stream (counts, nodes, failures, stage seconds: no
+                     per-clip list), prints and stores the summary with the run's efficiency: clips/s
+                     against the bound its measured stage costs and its CPUs allow
 
 A clip that cannot be read, or whose processing raises anything at all, is a row with status
 "error", never a failed job. An audio file is a row with its audio features and no frames
@@ -57,6 +62,13 @@ RUNS_DIR = "_runs"  # every run's summary, <utc time>-<id>.json
 # bytes reserved per decode task. Measured peak RSS of one clip's CPU stage: 425 MiB (640 x 360,
 # 10 s, CNN fallback used), 598 MiB (3840 x 2160: decoded at 1920 wide, CNN on a 720-wide copy).
 CPU_TASK_MEMORY = 768 * 1024**2
+CLIPS_PER_TASK = 1  # clips per decode task at any dataset size: a lost task costs one clip
+RECORD_BLOCK = 8192  # clip records per block handed to Ray Data before the streaming split
+# CPU reserved per feature actor of the autoscaling CPU pool. A CPU actor computes faces for
+# ~13x as long per clip as decoding takes (dlib_resnet: ~1.2 s against ~0.09 s): reserving half
+# a CPU lets the pool grow to one actor per core while decode tasks keep their whole CPU, and the
+# decode tasks, idle most of the time, leave their cores to the actors.
+CPU_ACTOR_CPUS = 0.5
 
 
 class ExtractError(RaylibError):
@@ -88,7 +100,9 @@ class ExtractConfig:
                                                             "choices": list(DETECTORS)})
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
-    cpu_actors: int = field(default=1, metadata={"help": "feature actors on CPU when --gpu-actors is 0"})
+    cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0, one CPU each "
+                                                         "(0: a pool that grows from 1 to one actor per CPU of the "
+                                                         "cluster as work queues up, half a CPU reserved each)"})
     batch_size: int = field(default=8, metadata={"help": "clips per feature batch"})
     shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
     max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})
@@ -118,8 +132,8 @@ class ExtractConfig:
         if min(self.batch_size, self.shard_size) < 1 or min(self.cpu_workers, self.gpu_actors, self.limit,
                                                             self.write_retries) < 0:
             raise ValueError("--batch-size and --shard-size must be >= 1; counts must be >= 0")
-        if self.gpu_actors == 0 and self.cpu_actors < 1:
-            raise ValueError("--cpu-actors must be >= 1 when --gpu-actors is 0")
+        if self.cpu_actors < 0:
+            raise ValueError("--cpu-actors must be >= 0 (0: an autoscaling pool)")
         sizes = FIXED_INPUT_SIZES.get(self.backbone, ())
         if self.input_size < 0 or self.input_size and sizes and self.input_size not in sizes:
             raise ValueError(f"--input-size {self.input_size}: {self.backbone} takes "
@@ -143,7 +157,9 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
                                               "status", "error", "duration", "audio_seconds",
                                               "seconds_cpu", "cpu_node")}
     for uri in batch["uri"]:
+        used = time.process_time()  # core-seconds of this process (all its threads), not wall time
         r = preprocess_clip(str(uri), cfg)
+        used = time.process_time() - used
         ok = "chips" in r
         audio = r.get("audio")
         extra["chips"].append(r["chips"] if ok else np.zeros((0, 224, 224, 3), np.uint8))
@@ -156,10 +172,17 @@ def cpu_stage(batch: dict, cfg: PreprocessConfig) -> dict:
         extra["error"].append(r["error"] or "")
         extra["duration"].append(float(r.get("duration", 0.0)))
         extra["audio_seconds"].append(float(r.get("audio_seconds", 0.0)))
-        extra["seconds_cpu"].append(float(r.get("seconds_total", 0.0)))
+        extra["seconds_cpu"].append(used)
         extra["cpu_node"].append(node_id())
     out.update(extra)
     return {k: _column(v) for k, v in out.items()}
+
+
+def actor_id() -> str:
+    """The Ray actor this process is ("" outside an actor)."""
+    import ray
+
+    return (ray.get_runtime_context().get_actor_id() or "") if ray.is_initialized() else ""
 
 
 def node_id() -> str:
@@ -226,17 +249,23 @@ class FeatureStage:
         from raylib.models.backbones import build_backbone
 
         device = "cuda" if cfg.gpu_actors and torch.cuda.is_available() else "cpu"
+        self.actor = actor_id()
         self.mode = cfg.enhance
         self.encoder = build_backbone(cfg.backbone, cfg.weights, device=device, input_size=cfg.input_size or None)
         self.second = build_backbone(cfg.second_backbone, cfg.second_weights or None, device=device) \
             if cfg.enhance == "ar-mean" else None
 
     def __call__(self, batch: dict) -> dict:
+        used = time.process_time()  # core-seconds (all threads): wall time would grow with contention
         try:
-            return featurize_batch(batch, self.encoder, self.mode, self.second)
+            out = featurize_batch(batch, self.encoder, self.mode, self.second)
         except Exception:  # one clip broke the batch: go clip by clip so only that clip fails
             rows = [self._one({k: v[i:i + 1] for k, v in batch.items()}) for i in range(len(batch["clip_id"]))]
-            return {k: _column([r[k][0] for r in rows]) for k in rows[0]}
+            out = {k: _column([r[k][0] for r in rows]) for k in rows[0]}
+        n = len(out["clip_id"])
+        out["seconds_feature"] = np.full(n, (time.process_time() - used) / max(n, 1))  # the batch's share per clip
+        out["feature_actor"] = np.asarray([self.actor] * n)
+        return out
 
     def _one(self, row: dict) -> dict:
         try:
@@ -292,7 +321,8 @@ def batch_rows(batch: dict) -> list[dict]:
     return rows
 
 
-OUTCOME_KEYS = ("clip_id", "split", "status", "error", "seconds_cpu", "cpu_node", "feature_node")
+OUTCOME_KEYS = ("clip_id", "uri", "split", "status", "error", "seconds_cpu", "seconds_feature", "cpu_node",
+                "feature_node", "feature_actor")
 
 
 def write_shard(batch: dict, output: str, prov: dict, retries: int = storage.WRITE_RETRIES) -> dict:
@@ -394,23 +424,20 @@ def run_extract(cfg: ExtractConfig) -> dict:
                "provenance": prov}
     if cfg.dry_run:
         return {**summary, "dry_run": True, "clips_to_process": len(pending), "plan": plan(pending)}
-    outcomes = []
+    tally = Tally(state.failed)
     if pending:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not cfg.quiet
         if retry:  # the old error rows go first: a clip has no row (pending) until its new one lands
             drop_rows(cfg.output, retry, cfg.write_retries)
-        outcomes = _run_graph(pending, cfg, prov, env)
-        counts = Counter(o["status"] for o in outcomes)
-        shards = {o["file"]: int(o["write_attempts"]) for o in outcomes}
-        summary.update(clips_processed=len(outcomes), status_counts=dict(sorted(counts.items())),
-                       nodes={stage: dict(Counter(o[f"{stage}_node"] for o in outcomes)) for stage in ("cpu", "feature")},
-                       shards_written=len(shards), write_retries=sum(a - 1 for a in shards.values()),
-                       errors=[{"uri": o["uri"], "status": o["status"], "error": o["error"]}
-                               for o in outcomes if o["status"] not in (STATUS_OK, STATUS_AUDIO_ONLY)][:200],
-                       cpu_seconds_per_clip=float(np.mean([o["seconds_cpu"] for o in outcomes])))
-    summary.update(_judge(records, state, outcomes))
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        started = time.perf_counter()
+        _run_graph(pending, cfg, prov, env, tally)
+        summary.update(tally.summary())
+        summary.update(efficiency(tally, time.perf_counter() - started, cpus, gpu=cfg.gpu_actors > 0))
+    del pending
+    summary.update(_judge(records, state, tally))
     elapsed = time.perf_counter() - t0
     summary.update(elapsed_s=round(elapsed, 2),
                    clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0)
@@ -428,16 +455,82 @@ def plan(pending: list[dict]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _judge(records, state: StoreState, outcomes: list[dict]) -> dict:
-    """The store's state for this input after the run: clips with a row, failed clips."""
-    new = {o["clip_id"]: o for o in outcomes}
-    input_ids = {r.clip_id for r in records}
-    failed = {cid: f for cid, f in state.failed.items() if cid in input_ids and cid not in new}
-    failed.update({cid: {"uri": o["uri"], "error": o["error"]} for cid, o in new.items() if o["status"] == STATUS_ERROR})
-    judged = len((state.clip_ids & input_ids) | set(new))
-    return {"clips_stored": len(state.clip_ids | set(new)), "clips_judged": judged, "failures": len(failed),
-            "failure_rate": len(failed) / judged if judged else 0.0,
-            "failed_clips": [{"uri": f["uri"], "error": f["error"]} for f in failed.values()][:200]}
+SHOWN = 200  # errors and failed clips listed in a summary
+
+
+class Tally:
+    """Outcomes of a run, aggregated as they stream out of the graph: counts per status and node,
+    shards and their write attempts, stage seconds, the first SHOWN errors, and the clip ids only
+    of clips that failed now or were retried (error rows of the store) -- never a list of every
+    clip, so the driver stays small at any dataset size."""
+
+    def __init__(self, stored_failed: dict[str, dict] | None = None):
+        self.stored_failed = stored_failed or {}
+        self.processed = 0
+        self.statuses: Counter = Counter()
+        self.nodes = {"cpu": Counter(), "feature": Counter()}
+        self.shards: dict[str, int] = {}  # file -> write attempts (a few per SHARD clips)
+        self.seconds = {"cpu": 0.0, "feature": 0.0}
+        self.actors: set[str] = set()  # feature actors that did work (the pool's size in use)
+        self.errors: list[dict] = []
+        self.failed: dict[str, dict] = {}  # clip_id -> {"uri", "error"} of clips failed in this run
+        self.retried: set[str] = set()  # stored error rows processed again in this run
+
+    def add(self, batch: dict) -> None:
+        """Adds a batch of outcome rows (write_shard's columns)."""
+        for i, cid in enumerate(batch["clip_id"]):
+            cid, status = str(cid), str(batch["status"][i])
+            self.processed += 1
+            self.statuses[status] += 1
+            for stage in ("cpu", "feature"):
+                self.nodes[stage][str(batch[f"{stage}_node"][i])] += 1
+                self.seconds[stage] += float(batch[f"seconds_{stage}"][i] or 0.0)
+            self.shards[str(batch["file"][i])] = int(batch["write_attempts"][i])
+            self.actors.add(str(batch["feature_actor"][i]))
+            if cid in self.stored_failed:
+                self.retried.add(cid)
+            if status not in (STATUS_OK, STATUS_AUDIO_ONLY) and len(self.errors) < SHOWN:
+                self.errors.append({"uri": str(batch["uri"][i]), "status": status, "error": str(batch["error"][i])})
+            if status == STATUS_ERROR:
+                self.failed[cid] = {"uri": str(batch["uri"][i]), "error": str(batch["error"][i])}
+
+    def per_clip(self, stage: str) -> float:
+        return self.seconds[stage] / self.processed if self.processed else 0.0
+
+    def summary(self) -> dict:
+        return {"clips_processed": self.processed, "status_counts": dict(sorted(self.statuses.items())),
+                "nodes": {stage: dict(c) for stage, c in self.nodes.items()},
+                "shards_written": len(self.shards), "write_retries": sum(a - 1 for a in self.shards.values()),
+                "errors": self.errors, "cpu_seconds_per_clip": round(self.per_clip("cpu"), 4),
+                "feature_seconds_per_clip": round(self.per_clip("feature"), 4), "feature_actors": len(self.actors)}
+
+
+def efficiency(tally: Tally, seconds: float, cpus: float, gpu: bool) -> dict:
+    """The run's throughput against the bound its own measured stage costs allow. Stage costs are
+    core-seconds (process CPU time, so sharing a core does not inflate them): on CPUs only, every
+    clip costs (CPU stage + feature stage) core-seconds shared by all CPUs; with GPU feature actors
+    the CPUs bound decoding alone (the GPU side is not counted here)."""
+    if not tally.processed or seconds <= 0 or cpus <= 0:
+        return {}
+    cost = tally.per_clip("cpu") + (0.0 if gpu else tally.per_clip("feature"))
+    bound = cpus / cost if cost > 0 else 0.0
+    rate = tally.processed / seconds
+    return {"processing_s": round(seconds, 2), "processing_clips_per_s": round(rate, 3), "cpus": cpus,
+            "bound_clips_per_s": round(bound, 3), "efficiency": round(rate / bound, 3) if bound else 0.0}
+
+
+def _judge(records, state: StoreState, tally: Tally) -> dict:
+    """The store's state for this input after the run: clips with a row, failed clips. Every
+    processed clip was either new to the store or one of its error rows (tally.retried)."""
+    new = tally.processed - len(tally.retried)
+    stored_in_input = sum(1 for r in records if r.clip_id in state.usable or r.clip_id in state.failed)
+    input_failed = {r.clip_id for r in records if r.clip_id in state.failed}
+    failed = {cid: state.failed[cid] for cid in input_failed - tally.retried}
+    failed.update(tally.failed)
+    judged = stored_in_input + new
+    return {"clips_stored": len(state.usable) + len(state.failed) + new, "clips_judged": judged,
+            "failures": len(failed), "failure_rate": len(failed) / judged if judged else 0.0,
+            "failed_clips": [{"uri": f["uri"], "error": f["error"]} for f in failed.values()][:SHOWN]}
 
 
 def _state(output: str) -> StoreState:
@@ -474,21 +567,33 @@ def root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
 
 
-def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict) -> list[dict]:
+RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset")
+
+
+def clip_dataset(pending: list[dict]):
+    """Clip records -> a Ray dataset that feeds each decode task CLIPS_PER_TASK clips, at any size:
+    the records go to Ray Data as Arrow blocks of RECORD_BLOCK rows (columns, not Python objects in
+    the object store), split into blocks of CLIPS_PER_TASK rows as they stream."""
+    import pyarrow as pa
     import ray
 
-    uris = {r["clip_id"]: r["uri"] for r in pending}
-    ds = feature_graph(ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096)), cfg, env)
+    blocks = []
+    for i in range(0, len(pending), RECORD_BLOCK):
+        part = pending[i:i + RECORD_BLOCK]
+        blocks.append(pa.table({k: pa.array([str(r[k] or "") for r in part], pa.string()) for k in RECORD_COLUMNS}))
+    return ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=CLIPS_PER_TASK)
+
+
+def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict, tally: Tally) -> None:
+    ds = feature_graph(clip_dataset(pending), cfg, env)
     ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=0.5, **_env(env),
                         fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
-    outcomes = []
     try:
-        for row in ds.iter_rows():
-            outcomes.append({**row, "uri": uris[row["clip_id"]]})
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            tally.add(batch)
     except Exception as e:  # a stage failed as a whole (weights that do not fit, storage down for good)
         raise ExtractError(f"extraction failed: {root_cause(e)} (shards already written are kept; a re-run "
                            f"continues from them)") from None
-    return outcomes
 
 
 def _env(env: dict) -> dict:
@@ -499,12 +604,13 @@ def _env(env: dict) -> dict:
 def check_feature_actors_fit(cfg: ExtractConfig) -> None:
     """ClusterError when the cluster can never run the feature actors together with one decode task."""
     gpu = cfg.gpu_actors > 0
-    flag, count = ("--gpu-actors", cfg.gpu_actors) if gpu else ("--cpu-actors", cfg.cpu_actors)
+    flag, count = ("--gpu-actors", cfg.gpu_actors) if gpu else ("--cpu-actors", max(cfg.cpu_actors, 1))
     fix = {"CPU": f"lower {flag}", "GPU": f"lower {flag}, or use --cpu-actors", "memory": "run on nodes with more memory"}
     for name, resource in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
         if resource:
             fix[resource] = f"start such nodes, or change {name}"
-    check_capacity(f"{flag} {count}", count, {"CPU": 1.0, "GPU": 1.0 if gpu else 0.0, **placement(cfg.feature_resource)},
+    per_actor = 1.0 if gpu or cfg.cpu_actors else CPU_ACTOR_CPUS
+    check_capacity(f"{flag} {count}", count, {"CPU": per_actor, "GPU": 1.0 if gpu else 0.0, **placement(cfg.feature_resource)},
                    fix, beside=("one decode task", {"CPU": 1.0, "memory": CPU_TASK_MEMORY, **placement(cfg.cpu_resource)}))
 
 
@@ -529,7 +635,20 @@ def feature_graph(ds, cfg: ExtractConfig, env: dict):
     ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
                         memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
-    gpu = cfg.gpu_actors > 0
+    compute, cpus, gpus = feature_pool(cfg)
     return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
-                          compute=ray.data.ActorPoolStrategy(size=cfg.gpu_actors if gpu else cfg.cpu_actors),
-                          num_gpus=1 if gpu else 0, num_cpus=1, **extra, **placed(cfg.feature_resource))
+                          compute=compute, num_gpus=gpus, num_cpus=cpus, **extra, **placed(cfg.feature_resource))
+
+
+def feature_pool(cfg: ExtractConfig):
+    """(Ray Data compute strategy, CPUs, GPUs per actor) of the feature actors: --gpu-actors fixed
+    GPU actors, --cpu-actors fixed CPU actors, else a CPU pool growing from 1 actor to one per CPU
+    of the cluster (CPU_ACTOR_CPUS each)."""
+    import ray
+
+    if cfg.gpu_actors:
+        return ray.data.ActorPoolStrategy(size=cfg.gpu_actors), 1, 1
+    if cfg.cpu_actors:
+        return ray.data.ActorPoolStrategy(size=cfg.cpu_actors), 1, 0
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)), CPU_ACTOR_CPUS, 0

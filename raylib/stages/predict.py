@@ -69,7 +69,8 @@ class PredictConfig:
     face_detector: str = field(default="hog+cnn", metadata={"help": "see jobs/extract.py --help", "choices": list(DETECTORS)})
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
-    cpu_actors: int = field(default=1, metadata={"help": "feature actors on CPU when --gpu-actors is 0"})
+    cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0 (0: an "
+                                                         "autoscaling pool; see jobs/extract.py --help)"})
     predictor_actors: int = field(default=1, metadata={"help": "actors holding the models"})
     batch_size: int = field(default=8, metadata={"help": "clips per feature / prediction batch"})
     s3_endpoint: str = field(default="", metadata={"help": "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"})
@@ -215,7 +216,7 @@ def run_predict(cfg: PredictConfig) -> dict:
     from raylib.metrics import summarize
     from raylib.runtime import init_ray
     from raylib.sources import list_clips
-    from raylib.stages.extract import _check_recipe, _env, _state, feature_graph, provenance, root_cause
+    from raylib.stages.extract import _check_recipe, _env, _state, clip_dataset, feature_graph, provenance, root_cause
 
     t0 = time.perf_counter()
     ecfg = cfg.extract_config()
@@ -238,7 +239,7 @@ def run_predict(cfg: PredictConfig) -> dict:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
         ray.data.DataContext.get_current().enable_progress_bars = not cfg.quiet
         refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
-        ds = feature_graph(ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096)), ecfg, env)
+        ds = feature_graph(clip_dataset(pending), ecfg, env)
         if cfg.store:
             ds = ds.map_batches(keep_features, batch_size=cfg.batch_size, num_cpus=0.5, **_env(env),
                                 fn_kwargs={"output": cfg.store, "prov": prov})
