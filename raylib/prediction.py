@@ -53,16 +53,36 @@ def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int 
     return (np.concatenate(probs) if probs else np.zeros((0, len(EMOTIONS)), np.float32)), weights[:keep_weights]
 
 
-def val_metrics(model, table, device="cpu") -> dict:
-    """val_loss, val_accuracy, val_uar and val_recall_<label> of a model on labelled rows."""
-    from raylib.metrics import summarize
+def val_counts(model, table, device="cpu") -> np.ndarray:
+    """What val metrics are made of, summable over shards scored apart: the confusion matrix
+    (7 x 7, flattened) then the summed log loss and the number of rows."""
+    from raylib.metrics import confusion_matrix
 
     probs, _ = predict(model, table, device=device)
-    labels = table.column("label_index").to_numpy()
-    m = summarize(labels, probs.argmax(1))
-    out = {"val_loss": float(-np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12))),
-           "val_accuracy": m["accuracy"], "val_uar": m["uar"]}
-    for name, r in zip(EMOTIONS, m["recall"]):
+    labels = table.column("label_index").to_numpy().astype(np.int64)
+    cm = confusion_matrix(labels, probs.argmax(1)) if len(labels) else np.zeros((len(EMOTIONS),) * 2, np.int64)
+    loss = float(-np.sum(np.log(probs[np.arange(len(labels)), labels] + 1e-12))) if len(labels) else 0.0
+    return np.concatenate([cm.ravel().astype(np.float64), [loss, float(len(labels))]])
+
+
+def metrics_from_counts(counts: np.ndarray) -> dict:
+    """val_loss, val_accuracy, val_uar, val_recall_<label> and val_clips from (summed) val_counts."""
+    from raylib.metrics import per_class_recall
+
+    k = len(EMOTIONS)
+    cm = np.asarray(counts[: k * k]).reshape(k, k)
+    n = float(counts[k * k + 1])
+    if not n:
+        return {"val_accuracy": 0.0, "val_uar": 0.0, "val_clips": 0}
+    recall = per_class_recall(cm)
+    out = {"val_loss": float(counts[k * k] / n), "val_accuracy": float(np.trace(cm) / n),
+           "val_uar": float(np.nanmean(recall)) if np.isfinite(recall).any() else 0.0, "val_clips": int(n)}
+    for name, r in zip(EMOTIONS, recall):
         if np.isfinite(r):
             out[f"val_recall_{name}"] = float(r)
     return out
+
+
+def val_metrics(model, table, device="cpu") -> dict:
+    """val_loss, val_accuracy, val_uar, val_recall_<label> and val_clips of a model on labelled rows."""
+    return metrics_from_counts(val_counts(model, table, device))

@@ -58,6 +58,28 @@ def test_two_workers_learn_the_planted_signal(trained):
     assert trained["val_accuracy"] >= 0.35 > 2 * CHANCE
 
 
+def test_val_scored_in_parallel_equals_the_best_checkpoint_scored_in_one_process(store, trained):
+    """Both workers score a share of val each epoch and sum their counts: the run's figures at its
+    best epoch are those of its checkpoint over the whole val split in one process."""
+    from raylib.batches import COLUMNS, usable
+    from raylib.checkpoints import model_from_checkpoint
+    from raylib.prediction import rows_for, val_metrics
+    from raylib.store import read_store
+    from raylib.stages.train_loop import val_share
+
+    path, _ = store
+    whole = read_store(path, COLUMNS, split="val")
+    shares = [val_share(path, rank, 2) for rank in range(2)]
+    assert min(s.num_rows for s in shares) >= 6  # both workers score (7 each here)
+    assert sorted(sum((s.column("clip_id").to_pylist() for s in shares), [])) == sorted(whole.column("clip_id").to_pylist())
+    model, state = model_from_checkpoint(trained["best_checkpoint"])
+    alone = val_metrics(model, rows_for(usable(whole), state["model_config"]["modalities"]))
+    assert alone["val_clips"] == 14
+    assert [m.value for m in client().get_metric_history(trained["run_id"], "val_clips")] == [14] * 12
+    for key in ("val_accuracy", "val_uar", "val_loss"):
+        assert trained[key] == pytest.approx(alone[key], abs=1e-5), key
+
+
 def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
     run = client().get_run(trained["run_id"])
     assert run.info.status == "FINISHED"

@@ -1,8 +1,11 @@
 """The Ray Train worker loop: each worker trains FusionModel (DDP) on its shard of the store's
-train split; rank 0 scores val each epoch, logs the epoch to MLflow and reports a checkpoint.
+train split; each epoch every worker scores its share of val (the counts are summed across
+workers), and rank 0 logs the epoch to MLflow and reports a checkpoint.
 
     shard of /train --iter_batches--> collate (pad + mask) --> FusionModel --> cross-entropy
-    rank 0, each epoch: val metrics --> MLflow (step = epoch) --> checkpoint --> ray.train.report
+    each epoch: rank 0 recalibrates batch norms --> every worker scores its share of /val -->
+        all_reduce(confusion matrix, loss) --> rank 0: val metrics --> MLflow (step = epoch)
+        --> checkpoint --> ray.train.report
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 
 from raylib.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from raylib.metrics import keep_score
-from raylib.prediction import val_metrics
+from raylib.prediction import metrics_from_counts, val_counts
 from raylib.stages.train_config import TrainConfig
 
 # clips of the epoch's last batches over which rank 0 recomputes the batch-norm statistics
@@ -68,6 +71,48 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
+def val_share(store: str, rank: int, world: int):
+    """This worker's share of the val split: whole files in turn (rank r reads files r, r + world,
+    ...), or, when there are fewer files than workers, a slice of every file's rows. Workers score
+    their shares at once and sum the counts (all_summed): no process holds the whole split."""
+    import pyarrow as pa
+
+    from raylib.batches import COLUMNS
+    from raylib.schema import SCHEMA
+    from raylib.store import data_files, read_files
+
+    files = data_files(store, "val")
+    if len(files) >= world:
+        tables = read_files(store, files[rank::world], COLUMNS)
+    else:
+        table = pa.concat_tables(read_files(store, files, COLUMNS)) if files else SCHEMA.empty_table().select(COLUMNS)
+        start, stop = rank * table.num_rows // world, (rank + 1) * table.num_rows // world
+        tables = [table.slice(start, stop - start)]
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(COLUMNS)
+
+
+def share_buffers(model) -> None:
+    """Rank 0's buffers (batch-norm statistics) to every worker; nothing with one worker."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
+
+def all_summed(counts, device):
+    """The element-wise sum of every worker's counts (numpy float64), on every worker."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return counts
+    t = torch.as_tensor(counts, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return np.asarray(t.cpu().numpy(), dtype=np.float64)
+
+
 def label_mix(batches, distinct: list[int]):
     """Passes collated batches through, appending each one's number of distinct labels to distinct:
     how well shuffled the data arrives (a batch of one class gives a one-sided gradient)."""
@@ -83,11 +128,10 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from raylib import tracking
-    from raylib.batches import COLUMNS, collate, usable
+    from raylib.batches import collate, usable
     from raylib.models.audio_cnn import recalibrate_norms
     from raylib.models.fusion import ModelConfig, build_model
     from raylib.prediction import rows_for
-    from raylib.store import read_store
 
     cfg = TrainConfig(**config["train"])
     model_cfg = ModelConfig(**config["model"])
@@ -120,7 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
-    val = rows_for(usable(read_store(cfg.store, COLUMNS, split="val")), cfg.modalities) if rank == 0 else None
+    val = rows_for(usable(val_share(cfg.store, rank, ctx.get_world_size())), cfg.modalities)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -138,8 +182,10 @@ def train_loop_per_worker(config: dict) -> None:
                    "train_samples_per_s_per_worker": total / max(seconds, 1e-9),
                    "train_batch_distinct_labels": sum(distinct) / max(len(distinct), 1)}
         if rank == 0:
-            recalibrate_norms(core, kept)  # the other workers take these statistics from rank 0 (DDP)
-            metrics.update(val_metrics(core, val, device) if val.num_rows else {"val_accuracy": 0.0, "val_uar": 0.0})
+            recalibrate_norms(core, kept)
+        share_buffers(core)  # rank 0's recalibrated statistics, for every worker's share of val
+        metrics.update(metrics_from_counts(all_summed(val_counts(core, val, device), device)))
+        if rank == 0:
             metrics[KEEP_SCORE] = keep_score(metrics.get(cfg.select_metric, 0.0), best)
             best = max(best, metrics.get(cfg.select_metric, 0.0))
             metrics["best_" + cfg.select_metric] = best
