@@ -581,11 +581,19 @@ def clip_dataset(pending: list[dict]):
     for i in range(0, len(pending), RECORD_BLOCK):
         part = pending[i:i + RECORD_BLOCK]
         blocks.append(pa.table({k: pa.array([str(r[k] or "") for r in part], pa.string()) for k in RECORD_COLUMNS}))
-    return ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=CLIPS_PER_TASK)
+    ds = ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=CLIPS_PER_TASK)
+    # The split is a long-lived task that streams blocks out as the decode tasks take them; Ray
+    # Data gives it a whole CPU, which on a small machine is the CPU a feature actor needed (the
+    # second actor of a 2-CPU machine waited for the split to end). It only slices Arrow tables:
+    # it reserves none. repartition() takes no resource arguments, so they are set on its operator.
+    split = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    if split is not None and isinstance(getattr(split, "ray_remote_args", None), dict):
+        object.__setattr__(split, "ray_remote_args", {**split.ray_remote_args, "num_cpus": 0})
+    return ds
 
 
 def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict, tally: Tally) -> None:
-    ds = feature_graph(clip_dataset(pending), cfg, env)
+    ds = feature_graph(clip_dataset(pending), cfg, env, len(pending))
     ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=0.5, **_env(env),
                         fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
     try:
@@ -614,7 +622,7 @@ def check_feature_actors_fit(cfg: ExtractConfig) -> None:
                    fix, beside=("one decode task", {"CPU": 1.0, "memory": CPU_TASK_MEMORY, **placement(cfg.cpu_resource)}))
 
 
-def feature_graph(ds, cfg: ExtractConfig, env: dict):
+def feature_graph(ds, cfg: ExtractConfig, env: dict, clips: int = 0):
     """Clip-record rows -> rows with features: the CPU stage (tasks) and the feature stage (actor
     pool), placed on the nodes cfg names. Shared by extraction and prediction."""
     import ray
@@ -635,15 +643,15 @@ def feature_graph(ds, cfg: ExtractConfig, env: dict):
     ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
                         memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
-    compute, cpus, gpus = feature_pool(cfg)
+    compute, cpus, gpus = feature_pool(cfg, clips)
     return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                           compute=compute, num_gpus=gpus, num_cpus=cpus, **extra, **placed(cfg.feature_resource))
 
 
-def feature_pool(cfg: ExtractConfig):
+def feature_pool(cfg: ExtractConfig, clips: int = 0):
     """(Ray Data compute strategy, CPUs, GPUs per actor) of the feature actors: --gpu-actors fixed
-    GPU actors, --cpu-actors fixed CPU actors, else a CPU pool growing from 1 actor to one per CPU
-    of the cluster (CPU_ACTOR_CPUS each)."""
+    GPU actors, --cpu-actors fixed CPU actors, else a CPU pool of 1 to one actor per CPU of the
+    cluster (CPU_ACTOR_CPUS each), started with as many as `clips` fill batches for."""
     import ray
 
     if cfg.gpu_actors:
@@ -651,4 +659,8 @@ def feature_pool(cfg: ExtractConfig):
     if cfg.cpu_actors:
         return ray.data.ActorPoolStrategy(size=cfg.cpu_actors), 1, 0
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus)), CPU_ACTOR_CPUS, 0
+    most = max(1, cpus)
+    # started at the size the work can use (a batch per actor), not grown: growing waits for a
+    # queue to build up first, and the actors' start-up is then paid in the middle of the run
+    start = min(most, max(1, -(-clips // cfg.batch_size))) if clips else 1
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=start), CPU_ACTOR_CPUS, 0

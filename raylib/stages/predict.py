@@ -239,7 +239,7 @@ def run_predict(cfg: PredictConfig) -> dict:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
         ray.data.DataContext.get_current().enable_progress_bars = not cfg.quiet
         refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
-        ds = feature_graph(clip_dataset(pending), ecfg, env)
+        ds = feature_graph(clip_dataset(pending), ecfg, env, len(pending))
         if cfg.store:
             ds = ds.map_batches(keep_features, batch_size=cfg.batch_size, num_cpus=0.5, **_env(env),
                                 fn_kwargs={"output": cfg.store, "prov": prov})
