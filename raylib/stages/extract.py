@@ -9,8 +9,9 @@
         v
     FeatureStage     actor pool, backbone loaded once per actor, GPU when asked: features of the
         |            (enhanced) face chips                                   (1 row in, 1 row out)
-        |            On CPU the pool autoscales from 1 actor to one per CPU, each reserving
-        |            CPU_ACTOR_CPUS: the cores decoding does not need run feature actors
+        |            On CPU the pool holds 1 to one actor per CPU, each reserving CPU_ACTOR_CPUS,
+        |            started at the size the work can use: the cores decoding does not need run
+        |            feature actors
         v
     write_shard      one Parquet file per batch of rows, committed atomically, retried through
         |            storage outages (1 row out per clip: clip_id, split, status, error, file,
@@ -101,8 +102,8 @@ class ExtractConfig:
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
     cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0, one CPU each "
-                                                         "(0: a pool that grows from 1 to one actor per CPU of the "
-                                                         "cluster as work queues up, half a CPU reserved each)"})
+                                                         "(0: a pool of 1 to one actor per CPU of the cluster, half "
+                                                         "a CPU reserved each, started at the size the work can use)"})
     batch_size: int = field(default=8, metadata={"help": "clips per feature batch"})
     shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
     max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})
