@@ -103,8 +103,12 @@ def bench_ids(workdir: str, shards: int, rows: int, s3_shards: int) -> list[str]
     lines = [f"| stored ids from {shards:,} local shards ({clips:,} clips) | {seconds:.1f} s | {rss:.2f} GiB | "
              f"{shards / seconds:,.0f} shards/s |"]
     if s3_shards:
+        import logging
+
         from moto.server import ThreadedMotoServer
         import s3fs
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
 
         sock = __import__("socket").socket()
         sock.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ import os
 import posixpath
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from raylib import storage
 from raylib.errors import SourceError
@@ -54,7 +54,7 @@ CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 AFEW_SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of them are planned at once
 class ClipRecord:
     """One clip: clip_id (stable hash of uri), uri, label (AFEW name, None if unlabelled), split, dataset."""
 
@@ -65,7 +65,9 @@ class ClipRecord:
     dataset: str
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # not dataclasses.asdict: its deep copy of every field cost ~10 s per million records
+        return {"clip_id": self.clip_id, "uri": self.uri, "label": self.label, "split": self.split,
+                "dataset": self.dataset}
 
 
 def canonical_uri(uri: str) -> str:
@@ -80,25 +82,30 @@ def canonical_uri(uri: str) -> str:
     if scheme == "s3a":
         scheme = "s3"
     bucket, _, key = rest.partition("/")
-    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+    if key.startswith("/") or key.endswith("/") or "//" in key or "/." in "/" + key:  # else normpath is a no-op
+        key = posixpath.normpath("/" + key).lstrip("/")
     return f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
 
 
 def clip_id(uri: str) -> str:
     """Stable 16-hex-digit id of a clip: sha1 of its canonical URI (same on every machine)."""
-    return hashlib.sha1(canonical_uri(uri).encode("utf-8")).hexdigest()[:16]
+    return _hash(canonical_uri(uri))
+
+
+def _hash(canonical: str) -> str:
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def _record(uri: str, label: str | None, split: str, dataset: str) -> ClipRecord:
     uri = canonical_uri(uri)
-    return ClipRecord(clip_id(uri), uri, label, split, dataset)
+    return ClipRecord(_hash(uri), uri, label, split, dataset)
+
+
+_LABELS = {e.lower(): e for e in EMOTIONS}
 
 
 def _canonical_label(name: str) -> str | None:
-    for known in EMOTIONS:
-        if known.lower() == name.lower():
-            return known
-    return None
+    return _LABELS.get(name.lower())
 
 
 def _unknown(problems: list[str], what: str) -> SourceError:
@@ -199,6 +206,16 @@ def cremad_clips(root: str) -> list[ClipRecord]:
 def read_manifest(manifest: str, columns: str = "uri,label[,split]") -> list[dict]:
     """The rows of a CSV or Parquet manifest (local or URI) with their uri resolved against the
     manifest's own folder; SourceError when it is missing or lacks uri/label."""
+    table = _manifest_table(manifest, columns)
+    uris = _resolved_uris(manifest, table)
+    rows = table.to_pylist()
+    for row, uri in zip(rows, uris):
+        row["uri"] = uri
+    return rows
+
+
+def _manifest_table(manifest: str, columns: str):
+    """A manifest as a pyarrow Table; SourceError when it is missing or lacks uri/label."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -210,23 +227,28 @@ def read_manifest(manifest: str, columns: str = "uri,label[,split]") -> list[dic
     missing = {"uri", "label"} - set(table.column_names)
     if missing:
         raise SourceError(f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}; expected {columns}")
+    return table
+
+
+def _resolved_uris(manifest: str, table) -> list[str]:
+    """The manifest's uri column, relative ones joined to the manifest's own folder."""
     base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
-    rows = table.to_pylist()
-    for row in rows:
-        uri = str(row["uri"])
-        row["uri"] = storage.join(base, uri) if "://" not in uri and not uri.startswith("/") else uri
-    return rows
+    return [uri if "://" in uri or uri.startswith("/") else storage.join(base, uri)
+            for uri in map(str, table.column("uri").to_pylist())]
 
 
 def manifest_clips(manifest: str) -> list[ClipRecord]:
-    """A CSV or Parquet manifest with columns uri,label[,split]; split defaults to 'train'."""
+    """A CSV or Parquet manifest with columns uri,label[,split]; split defaults to 'train'.
+    Reads it column by column (no dict per row): a manifest can list millions of clips."""
+    table = _manifest_table(manifest, "uri,label[,split]")
+    uris = _resolved_uris(manifest, table)
+    raw_labels = table.column("label").to_pylist()
+    raw_splits = table.column("split").to_pylist() if "split" in table.column_names else [None] * len(uris)
+    labels = {raw: (_canonical_label(str(raw)) if raw not in (None, "") else None) for raw in set(raw_labels)}
+    splits = {raw: _split_name(raw) for raw in set(raw_splits)}
     records, problems = [], []
-    for row in read_manifest(manifest):
-        uri = row["uri"]
-        raw = row.get("label")
-        label = _canonical_label(str(raw)) if raw not in (None, "") else None
-        split = str(row.get("split") or "train").lower()
-        split = AFEW_SPLIT_FOLDERS.get(split, split)
+    for uri, raw, raw_split in zip(uris, raw_labels, raw_splits):
+        label, split = labels[raw], splits[raw_split]
         if raw not in (None, "") and label is None:
             problems.append(f"{uri} (label {raw!r})")
         elif split not in SPLITS:
@@ -236,6 +258,12 @@ def manifest_clips(manifest: str) -> list[ClipRecord]:
     if problems:
         raise _unknown(problems, "label or split")
     return records
+
+
+def _split_name(raw) -> str:
+    """A manifest's split value as one of SPLITS where it names one (empty: train)."""
+    split = str(raw or "train").lower()
+    return AFEW_SPLIT_FOLDERS.get(split, split)
 
 
 def detect_format(uri: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from raylib import storage
@@ -45,14 +46,21 @@ def data_files(output: str, split: str | None = None) -> list[str]:
 
 
 def read_files(output: str, paths: list[str], columns: list[str] | None) -> list[pa.Table]:
-    """The given shards read with plain pyarrow, several at once, in the order given."""
+    """The given shards (paths as data_files lists them) read with plain pyarrow, in the order given.
+    Local shards are read one after another by pyarrow's own file reader (an open per shard costs
+    more than its few columns; threads only contend for the GIL); remote shards READ_THREADS at a
+    time, fetching only the footer and the asked columns' byte ranges."""
     import pyarrow.parquet as pq
 
+    if not storage.is_remote(output):
+        return [pq.ParquetFile(p).read(columns, use_threads=False) for p in paths]
     fs, _ = storage.filesystem(output)
 
     def read(p):
-        with fs.open(p, "rb") as f:
-            return pq.read_table(f, columns=columns)
+        # no read-ahead: s3fs would otherwise fetch up to 50 MB past every range pyarrow asks for,
+        # i.e. whole shards of features to read their clip ids
+        with fs.open(p, "rb", cache_type="none") as f:
+            return pq.ParquetFile(f).read(columns, use_threads=False)
 
     if len(paths) <= 1:
         return [read(p) for p in paths]
@@ -127,33 +135,45 @@ STATE_COLUMNS = ["clip_id", "uri", "status", "error", *RECIPE_KEYS]
 
 
 def store_state(output: str) -> StoreState:
-    """Read the small columns of every shard (in parallel) into a StoreState. StoreError when a
-    clip has two rows (a store written by hand or by an older version)."""
+    """Read the small columns of every shard into a StoreState, with Arrow compute rather than a
+    Python loop per row. StoreError when a clip has two rows (a store written by hand or by an
+    older version)."""
+    import pyarrow.compute as pc
+
     files = data_files(output)
     tables = read_files(output, files, STATE_COLUMNS)
     state = StoreState(files=len(files))
+    if not tables:
+        return state
+    state.schema_versions = {(t.schema.metadata or {}).get(METADATA_KEY, b"?").decode() for t in tables}
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
+    stored = set(table.column("clip_id").to_pylist())
+    if len(stored) != table.num_rows:
+        raise _stored_twice(output, files, tables)
+    error = pc.fill_null(pc.equal(table.column("status"), STATUS_ERROR), False)
+    if pc.any(error).as_py():
+        shard = np.repeat(np.arange(len(files), dtype=np.int32), [t.num_rows for t in tables])
+        rows = table.select(["clip_id", "uri", "error"]).append_column("shard", pa.array(shard)).filter(error)
+        state.failed = {r["clip_id"]: {"file": files[r["shard"]], "uri": r["uri"], "error": r["error"]}
+                        for r in rows.to_pylist()}
+    stored.difference_update(state.failed)
+    state.usable = stored
+    state.recipes = recipes(table)
+    return state
+
+
+def _stored_twice(output: str, files: list[str], tables: list[pa.Table]) -> StoreError:
+    """StoreError listing the clips with more than one row, and the shards holding them."""
     seen: dict[str, str] = {}
     twice = []
     for path, table in zip(files, tables):
-        state.schema_versions.add((table.schema.metadata or {}).get(METADATA_KEY, b"?").decode())
-        ids = table.column("clip_id").to_pylist()
-        statuses = table.column("status").to_pylist()
-        for i, (cid, status) in enumerate(zip(ids, statuses)):
+        for cid in table.column("clip_id").to_pylist():
             if cid in seen:
                 twice.append(f"{cid} ({seen[cid]}, {path})")
-                continue
-            seen[cid] = path
-            if status == STATUS_ERROR:
-                state.failed[cid] = {"file": path, "uri": table.column("uri")[i].as_py(),
-                                     "error": table.column("error")[i].as_py()}
             else:
-                state.usable.add(cid)
-    if twice:
-        shown = "; ".join(twice[:5]) + (f"; ... {len(twice) - 5} more" if len(twice) > 5 else "")
-        raise StoreError(f"the store {storage.public_uri(output)} holds {len(twice)} clip(s) twice: {shown}")
-    if tables:
-        state.recipes = recipes(pa.concat_tables(t.select(list(RECIPE_KEYS)) for t in tables))
-    return state
+                seen[cid] = path
+    shown = "; ".join(twice[:5]) + (f"; ... {len(twice) - 5} more" if len(twice) > 5 else "")
+    return StoreError(f"the store {storage.public_uri(output)} holds {len(twice)} clip(s) twice: {shown}")
 
 
 def drop_rows(output: str, clip_ids_by_file: dict[str, set[str]], retries: int = storage.WRITE_RETRIES) -> int:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from raylib.errors import SourceError
@@ -69,6 +71,7 @@ def test_manifest(tmp_path, kind):
     assert [(r.uri, r.label, r.split) for r in recs] == [
         (str(tmp_path / "clips/a.mp4"), "Angry", "train"), ("/abs/b.avi", "Fear", "val"),
         ("s3://bucket/c.mp4", None, "test")]
+    assert [r.to_dict() for r in recs] == [dataclasses.asdict(r) for r in recs]
 
 
 def test_manifest_errors(tmp_path):
@@ -125,6 +128,8 @@ def test_clip_id_is_the_same_for_every_spelling_of_a_file(tmp_path, monkeypatch)
     assert len({clip_id(s) for s in spellings}) == 1
     assert clip_id("s3://b/k/x.mp4") == clip_id("s3://b/k//./x.mp4") == clip_id("s3a://b/k/x.mp4") == clip_id("S3://b/k/x.mp4")
     assert clip_id("s3://b/k/x.mp4") != clip_id("s3://other/k/x.mp4") != clip_id(absolute)
+    assert {canonical_uri(s) for s in ("s3://b//k/x.mp4", "s3://b/k/../k/x.mp4", "s3://b/k/x.mp4/")} == {"s3://b/k/x.mp4"}
+    assert canonical_uri("s3://b/k/.x/y..mp4") == "s3://b/k/.x/y..mp4" and canonical_uri("s3://b/") == "s3://b"
 
 
 def test_manifest_duplicates_collapse_into_one_record_with_a_warning(tmp_path, monkeypatch, capsys):

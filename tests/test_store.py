@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylib.errors import StoreError
-from raylib.schema import to_table
+from raylib.schema import SCHEMA_VERSION, to_table
 from raylib.store import (RECIPE_KEYS, describe_recipe, drop_rows, read_store, single_recipe, store_state)
 
 RECIPE = {"backbone": "dlib_resnet", "weights": "packaged", "weights_digest": "ab" * 32, "enhancement": "basic",
@@ -62,6 +62,70 @@ def test_a_clip_stored_twice_is_an_error_naming_it(tmp_path):
     write(store, "part-b.parquet", [row("a", "error")])
     with pytest.raises(StoreError, match=r"holds 1 clip\(s\) twice: a \("):
         store_state(store)
+
+
+def many_shards(store, shards=120, rows=8):
+    """shards train shards of rows clips each; clip s-r is an error row when (s * rows + r) % 7 == 0.
+    Returns (usable ids, {failed id: shard path})."""
+    usable, failed = set(), {}
+    for s in range(shards):
+        batch = []
+        for r in range(rows):
+            cid, bad = f"{s}-{r}", (s * rows + r) % 7 == 0
+            batch.append(row(cid, "error" if bad else ("no_face" if r == 1 else "ok"), dim=2))
+            if bad:
+                failed[cid] = os.path.join(store, "train", f"part-{s:04d}.parquet")
+            else:
+                usable.add(cid)
+        write(store, f"part-{s:04d}.parquet", batch)
+    return usable, failed
+
+
+def test_state_of_many_shards_names_every_failed_clip_with_its_shard(tmp_path):
+    store = str(tmp_path)
+    usable, failed = many_shards(store)
+    state = store_state(store)
+    assert state.files == 120 and state.schema_versions == {SCHEMA_VERSION}
+    assert state.usable == usable and len(usable) == 960 - len(failed)
+    assert {cid: f["file"] for cid, f in state.failed.items()} == failed
+    assert all(f["uri"] == f"/clips/{cid}.mp4" and f["error"] == "not a readable video" for cid, f in state.failed.items())
+    assert state.recipes == [{k: RECIPE[k] for k in RECIPE_KEYS}]
+
+
+def test_clips_stored_twice_among_many_shards_are_all_counted(tmp_path):
+    store = str(tmp_path)
+    many_shards(store)
+    write(store, "part-extra.parquet", [row("5-3"), row("0-0", "error"), row("new")], split="val")
+    with pytest.raises(StoreError) as info:
+        store_state(store)
+    msg = str(info.value)
+    assert msg.startswith(f"the store {store} holds 2 clip(s) twice: ")
+    extra = os.path.join(store, "val", "part-extra.parquet")
+    assert f"0-0 ({os.path.join(store, 'train', 'part-0000.parquet')}, {extra})" in msg
+    assert f"5-3 ({os.path.join(store, 'train', 'part-0005.parquet')}, {extra})" in msg
+
+
+def test_state_on_s3_fetches_footers_and_small_columns_not_whole_shards(s3_bucket, monkeypatch):
+    import s3fs
+
+    from raylib import storage
+
+    fs, _ = storage.filesystem(s3_bucket)
+    rng = np.random.default_rng(0)
+    for s in range(3):  # ~1 MB of incompressible features per shard, as real shards hold
+        rows = [{**row(f"{s}-{r}", "error" if r == 0 else "ok"), "visual_features": rng.random((16, 2048), np.float32)}
+                for r in range(8)]
+        rows[0]["visual_features"] = None
+        with fs.open(f"{s3_bucket}/train/part-{s}.parquet", "wb") as f:
+            pq.write_table(to_table(rows), f)
+    size = sum(fs.size(p) for p in fs.find(s3_bucket))
+    fetched = []
+    real = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", lambda self, a, b: fetched.append(b - a) or real(self, a, b))
+    state = store_state(s3_bucket)
+    assert state.usable == {f"{s}-{r}" for s in range(3) for r in range(1, 8)}
+    assert state.failed["1-0"]["file"] == f"{s3_bucket.removeprefix('s3://')}/train/part-1.parquet"
+    assert size > 3_000_000 and sum(fetched) < 3 * 100_000, (size, fetched)
 
 
 def mixed_store(tmp_path):
