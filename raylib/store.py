@@ -52,15 +52,20 @@ def read_files(output: str, paths: list[str], columns: list[str] | None) -> list
     time, fetching only the footer and the asked columns' byte ranges."""
     import pyarrow.parquet as pq
 
+    def read_from(source) -> pa.Table:
+        with pq.ParquetFile(source) as f:
+            return f.read(columns, use_threads=False)
+
     if not storage.is_remote(output):
-        return [pq.ParquetFile(p).read(columns, use_threads=False) for p in paths]
+        return [read_from(p) for p in paths]
     fs, _ = storage.filesystem(output)
 
     def read(p):
-        # no read-ahead: s3fs would otherwise fetch up to 50 MB past every range pyarrow asks for,
-        # i.e. whole shards of features to read their clip ids
-        with fs.open(p, "rb", cache_type="none") as f:
-            return pq.ParquetFile(f).read(columns, use_threads=False)
+        # no read-ahead (block_size 0): s3fs would otherwise fetch up to 50 MB past every range
+        # pyarrow asks for, i.e. whole shards of features to read their clip ids. The last range
+        # fetched stays cached: a shard smaller than the footer read (64 KB) costs one GET.
+        with fs.open(p, "rb", block_size=0, cache_type="readahead") as f:
+            return read_from(f)
 
     if len(paths) <= 1:
         return [read(p) for p in paths]
