@@ -22,7 +22,7 @@ from raylib import storage
 from raylib.metrics import pick_best
 from raylib.stages.train_artifacts import log_run_artifacts
 from raylib.stages.train_config import TrainConfig, require_splits, store_info
-from raylib.stages.train_loop import KEEP_SCORE, train_loop_per_worker
+from raylib.stages.train_loop import KEEP_SCORE, epoch_metrics, train_loop_per_worker
 
 READ_CPUS = 0.25  # per Ray Data task reading the store for training
 DATA_CPUS = 0.5  # all of Ray Data's reading for one training run
@@ -69,6 +69,24 @@ class EpochLines(threading.Thread):
             print(f"{self.prefix}: epoch {epoch + 1}/{self.epochs}  loss {history['train_loss'][epoch]:.3f}  "
                   f"val accuracy {history['val_accuracy'][epoch]:.3f}  UAR {history['val_uar'][epoch]:.3f}  "
                   f"({time.perf_counter() - self.t0:.0f} s)", flush=True)
+
+
+def epoch_logger(run_id: str, uri: str):
+    """A Ray Train callback, run by the training controller, that logs each epoch to MLflow after
+    its checkpoint is stored: an epoch is in the run's history once, even when a worker is lost
+    between its last step and its checkpoint and the restarted group runs it again."""
+    from ray.train import UserCallback
+
+    class EpochLogger(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is None or not metrics or "epoch" not in metrics[0]:
+                return
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+            from raylib import tracking
+
+            tracking.log_metrics(run_id, epoch_metrics(metrics[0]), int(metrics[0]["epoch"]))
+
+    return EpochLogger()
 
 
 def worker_resources(cfg: TrainConfig) -> dict:
@@ -187,7 +205,8 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(
             resource_limits=ray.data.ExecutionResources(cpu=DATA_CPUS))),
         run_config=ray.train.RunConfig(
-            name=storage_name(run_name, run_id), storage_path=output, callbacks=callbacks or None,
+            name=storage_name(run_name, run_id), storage_path=output,
+            callbacks=[epoch_logger(run_id, tracking.tracking_uri()), *(callbacks or [])],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=KEEP_SCORE,
                                                          checkpoint_score_order="max")),

@@ -1,11 +1,12 @@
 """The Ray Train worker loop: each worker trains FusionModel (DDP) on its shard of the store's
 train split; each epoch every worker scores its share of val (the counts are summed across
-workers), and rank 0 logs the epoch to MLflow and reports a checkpoint.
+workers), and rank 0 reports the metrics with a checkpoint (the controller logs them to MLflow
+once the checkpoint is stored: train.epoch_logger).
 
     shard of /train --iter_batches--> collate (pad + mask) --> FusionModel --> cross-entropy
     each epoch: rank 0 recalibrates batch norms --> every worker scores its share of /val -->
-        all_reduce(confusion matrix, loss) --> rank 0: val metrics --> MLflow (step = epoch)
-        --> checkpoint --> ray.train.report
+        all_reduce(confusion matrix, loss) --> rank 0: val metrics + checkpoint -->
+        ray.train.report --> (controller) MLflow, step = epoch
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ def all_summed(counts, device):
     return np.asarray(t.cpu().numpy(), dtype=np.float64)
 
 
+def epoch_metrics(metrics: dict) -> dict:
+    """What MLflow gets of an epoch's reported metrics: not the epoch (the step), the checkpoint
+    score, or best_* (logged once, at the best epoch, when the run ends)."""
+    return {k: v for k, v in metrics.items() if k not in ("epoch", KEEP_SCORE) and not k.startswith("best_")}
+
+
 def label_mix(batches, distinct: list[int]):
     """Passes collated batches through, appending each one's number of distinct labels to distinct:
     how well shuffled the data arrives (a batch of one class gives a one-sided gradient)."""
@@ -189,10 +196,9 @@ def train_loop_per_worker(config: dict) -> None:
             metrics[KEEP_SCORE] = keep_score(metrics.get(cfg.select_metric, 0.0), best)
             best = max(best, metrics.get(cfg.select_metric, 0.0))
             metrics["best_" + cfg.select_metric] = best
-            if config.get("run_id"):
-                # best_* go to MLflow once, when the run ends (the driver logs both at the best epoch)
-                tracking.log_metrics(config["run_id"], {k: v for k, v in metrics.items()
-                                                        if k not in ("epoch", KEEP_SCORE) and not k.startswith("best_")}, epoch)
+            # MLflow gets the epoch from the controller once its checkpoint is stored (EpochLogger in
+            # train.py): logged here, an epoch whose checkpoint a lost worker prevented would be
+            # logged again by the restarted group
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(d, core, optimizer, epoch, best, model_cfg, cfg, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
