@@ -67,17 +67,16 @@ def val_counts(model, table, device="cpu") -> np.ndarray:
 
 def metrics_from_counts(counts: np.ndarray) -> dict:
     """val_loss, val_accuracy, val_uar, val_recall_<label> and val_clips from (summed) val_counts."""
-    from raylib.metrics import per_class_recall
+    from raylib.metrics import summarize_confusion
 
     k = len(EMOTIONS)
-    cm = np.asarray(counts[: k * k]).reshape(k, k)
     n = float(counts[k * k + 1])
     if not n:
         return {"val_accuracy": 0.0, "val_uar": 0.0, "val_clips": 0}
-    recall = per_class_recall(cm)
-    out = {"val_loss": float(counts[k * k] / n), "val_accuracy": float(np.trace(cm) / n),
-           "val_uar": float(np.nanmean(recall)) if np.isfinite(recall).any() else 0.0, "val_clips": int(n)}
-    for name, r in zip(EMOTIONS, recall):
+    m = summarize_confusion(np.asarray(counts[: k * k]).reshape(k, k))
+    out = {"val_loss": float(counts[k * k] / n), "val_accuracy": m["accuracy"], "val_uar": m["uar"],
+           "val_clips": int(n)}
+    for name, r in zip(EMOTIONS, m["recall"]):
         if np.isfinite(r):
             out[f"val_recall_{name}"] = float(r)
     return out

@@ -524,8 +524,8 @@ def _judge(records, state: StoreState, tally: Tally) -> dict:
     """The store's state for this input after the run: clips with a row, failed clips. Every
     processed clip was either new to the store or one of its error rows (tally.retried)."""
     new = tally.processed - len(tally.retried)
-    stored_in_input = sum(1 for r in records if r.clip_id in state.usable or r.clip_id in state.failed)
     input_failed = {r.clip_id for r in records if r.clip_id in state.failed}
+    stored_in_input = len(input_failed) + sum(1 for r in records if r.clip_id in state.usable)
     failed = {cid: state.failed[cid] for cid in input_failed - tally.retried}
     failed.update(tally.failed)
     judged = stored_in_input + new

@@ -108,6 +108,7 @@ def store_info(store: str, modalities: str = "") -> dict:
             "val_rows": int(pc.sum(pc.equal(split, "val")).as_py() or 0), "provenance": recipe,
             "skipped": labelled.num_rows - ok.num_rows}
 
+
 def require_splits(store: str, info: dict) -> None:
     """StoreError, before any training, when the store (store_info) has no labelled train or val
     clips: without val rows no epoch is scored and the "best" checkpoint would be arbitrary."""
