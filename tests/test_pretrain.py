@@ -179,7 +179,7 @@ def test_extraction_loads_the_result_strictly_and_stores_its_embedding(pretraine
     from raylib.sample import write_clip
     from raylib.stages.extract import ExtractConfig, run_extract
     from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
-    from raylib.stages.pretrain import Classifier, load_state
+    from raylib.stages.pretrain_loop import Classifier, load_state
     from raylib.models.backbones import architecture
     from raylib.store import read_store
 
@@ -209,7 +209,8 @@ def test_extraction_loads_the_result_strictly_and_stores_its_embedding(pretraine
 def test_linear_probe_table1_leaves_the_backbone_unchanged(pretrained, faces, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from raylib.stages.pretrain import PretrainConfig, load_state
+    from raylib.stages.pretrain import PretrainConfig
+    from raylib.stages.pretrain_loop import load_state
     from raylib.stages.table1 import run_table1
 
     weights = pretrained["backbone_weights"]
@@ -232,7 +233,7 @@ def test_linear_probe_table1_leaves_the_backbone_unchanged(pretrained, faces, tm
 
 
 def test_augmentation_without_rotation_scale_or_shift_only_mirrors():
-    from raylib.stages.pretrain import augment
+    from raylib.stages.pretrain_loop import augment
 
     x = torch.rand(16, 3, 24, 24)
     out = augment(x, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0)
