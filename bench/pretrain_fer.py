@@ -40,7 +40,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     p.add_argument("--max-contrast", type=float, default=0.3, help="contrast/brightness jitter (augmentation)")
     p.add_argument("--probe-per-class", type=int, default=0, help="also run the Table-1 probe on this many images "
-                                                                 "per class and split (0: skip)")
+                                                                 "per class and split (0: skip; with --probe-only: all)")
     p.add_argument("--probe-only", default="", metavar="BACKBONE_PT",
                    help="skip the fine-tuning: probe with this fine-tuned ResNet18 backbone.pt")
     p.add_argument("--out", default="", help="write the figures as JSON here")
