@@ -63,7 +63,7 @@ def test_tally_aggregates_outcomes_and_judges_the_store_without_a_per_clip_list(
 
     from raylib.sources import ClipRecord
     from raylib.store import StoreState
-    from raylib.stages.extract import SHOWN, Tally, _judge, efficiency
+    from raylib.stages.extract_summary import SHOWN, Tally, efficiency, judge
 
     state = StoreState(usable={"u1", "u2", "u3"},
                        failed={"e1": {"file": "f", "uri": "/e1.mp4", "error": "old"},
@@ -90,7 +90,7 @@ def test_tally_aggregates_outcomes_and_judges_the_store_without_a_per_clip_list(
     assert tally.retried == {"e1"} and set(tally.failed) == {"e1", "n3"}
 
     records = [ClipRecord(c, f"/{c}.mp4", "Happy", "train", "afew") for c in ("u1", "u2", "e1", "e2", "n1", "n2", "n3", "n4")]
-    j = _judge(records, state, tally)
+    j = judge(records, state, tally)
     # stored: 5 before + 4 new; judged: the input's 4 stored clips + 4 new; failed: e2 (not retried), e1, n3
     assert j["clips_stored"] == 9 and j["clips_judged"] == 8 and j["failures"] == 3
     assert j["failure_rate"] == 3 / 8

@@ -34,32 +34,25 @@ resources (cluster.yaml: decode_node on CPU workers, gpu_node on GPU workers).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
 import raylib
 from raylib import storage
-from raylib.errors import RaylibError
-from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_AUDIO_ONLY, STATUS_ERROR, STATUS_OK, stored_label
+from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_ERROR, stored_label
 from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
-from raylib.media.audio import AUDIO_MODES
-from raylib.media.faces import DETECTORS, FaceConfig
-from raylib.media.video import FrameSampling
 from raylib.runtime import check_capacity, placement
-from raylib.models import BACKBONES, ENHANCEMENTS, FIXED_INPUT_SIZES
-from raylib.sources import FORMATS, list_clips
+from raylib.sources import list_clips
+from raylib.stages.extract_config import ExtractConfig, ExtractError
+from raylib.stages.extract_summary import (SUMMARY_FILE, Tally, efficiency, judge, plan, root_cause, run_id,
+                                           write_summary)
 from raylib.stages.preprocess import PreprocessConfig, exception_line, preprocess_clip
 
-SUMMARY_FILE = "_summary.json"  # the newest run's summary
-RUNS_DIR = "_runs"  # every run's summary, <utc time>-<id>.json
 # bytes reserved per decode task. Measured peak RSS of one clip's CPU stage: 425 MiB (640 x 360,
 # 10 s, CNN fallback used), 598 MiB (3840 x 2160: decoded at 1920 wide, CNN on a 720-wide copy).
 CPU_TASK_MEMORY = 768 * 1024**2
@@ -70,82 +63,6 @@ RECORD_BLOCK = 8192  # clip records per block handed to Ray Data before the stre
 # a CPU lets the pool grow to one actor per core while decode tasks keep their whole CPU, and the
 # decode tasks, idle most of the time, leave their cores to the actors.
 CPU_ACTOR_CPUS = 0.5
-
-
-class ExtractError(RaylibError):
-    """The job as a whole failed (too many failed clips, nothing to read)."""
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Every knob of jobs/extract.py; defaults run the embedded default on one machine."""
-
-    input: str = field(default="data/demo/videos", metadata={"help": "folder, s3:// prefix or .csv/.parquet manifest of clips"})
-    dataset_format: str = field(default="auto", metadata={"help": "input layout", "choices": list(FORMATS)})
-    output: str = field(default="data/demo/features", metadata={"help": "feature store: local folder or s3://bucket/prefix"})
-    backbone: str = field(default="dlib_resnet", metadata={"help": "face backbone", "choices": list(BACKBONES)})
-    weights: str = field(default="packaged", metadata={"help": "checkpoint path or URI; 'random' for random init; "
-                                                                  "'packaged' for dlib_resnet's shipped model"})
-    input_size: int = field(default=0, metadata={"help": "backbone input side in px (0: the checkpoint's: IR50's output "
-                                                         "layer says 112 or 224, a jobs/pretrain.py backbone.json its "
-                                                         "size; else the backbone's own). Chips are 224 px, resized to it"})
-    second_backbone: str = field(default="", metadata={"help": "second backbone for --enhance ar-mean"})
-    second_weights: str = field(default="", metadata={"help": "weights of the second backbone"})
-    enhance: str = field(default="basic", metadata={"help": "feature enhancement (docs/method.md)", "choices": list(ENHANCEMENTS)})
-    audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
-    frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
-    detect_max_side: int = field(default=320, metadata={"help": "downscale frames to this long side for HOG face detection (0: full size)"})
-    face_detector: str = field(default="hog+cnn", metadata={"help": "hog: fast, frontal faces; hog+cnn: dlib's CNN detector "
-                                                                    "looks where HOG finds no usable face (side views, low "
-                                                                    "light; ~1 CPU-s per such frame); cnn: the CNN only",
-                                                            "choices": list(DETECTORS)})
-    cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
-    gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
-    cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0, one CPU each "
-                                                         "(0: a pool of 1 to one actor per CPU of the cluster, half "
-                                                         "a CPU reserved each, started at the size the work can use)"})
-    batch_size: int = field(default=8, metadata={"help": "clips per feature batch"})
-    shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
-    max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})
-    write_retries: int = field(default=storage.WRITE_RETRIES, metadata={"help": "extra attempts of a shard write on a storage "
-                                                                               "outage (pauses 2, 4, 8 ... s)"})
-    cpu_resource: str = field(default="", metadata={"help": "custom Ray resource the decode/align tasks require "
-                                                            "(e.g. decode_node; '' : any node with CPUs)"})
-    feature_resource: str = field(default="", metadata={"help": "custom Ray resource the feature actors require "
-                                                                "(e.g. gpu_node; '' : any node)"})
-    limit: int = field(default=0, metadata={"help": "process at most this many new clips, a random sample drawn "
-                                                    "with --seed (0: all)"})
-    seed: int = field(default=0, metadata={"help": "seed of the order clips are processed and written in (a "
-                                                   "permutation, so each shard mixes classes) and of --limit's sample"})
-    s3_endpoint: str = field(default="", metadata={"help": "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)"})
-    num_cpus: int = field(default=0, metadata={"help": "CPUs of the local Ray when RAY_ADDRESS is unset (0: all)"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars (CI, logs)"})
-    dry_run: bool = field(default=False, metadata={"help": "list what the run would do (clips in the input, already "
-                                                           "stored, to process, per split and label) and stop: no "
-                                                           "Ray, nothing written"})
-
-    def __post_init__(self):
-        FrameSampling.parse(self.frames)
-        if self.enhance == "ar-mean" and not self.second_backbone:
-            raise ValueError("--enhance ar-mean needs --second-backbone (and --second-weights)")
-        if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise ValueError("--max-failure-rate must be within [0, 1]")
-        if min(self.batch_size, self.shard_size) < 1 or min(self.cpu_workers, self.gpu_actors, self.limit,
-                                                            self.write_retries) < 0:
-            raise ValueError("--batch-size and --shard-size must be >= 1; counts must be >= 0")
-        if self.cpu_actors < 0:
-            raise ValueError("--cpu-actors must be >= 0 (0: an autoscaling pool)")
-        sizes = FIXED_INPUT_SIZES.get(self.backbone, ())
-        if self.input_size < 0 or self.input_size and sizes and self.input_size not in sizes:
-            raise ValueError(f"--input-size {self.input_size}: {self.backbone} takes "
-                             f"{' or '.join(map(str, sizes)) or 'a positive size in'} px inputs")
-        if self.input_size and self.backbone == "dlib_resnet":
-            raise ValueError("--input-size is for torch backbones: dlib_resnet makes its own 150 px chips")
-
-    def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(frames=self.frames, audio_mode=self.audio,
-                                faces=FaceConfig(detect_max_side=self.detect_max_side,
-                                                 detector=self.face_detector))
 
 
 # ---- CPU stage ---------------------------------------------------------------------------------
@@ -417,7 +334,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     for r in pending:
         if r["clip_id"] in state.failed:
             retry.setdefault(state.failed[r["clip_id"]]["file"], set()).add(r["clip_id"])
-    summary = {"run_id": _run_id(), "input": public_uri(cfg.input), "output": public_uri(cfg.output),
+    summary = {"run_id": run_id(), "input": public_uri(cfg.input), "output": public_uri(cfg.output),
                "clips_in_input": len(records), "clips_already_stored": already,
                "clips_retried": sum(map(len, retry.values())),
                "clips_processed": 0, "status_counts": {}, "failures": 0, "failure_rate": 0.0,
@@ -438,134 +355,18 @@ def run_extract(cfg: ExtractConfig) -> dict:
         summary.update(tally.summary())
         summary.update(efficiency(tally, time.perf_counter() - started, cpus, gpu=cfg.gpu_actors > 0))
     del pending
-    summary.update(_judge(records, state, tally))
+    summary.update(judge(records, state, tally))
     elapsed = time.perf_counter() - t0
     summary.update(elapsed_s=round(elapsed, 2),
                    clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0)
-    _write_summary(cfg, summary)
+    write_summary(cfg, summary)
     _check_failures(summary, cfg)
     return summary
-
-
-def plan(pending: list[dict]) -> dict[str, dict[str, int]]:
-    """split -> label -> clips to process ("-" for unlabelled clips), both sorted."""
-    counts = Counter((r["split"] or "-", r["label"] or "-") for r in pending)
-    out: dict[str, dict[str, int]] = {}
-    for (split, label), n in sorted(counts.items()):
-        out.setdefault(split, {})[label] = n
-    return out
-
-
-SHOWN = 200  # errors and failed clips listed in a summary
-
-
-class Tally:
-    """Outcomes of a run, aggregated as they stream out of the graph: counts per status and node,
-    shards and their write attempts, stage seconds, the first SHOWN errors, and the clip ids only
-    of clips that failed now or were retried (error rows of the store) -- never a list of every
-    clip, so the driver stays small at any dataset size."""
-
-    def __init__(self, stored_failed: dict[str, dict] | None = None):
-        self.stored_failed = stored_failed or {}
-        self.processed = 0
-        self.statuses: Counter = Counter()
-        self.nodes = {"cpu": Counter(), "feature": Counter()}
-        self.shards: dict[str, int] = {}  # file -> write attempts (a few per SHARD clips)
-        self.seconds = {"cpu": 0.0, "feature": 0.0}
-        self.actors: set[str] = set()  # feature actors that did work (the pool's size in use)
-        self.errors: list[dict] = []
-        self.failed: dict[str, dict] = {}  # clip_id -> {"uri", "error"} of clips failed in this run
-        self.retried: set[str] = set()  # stored error rows processed again in this run
-
-    def add(self, batch: dict) -> None:
-        """Adds a batch of outcome rows (write_shard's columns)."""
-        for i, cid in enumerate(batch["clip_id"]):
-            cid, status = str(cid), str(batch["status"][i])
-            self.processed += 1
-            self.statuses[status] += 1
-            for stage in ("cpu", "feature"):
-                self.nodes[stage][str(batch[f"{stage}_node"][i])] += 1
-                self.seconds[stage] += float(batch[f"seconds_{stage}"][i] or 0.0)
-            self.shards[str(batch["file"][i])] = int(batch["write_attempts"][i])
-            self.actors.add(str(batch["feature_actor"][i]))
-            if cid in self.stored_failed:
-                self.retried.add(cid)
-            if status not in (STATUS_OK, STATUS_AUDIO_ONLY) and len(self.errors) < SHOWN:
-                self.errors.append({"uri": str(batch["uri"][i]), "status": status, "error": str(batch["error"][i])})
-            if status == STATUS_ERROR:
-                self.failed[cid] = {"uri": str(batch["uri"][i]), "error": str(batch["error"][i])}
-
-    def per_clip(self, stage: str) -> float:
-        return self.seconds[stage] / self.processed if self.processed else 0.0
-
-    def summary(self) -> dict:
-        return {"clips_processed": self.processed, "status_counts": dict(sorted(self.statuses.items())),
-                "nodes": {stage: dict(c) for stage, c in self.nodes.items()},
-                "shards_written": len(self.shards), "write_retries": sum(a - 1 for a in self.shards.values()),
-                "errors": self.errors, "cpu_seconds_per_clip": round(self.per_clip("cpu"), 4),
-                "feature_seconds_per_clip": round(self.per_clip("feature"), 4), "feature_actors": len(self.actors)}
-
-
-def efficiency(tally: Tally, seconds: float, cpus: float, gpu: bool) -> dict:
-    """The run's throughput against the bound its own measured stage costs allow. Stage costs are
-    core-seconds (process CPU time, so sharing a core does not inflate them): on CPUs only, every
-    clip costs (CPU stage + feature stage) core-seconds shared by all CPUs; with GPU feature actors
-    the CPUs bound decoding alone (the GPU side is not counted here)."""
-    if not tally.processed or seconds <= 0 or cpus <= 0:
-        return {}
-    cost = tally.per_clip("cpu") + (0.0 if gpu else tally.per_clip("feature"))
-    bound = cpus / cost if cost > 0 else 0.0
-    rate = tally.processed / seconds
-    return {"processing_s": round(seconds, 2), "processing_clips_per_s": round(rate, 3), "cpus": cpus,
-            "bound_clips_per_s": round(bound, 3), "efficiency": round(rate / bound, 3) if bound else 0.0}
-
-
-def _judge(records, state: StoreState, tally: Tally) -> dict:
-    """The store's state for this input after the run: clips with a row, failed clips. Every
-    processed clip was either new to the store or one of its error rows (tally.retried)."""
-    new = tally.processed - len(tally.retried)
-    input_failed = {r.clip_id for r in records if r.clip_id in state.failed}
-    stored_in_input = len(input_failed) + sum(1 for r in records if r.clip_id in state.usable)
-    failed = {cid: state.failed[cid] for cid in input_failed - tally.retried}
-    failed.update(tally.failed)
-    judged = stored_in_input + new
-    return {"clips_stored": len(state.usable) + len(state.failed) + new, "clips_judged": judged,
-            "failures": len(failed), "failure_rate": len(failed) / judged if judged else 0.0,
-            "failed_clips": [{"uri": f["uri"], "error": f["error"]} for f in failed.values()][:SHOWN]}
 
 
 def _state(output: str) -> StoreState:
     storage.remove_stale_temporaries(output)
     return store_state(output)
-
-
-def _run_id() -> str:
-    """Sortable id of one run: UTC time and a random suffix (names its kept summary)."""
-    import uuid
-
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-
-
-def _write_summary(cfg: ExtractConfig, summary: dict) -> None:
-    """The run's summary, kept under _runs/ and copied to _summary.json (the newest run)."""
-    for uri in (storage.join(cfg.output, RUNS_DIR, f"{summary['run_id']}.json"), storage.join(cfg.output, SUMMARY_FILE)):
-        def write(uri=uri):
-            with storage.atomic_write(uri, "w") as f:
-                json.dump(summary, f, indent=2, default=str)
-
-        with_retries(f"writing {public_uri(uri)}", write, cfg.write_retries)
-
-
-_EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(Error|Exception)): (.+)$")
-
-
-def root_cause(e: BaseException) -> str:
-    """The original exception line inside a Ray task error ("ValueError: ..."), else str(e)."""
-    for line in str(e).splitlines():
-        m = _EXCEPTION_LINE.match(line)
-        if m and "UserCodeException" not in m.group(1) and "RayTaskError" not in m.group(1):
-            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(3)[:300]}"
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
 
 
 RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset")

@@ -85,7 +85,7 @@ class PredictConfig:
         self.extract_config()  # validates the extraction flags
 
     def extract_config(self):
-        from raylib.stages.extract import ExtractConfig
+        from raylib.stages.extract_config import ExtractConfig
 
         return ExtractConfig(input=self.input, dataset_format=self.dataset_format, output=self.store or self.output,
                              backbone=self.backbone, weights=self.weights, enhance=self.enhance, audio=self.audio,
@@ -216,7 +216,8 @@ def run_predict(cfg: PredictConfig) -> dict:
     from raylib.metrics import summarize
     from raylib.runtime import init_ray
     from raylib.sources import list_clips
-    from raylib.stages.extract import _check_recipe, _env, _state, clip_dataset, feature_graph, provenance, root_cause
+    from raylib.stages.extract import _check_recipe, _env, _state, clip_dataset, feature_graph, provenance
+    from raylib.stages.extract_summary import root_cause
 
     t0 = time.perf_counter()
     ecfg = cfg.extract_config()

@@ -9,8 +9,6 @@ import tempfile
 import time
 from dataclasses import replace
 
-import numpy as np
-
 from raylib import plots, storage
 from raylib.stages.pretrain import PROBE_BACKBONES, PretrainConfig, run_pretrain
 
