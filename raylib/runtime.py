@@ -75,6 +75,17 @@ def _unit(resource: str, value: float, plural: bool = False) -> str:
     return resource
 
 
+def cpu_actor_pool(items: int, per_actor: int):
+    """A Ray Data actor pool of 1 to one actor per CPU of the cluster, started at the size that
+    `items` fill batches of `per_actor` for: growing waits for a queue to build up first, and the
+    actors' start-up is then paid in the middle of the run."""
+    import ray
+
+    most = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    start = min(most, max(1, -(-items // per_actor))) if items else 1
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=start)
+
+
 def autoscaling() -> bool:
     """Whether an autoscaler may add nodes to the cluster. The embedded default (no RAY_ADDRESS) has
     none; on a cluster, an autoscaling config with a node group that can grow (autoscaler v2,

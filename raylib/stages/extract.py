@@ -46,7 +46,7 @@ from raylib import storage
 from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_ERROR, stored_label
 from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
-from raylib.runtime import check_capacity, placement
+from raylib.runtime import check_capacity, cpu_actor_pool, placement
 from raylib.sources import list_clips
 from raylib.stages.extract_config import ExtractConfig, ExtractError
 from raylib.stages.extract_summary import (SUMMARY_FILE, Tally, efficiency, judge, plan, root_cause, run_id,
@@ -460,9 +460,4 @@ def feature_pool(cfg: ExtractConfig, clips: int = 0):
         return ray.data.ActorPoolStrategy(size=cfg.gpu_actors), 1, 1
     if cfg.cpu_actors:
         return ray.data.ActorPoolStrategy(size=cfg.cpu_actors), 1, 0
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    most = max(1, cpus)
-    # started at the size the work can use (a batch per actor), not grown: growing waits for a
-    # queue to build up first, and the actors' start-up is then paid in the middle of the run
-    start = min(most, max(1, -(-clips // cfg.batch_size))) if clips else 1
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=start), CPU_ACTOR_CPUS, 0
+    return cpu_actor_pool(clips, cfg.batch_size), CPU_ACTOR_CPUS, 0

@@ -34,6 +34,7 @@ import numpy as np
 
 from raylib import storage
 from raylib.labels import LABEL_INDEX, NUM_CLASSES
+from raylib.runtime import cpu_actor_pool
 from raylib.stages.pretrain_config import (BACKBONE_FILE, HEAD_FILE, META_FILE, PRETRAIN_BACKBONES,
                                            PROBE_BACKBONES, PretrainConfig)
 from raylib.stages.pretrain_loop import train_loop_per_worker
@@ -134,12 +135,10 @@ def build_datasets(cfg: PretrainConfig, records: list) -> tuple[dict, list[dict]
     if cfg.linear_probe:
         # a pool of 1 to one encoder per CPU, like extraction's feature actors: on CPU the
         # embedding is the slow part (dlib's ~60 ms an image), and one actor leaves cores idle
-        most = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        start = min(most, -(-len(records) // DECODE_BATCH))
         ds = ds.map_batches(EmbedStage, batch_size=DECODE_BATCH, num_cpus=cfg.decode_cpus,
                             fn_constructor_kwargs={"backbone": cfg.backbone, "weights": cfg.init,
                                                    "input_size": cfg.input_size},
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=start))
+                            compute=cpu_actor_pool(len(records), DECODE_BATCH))
     ds = ds.materialize()  # decoded once: every epoch reads these blocks
     skipped = ds.filter(expr="ok == False").select_columns(["uri", "error"]).take_all()
     good = ds.filter(expr="ok == True").select_columns(["x", "label_index", "split"]).materialize()
