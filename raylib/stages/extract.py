@@ -59,10 +59,13 @@ CPU_TASK_MEMORY = 768 * 1024**2
 CLIPS_PER_TASK = 1  # clips per decode task at any dataset size: a lost task costs one clip
 RECORD_BLOCK = 8192  # clip records per block handed to Ray Data before the streaming split
 # CPU reserved per feature actor of the autoscaling CPU pool. A CPU actor computes faces for
-# ~13x as long per clip as decoding takes (dlib_resnet: ~1.2 s against ~0.09 s): reserving half
-# a CPU lets the pool grow to one actor per core while decode tasks keep their whole CPU, and the
-# decode tasks, idle most of the time, leave their cores to the actors.
-CPU_ACTOR_CPUS = 0.5
+# ~13x as long per clip as decoding takes (dlib_resnet: ~1.2 s against ~0.09 s): reserving a
+# quarter of a CPU lets the pool grow to one actor per core while decode tasks keep their whole
+# CPU, and the decode tasks, idle most of the time, leave their cores to the actors. A quarter,
+# not a half: Ray restarts the actors of a lost node on the nodes left, and at a half the pool's
+# reservation fills a cluster that lost half its CPUs, leaving no CPU for a decode task (the job
+# then waits forever).
+CPU_ACTOR_CPUS = 0.25
 
 
 # ---- CPU stage ---------------------------------------------------------------------------------

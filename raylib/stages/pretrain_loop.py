@@ -191,7 +191,9 @@ def train_epoch(cfg: PretrainConfig, model, optimizer, batches, device, gen, epo
     model.train()
     limit_s = cfg.time_limit_min * 60
     t0 = tw = time.perf_counter()
-    wait, loss_sum, correct, total = 0.0, 0.0, 0, 0
+    wait, total = 0.0, 0
+    # summed on the device and read once per epoch: a read per step would wait for the GPU each step
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
     for i, batch in enumerate(batches):
         wait += time.perf_counter() - tw
         x, y = batch["x"].to(device), batch["label_index"].to(device)
@@ -208,14 +210,14 @@ def train_epoch(cfg: PretrainConfig, model, optimizer, batches, device, gen, epo
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
         total += len(y)
         tw = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
+    return {"epoch": epoch, "train_loss": float(loss_sum) / max(total, 1), "train_accuracy": int(correct) / max(total, 1),
             "train_images_per_s_per_worker": total / max(seconds, 1e-9),
             "data_wait_share": wait / max(seconds, 1e-9), "train_seconds": spent + seconds}
 
