@@ -127,22 +127,27 @@ def batches(x, y, batch_size: int, generator=None, limit: int = 0):
         yield {"x": x[idx], "label_index": y[idx]}
 
 
-def step_speed(cfg, data, device, steps: int, channels_last: bool = False) -> dict:
+def step_speed(cfg, data, device, steps: int, nchw: bool = False) -> dict:
     """Images/s of train_epoch's step (augment, bf16 forward, backward, AdamW) over `steps`
     batches after a warm-up, and the GPU's busy share meanwhile."""
     import torch
 
-    from raylib.stages.pretrain_loop import build_classifier, make_optimizer, train_epoch
+    from raylib.stages import pretrain_loop
+    from raylib.stages.pretrain_loop import build_classifier, channels_last, make_optimizer, train_epoch
 
-    model = build_classifier(cfg).to(device)
     x, y = data["train"]
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    model = channels_last(build_classifier(cfg).to(device), device)
+    if nchw:  # the loop as it was: batches and model in the default memory order
+        model = model.to(memory_format=torch.contiguous_format)
+        pretrain_loop.channels_last = lambda t, d: t
     opt = make_optimizer(cfg, model.parameters())
     gen = torch.Generator().manual_seed(0)
-    train_epoch(cfg, model, opt, batches(x, y, cfg.batch_size, gen, 5), device, gen, 0, 1000, 0.0)  # warm-up
-    with GpuBusy() as busy:
-        m = train_epoch(cfg, model, opt, batches(x, y, cfg.batch_size, gen, steps), device, gen, 0, 1000, 0.0)
+    try:
+        train_epoch(cfg, model, opt, batches(x, y, cfg.batch_size, gen, 5), device, gen, 0, 1000, 0.0)  # warm-up
+        with GpuBusy() as busy:
+            m = train_epoch(cfg, model, opt, batches(x, y, cfg.batch_size, gen, steps), device, gen, 0, 1000, 0.0)
+    finally:
+        pretrain_loop.channels_last = channels_last
     return {"images_per_s": round(m["train_images_per_s_per_worker"], 1), "gpu_busy_share": busy.share(),
             "data_wait_share": round(m["data_wait_share"], 4)}
 
@@ -174,7 +179,7 @@ def run(a) -> dict:
 
     from raylib.models.backbones import SPECS
     from raylib.stages.pretrain_config import PretrainConfig
-    from raylib.stages.pretrain_loop import build_classifier, evaluate, make_optimizer, train_epoch
+    from raylib.stages.pretrain_loop import build_classifier, channels_last, evaluate, make_optimizer, train_epoch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__}
@@ -197,12 +202,12 @@ def run(a) -> dict:
         report["encoder_images_per_s"] = {f"{n}@{s}": encoder_speed(device, n, s, 256, a.speed_steps)
                                           for n, s in (("ir50", 112), ("resnet18", 224))}
         report["step"] = {}
-        for label, c, cl in ((f"{cfg.backbone}@{cfg.side()} b{cfg.batch_size}", cfg, False),
-                             (f"{cfg.backbone}@{cfg.side()} b{cfg.batch_size} channels_last", cfg, True),
+        for label, c, nchw in ((f"{cfg.backbone}@{cfg.side()} b{cfg.batch_size}", cfg, False),
+                               (f"{cfg.backbone}@{cfg.side()} b{cfg.batch_size} NCHW", cfg, True),
                              ("resnet18@64 b64", PretrainConfig(**{**cfg.__dict__, "backbone": "resnet18",
                                                                    "input_size": 64, "batch_size": 64}), False)):
             sub = data if c.side() == cfg.side() else load(a.pack, c.side(), SPECS[c.backbone], device)
-            report["step"][label] = step_speed(c, sub, device, a.speed_steps, cl)
+            report["step"][label] = step_speed(c, sub, device, a.speed_steps, nchw)
             print(label, report["step"][label], flush=True)
         report["encoder_images_per_s"]["note"] = "batch of 256 chips, 224 px uint8 in"
         print(json.dumps(report["encoder_images_per_s"]), flush=True)
@@ -210,7 +215,7 @@ def run(a) -> dict:
     if not a.minutes:
         return report
     torch.manual_seed(cfg.seed)
-    model = build_classifier(cfg).to(device)
+    model = channels_last(build_classifier(cfg).to(device), device)
     opt = make_optimizer(cfg, model.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y = data["train"]
