@@ -245,3 +245,24 @@ def test_augmentation_without_rotation_scale_or_shift_only_mirrors():
     lit = augment(x, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0, 0.3)
     spread = lit.std(dim=(1, 2, 3)) / out.std(dim=(1, 2, 3))
     assert spread.min() < 0.97 and spread.max() > 1.03 and spread.min() > 0.69 and spread.max() < 1.31
+
+
+def test_gpu_memory_order_is_channels_last_and_checkpoints_leave_it_behind():
+    from raylib.stages.pretrain_loop import Classifier, channels_last, plain_tensors
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")  # the order only: no GPU needed
+    x = torch.rand(4, 3, 8, 8)
+    assert channels_last(x, cpu) is x
+    on_gpu = channels_last(x, gpu)
+    assert on_gpu.is_contiguous(memory_format=torch.channels_last) and not on_gpu.is_contiguous()
+    assert torch.equal(on_gpu, x)
+    features = torch.rand(4, 512)
+    assert channels_last(features, gpu) is features  # a probe's features have no spatial order
+    model = Classifier(torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                           torch.nn.Flatten()), 5, 0.0)
+    model = channels_last(model, gpu)
+    conv = model.backbone[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    saved = plain_tensors(model.backbone)
+    assert saved["0.weight"].is_contiguous() and torch.equal(saved["0.weight"], conv)
+    assert saved["0.weight"].data_ptr() != conv.data_ptr()  # a copy: training goes on after a save

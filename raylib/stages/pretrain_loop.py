@@ -137,6 +137,13 @@ def autocast(device):
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
+def plain_tensors(module) -> dict:
+    """module's state as CPU tensors in the default memory order (a GPU run trains channels-last)."""
+    import torch
+
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in module.state_dict().items()}
+
+
 def save_pretrain_checkpoint(directory: str, core, optimizer, epoch: int, best: float, cfg: PretrainConfig,
                              metrics: dict, confusion: dict, seconds: float = 0.0) -> None:
     """pretrain.pt (resume state), backbone.pt (tensors only, the loaders' keys), head.pt, backbone.json."""
@@ -145,9 +152,8 @@ def save_pretrain_checkpoint(directory: str, core, optimizer, epoch: int, best: 
     torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
                 "seconds": seconds}, os.path.join(directory, STATE_FILE))
     if not cfg.linear_probe:
-        torch.save({k: v.detach().cpu().clone() for k, v in core.backbone.state_dict().items()},
-                   os.path.join(directory, BACKBONE_FILE))
-    torch.save({k: v.detach().cpu().clone() for k, v in core.head.state_dict().items()}, os.path.join(directory, HEAD_FILE))
+        torch.save(plain_tensors(core.backbone), os.path.join(directory, BACKBONE_FILE))
+    torch.save(plain_tensors(core.head), os.path.join(directory, HEAD_FILE))
     meta = {"backbone": cfg.backbone, "input_size": cfg.side(), "init": storage.public_uri(cfg.init),
             "linear_probe": cfg.linear_probe, "align": cfg.align, "dataset": storage.public_uri(cfg.input),
             "epoch": epoch, "labels": list(EMOTIONS), "metrics": {k: float(v) for k, v in metrics.items()},
