@@ -9,7 +9,7 @@ measures is the ceiling the Ray job's data pipeline has to keep up with.
 
 Two steps, because a GPU machine may have neither the dataset nor room for it:
 
-    # here: FER2013 class folders -> one file of 48 px lossless WebP images (~57 MB), chips framed
+    # here: FER2013 class folders -> one file of 48 px lossless WebP images (55 MiB), chips framed
     # as jobs/pretrain.py frames them (raylib.images.decode_image + image_chip), then brought back
     # to FER2013's own 48 px
     python bench/pretrain_gpu.py pack --data /path/to/fer2013/data --pack .gpudata/fer48.npz
@@ -204,8 +204,8 @@ def run(a) -> dict:
         report["step"] = {}
         for label, c, nchw in ((f"{cfg.backbone}@{cfg.side()} b{cfg.batch_size}", cfg, False),
                                (f"{cfg.backbone}@{cfg.side()} b{cfg.batch_size} NCHW", cfg, True),
-                             ("resnet18@64 b64", PretrainConfig(**{**cfg.__dict__, "backbone": "resnet18",
-                                                                   "input_size": 64, "batch_size": 64}), False)):
+                               ("resnet18@64 b64", PretrainConfig(**{**cfg.__dict__, "backbone": "resnet18",
+                                                                     "input_size": 64, "batch_size": 64}), False)):
             sub = data if c.side() == cfg.side() else load(a.pack, c.side(), SPECS[c.backbone], device)
             report["step"][label] = step_speed(c, sub, device, a.speed_steps, nchw)
             print(label, report["step"][label], flush=True)
