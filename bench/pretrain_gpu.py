@@ -62,26 +62,33 @@ def pack(data: str, out: str) -> None:
     print(f"{len(blobs)} images ({listing.summary()}) -> {out}: {os.path.getsize(out) / 2**20:.1f} MiB")
 
 
-def load(path: str, size: int, spec, device):
-    """{split: (x [N, 3, size, size] float32 on device, y [N])}: the 48 px faces as three equal
-    channels through raylib.images.model_input (extraction's resize and normalisation)."""
-    import torch
+def read_pack(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(faces [N, 48, 48] uint8, label_index [N], split_index [N]) of a pack, decoded once."""
     from PIL import Image
-
-    from raylib.images import model_input
 
     z = np.load(path)
     blob, off = z["blob"], z["offsets"]
     faces = np.stack([np.asarray(Image.open(io.BytesIO(blob[off[i]:off[i + 1]].tobytes())).convert("L"))
                       for i in range(len(off) - 1)])
+    return faces, z["label_index"], z["split_index"]
+
+
+def model_inputs(pack: tuple, size: int, spec, device) -> dict:
+    """{split: (x [N, 3, size, size] float32 on device, y [N])}: the 48 px faces as three equal
+    channels through raylib.images.model_input (extraction's resize and normalisation)."""
+    import torch
+
+    from raylib.images import model_input
+
+    faces, labels, splits = pack
     out = {}
     for s, name in enumerate(SPLITS):
-        keep = np.flatnonzero(z["split_index"] == s)
+        keep = np.flatnonzero(splits == s)
         if not len(keep):
             continue
         chips = np.repeat(faces[keep][..., None], 3, axis=3)
         x = torch.cat([model_input(chips[i:i + 4096], spec, size) for i in range(0, len(chips), 4096)])
-        out[name] = (x.to(device), torch.as_tensor(z["label_index"][keep]).to(device))
+        out[name] = (x.to(device), torch.as_tensor(labels[keep]).to(device))
     return out
 
 
@@ -194,7 +201,8 @@ def run(a) -> dict:
                          weight_decay=0.05, label_smoothing=0.1, warmup=0.03, max_contrast=0.3, use_gpu=True,
                          num_workers=1, select_metric="val_accuracy")
     t0 = time.perf_counter()
-    data = load(a.pack, cfg.side(), SPECS[cfg.backbone], device)
+    pack = read_pack(a.pack)
+    data = model_inputs(pack, cfg.side(), SPECS[cfg.backbone], device)
     report["load_s"] = round(time.perf_counter() - t0, 1)
     report["images"] = {k: len(v[1]) for k, v in data.items()}
     print(json.dumps(report), flush=True)
@@ -206,7 +214,7 @@ def run(a) -> dict:
                                (f"{cfg.backbone}@{cfg.side()} b{cfg.batch_size} NCHW", cfg, True),
                                ("resnet18@64 b64", PretrainConfig(**{**cfg.__dict__, "backbone": "resnet18",
                                                                      "input_size": 64, "batch_size": 64}), False)):
-            sub = data if c.side() == cfg.side() else load(a.pack, c.side(), SPECS[c.backbone], device)
+            sub = data if c.side() == cfg.side() else model_inputs(pack, c.side(), SPECS[c.backbone], device)
             report["step"][label] = step_speed(c, sub, device, a.speed_steps, nchw)
             print(label, report["step"][label], flush=True)
         report["encoder_images_per_s"]["note"] = "batch of 256 chips, 224 px uint8 in"
