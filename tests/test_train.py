@@ -91,7 +91,7 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
     run = client().get_run(trained["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["fusion"] == "fbp" and run.data.params["num_workers"] == "2"
-    assert run.data.tags["store.backbone"] == "dlib_resnet" and run.data.tags["schema_version"] == SCHEMA_VERSION
+    assert run.data.tags["store.backbone"] == "mini_xception" and run.data.tags["schema_version"] == SCHEMA_VERSION
     history = client().get_metric_history(trained["run_id"], "val_accuracy")
     assert sorted(m.step for m in history) == list(range(EPOCHS))
     assert {"confusion_matrix.png", "per_class.md", "attention_weights.png", "checkpoint"} <= artifact_names(trained["run_id"])

@@ -32,9 +32,10 @@ PACKAGED = "packaged"
 PRETRAIN_META = "backbone.json"  # written beside backbone.pt by jobs/pretrain.py
 
 
-# mini_xception learnt on FER2013's faces, framed tighter than our chips (30% padding): the centre
-# MINI_XCEPTION_CROP of the chip is its input (10% padding: 224 * 1.2 / 1.6 = 168 px).
-MINI_XCEPTION_CROP = (1 + 2 * 0.1) / (1 + 2 * CHIP_PADDING)
+# mini_xception learnt on FER2013's faces, framed tighter than our chips (30% padding). Aligning
+# FER2013 Training images as extraction does (414 of 600 found) puts the image's side at 0.92 of
+# the chip's (median; quartiles 0.86-1.02): 24% padding. The centre of the chip it frames is its input.
+MINI_XCEPTION_CROP = (1 + 2 * 0.24) / (1 + 2 * CHIP_PADDING)
 
 
 @dataclass(frozen=True)
