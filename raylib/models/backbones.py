@@ -22,7 +22,7 @@ from raylib.media.faces import CHIP_PADDING, dlib_model_path
 from raylib.models import BACKBONES
 from raylib.models.ir50 import IR50, OUTPUT_LINEAR, input_size_of
 from raylib.models.mini_xception import MiniXception, is_keras_file, keras_state_dict, packaged_path
-from raylib.models.weights import RANDOM, load_into, read_checkpoint
+from raylib.models.weights import RANDOM, load_into, read_blob, read_checkpoint
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VGGFACE_MEAN = (129.186279296875 / 255, 104.76238250732422 / 255, 93.59396362304688 / 255)
@@ -263,7 +263,7 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
     if not weights:
         raise WeightsError(f"backbone {name} needs weights: a checkpoint path or URI (s3://...), "
                            f"or 'random' to ask for random initialisation")
-    state, digest = (None, RANDOM) if weights == RANDOM else read_weights(weights)
+    state, digest = (None, RANDOM) if weights == RANDOM else read_weights(weights, name)
     fixed = weights_input_size(name, weights, state)
     check_input_size(name, weights, input_size, fixed)
     input_size = fixed or input_size
@@ -278,17 +278,12 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu",
     return TorchFaceEncoder(module, spec, weights, digest, device)
 
 
-def read_weights(uri: str) -> tuple[dict, str]:
-    """(state dict, sha256 of the file): a Keras HDF5 file (.h5/.hdf5, mini_xception) is read
-    into torch layouts, anything else through the torch checkpoint reader."""
+def read_weights(uri: str, name: str) -> tuple[dict, str]:
+    """(state dict, sha256 of the file): mini_xception's Keras HDF5 file (.h5/.hdf5) is read into
+    torch layouts, anything else through the torch checkpoint reader."""
     if not is_keras_file(uri):
         return read_checkpoint(uri)
-    import hashlib
-
-    from raylib import storage
-
-    try:
-        blob = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise WeightsError(f"checkpoint {uri} not found") from None
-    return keras_state_dict(blob, uri), hashlib.sha256(blob).hexdigest()
+    if name != "mini_xception":
+        raise WeightsError(f"{uri}: a Keras file; only mini_xception reads one, {name} takes a torch checkpoint")
+    blob, digest = read_blob(uri)
+    return keras_state_dict(blob, uri), digest

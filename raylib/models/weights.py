@@ -54,13 +54,18 @@ def weights_digest(backbone: str, weights: str | None) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint(uri: str) -> tuple[dict, str]:
-    """(tensor state dict, sha256 of the file) from a local path or URI; WeightsError on failure."""
+def read_blob(uri: str) -> tuple[bytes, str]:
+    """(the file's bytes, their sha256) from a local path or URI; WeightsError when missing."""
     try:
         blob = storage.read_bytes(uri)
     except FileNotFoundError:
         raise WeightsError(f"checkpoint {uri} not found") from None
-    digest = hashlib.sha256(blob).hexdigest()
+    return blob, hashlib.sha256(blob).hexdigest()
+
+
+def read_checkpoint(uri: str) -> tuple[dict, str]:
+    """(tensor state dict, sha256 of the file) from a local path or URI; WeightsError on failure."""
+    blob, digest = read_blob(uri)
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
