@@ -27,8 +27,21 @@ def main(argv=None) -> int:
     except (RaylibError, ValueError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 1
-    print(f"train: best epoch {summary['best_epoch'] + 1}/{cfg.epochs}: val accuracy {summary.get('val_accuracy', 0):.3f}, "
-          f"UAR {summary.get('val_uar', 0):.3f}; checkpoint {summary['best_checkpoint']}")
+    if "folds" in summary:  # --folds: one line per fold, then the cross-validated figures
+        for f in summary["folds"]:
+            print(f"train: fold {f['fold'] + 1}/{cfg.folds}: test speakers {', '.join(f['test_speakers'])}: test "
+                  f"accuracy {f['test_accuracy']:.3f}, UAR {f['test_uar']:.3f} ({f['test_clips']} clips; epoch "
+                  f"{f['best_epoch'] + 1} picked on val UAR {f.get('val_uar', 0):.3f}); checkpoint {f['best_checkpoint']}")
+        print(f"train: {cfg.folds}-fold cross-validation by speaker: test accuracy {summary['cv_test_accuracy_mean']:.3f} "
+              f"+- {summary['cv_test_accuracy_sd']:.3f}, UAR {summary['cv_test_uar_mean']:.3f} +- "
+              f"{summary['cv_test_uar_sd']:.3f} (mean +- sd over folds); pooled over "
+              f"{summary['cv_pooled_test_clips']} clips: accuracy {summary['cv_pooled_test_accuracy']:.3f}, "
+              f"UAR {summary['cv_pooled_test_uar']:.3f}")
+    else:
+        print(f"train: best epoch {summary['best_epoch'] + 1}/{cfg.epochs}: val accuracy {summary.get('val_accuracy', 0):.3f}, "
+              f"UAR {summary.get('val_uar', 0):.3f}; checkpoint {summary['best_checkpoint']}"
+              + (f"; test speakers {', '.join(summary['test_speakers'])}: accuracy {summary['test_accuracy']:.3f}, "
+                 f"UAR {summary['test_uar']:.3f}" if "test_speakers" in summary else ""))
     print(f"train: MLflow run {summary['run_id']}; look at it with: {ui_command()}")
     if not cfg.quiet:
         print(json.dumps(summary, default=str))

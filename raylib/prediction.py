@@ -13,7 +13,8 @@ from raylib.models import VISUAL_MODALITIES
 
 # Rows without frames (audio files, status "audio_only"; visual_dim 0) give a visual branch
 # nothing to attend to: models with one skip them rather than read an empty input.
-FRAMES_EXPR = "visual_dim > 0"  # the same rule as a Ray Data filter expression
+FRAMES_COLUMN = "visual_dim"
+FRAMES_EXPR = f"{FRAMES_COLUMN} > 0"  # the same rule as a Ray Data filter expression
 NO_FRAMES = "no frames (an audio file): the models read visual features; use a --modalities audio model"
 
 

@@ -17,7 +17,7 @@ import raylib
 from raylib import storage
 from raylib.labels import LABEL_INDEX
 
-SCHEMA_VERSION = "2"  # 2: face_count
+SCHEMA_VERSION = "3"  # 2: face_count; 3: speaker
 
 # Clip status values, one per row of the store.
 STATUS_OK = "ok"
@@ -52,6 +52,7 @@ SCHEMA = pa.schema(
         ("label_index", pa.int16()),  # index in raylib.labels.EMOTIONS, -1 when unlabelled
         ("split", pa.string()),
         ("dataset", pa.string()),
+        ("speaker", pa.string()),  # who speaks (raylib.sources), null when the input does not say
         ("status", pa.string()),  # one of STATUSES
         ("error", pa.string()),
         ("num_frames", pa.int32()),  # sampled frames with features; 0 for audio-only clips
@@ -108,6 +109,7 @@ def to_table(rows: list[dict]) -> pa.Table:
         "label_index": [LABEL_INDEX[x] if x else -1 for x in labels],
         "split": [r["split"] for r in rows],
         "dataset": [r["dataset"] for r in rows],
+        "speaker": [str(r.get("speaker") or "") or None for r in rows],
         "status": [r["status"] for r in rows],
         "error": [r.get("error") or None for r in rows],
         "num_frames": [len(f) for f in feats],

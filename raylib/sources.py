@@ -4,7 +4,7 @@ Supported layouts (`list_clips(uri, fmt)`):
   afew      <root>/{Train,Val,Test}/<Emotion>/<clip>   (AFEW; an unlabelled Test/<clip> is allowed)
   ravdess   <root>/**/MM-VC-EE-II-SS-RR-AA.mp4|.wav    (EE: emotion code, table RAVDESS_EMOTIONS)
   cremad    <root>/**/AAAA_SSS_EEE_LL.<ext>            (EEE: ANG DIS FEA HAP NEU SAD)
-  manifest  a .csv or .parquet with columns uri,label[,split] (relative uris: from its folder)
+  manifest  a .csv or .parquet with columns uri,label[,split][,speaker] (relative uris: from its folder)
   auto      the first of the above that the input looks like
 
 A clip is a video file or an audio file (AUDIO_EXTENSIONS): audio files are clips without video
@@ -16,6 +16,10 @@ absolute path is one clip; a manifest's relative URIs are resolved against the m
 folder. Moving the data changes the ids (a moved dataset is a new dataset to the store).
 Duplicate records of one file collapse into one (with a warning); one file in two splits, or
 with two labels, is an error that lists the files.
+
+Speakers. Each record names who is on screen and speaking where the layout says it (RAVDESS and
+CREMA-D: the actor number; a manifest: its optional speaker column; AFEW: unknown, ""), so that
+training can hold whole speakers out (cross-validation by speaker, raylib.folds).
 """
 
 from __future__ import annotations
@@ -56,18 +60,20 @@ AFEW_SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validatio
 
 @dataclass(frozen=True, slots=True)  # slots: a million of them are planned at once
 class ClipRecord:
-    """One clip: clip_id (stable hash of uri), uri, label (AFEW name, None if unlabelled), split, dataset."""
+    """One clip: clip_id (stable hash of uri), uri, label (AFEW name, None if unlabelled), split,
+    dataset, speaker ("" when the layout does not say)."""
 
     clip_id: str
     uri: str
     label: str | None
     split: str
     dataset: str
+    speaker: str = ""
 
     def to_dict(self) -> dict:
         # not dataclasses.asdict: its deep copy of every field cost ~10 s per million records
         return {"clip_id": self.clip_id, "uri": self.uri, "label": self.label, "split": self.split,
-                "dataset": self.dataset}
+                "dataset": self.dataset, "speaker": self.speaker}
 
 
 def canonical_uri(uri: str) -> str:
@@ -96,9 +102,9 @@ def _hash(canonical: str) -> str:
     return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def _record(uri: str, label: str | None, split: str, dataset: str) -> ClipRecord:
+def _record(uri: str, label: str | None, split: str, dataset: str, speaker: str = "") -> ClipRecord:
     uri = canonical_uri(uri)
-    return ClipRecord(_hash(uri), uri, label, split, dataset)
+    return ClipRecord(_hash(uri), uri, label, split, dataset, speaker)
 
 
 _LABELS = {e.lower(): e for e in EMOTIONS}
@@ -181,7 +187,7 @@ def ravdess_clips(root: str) -> list[ClipRecord]:
             problems.append(f"{uri} (emotion code {emotion})")
             continue
         split = "val" if actor in RAVDESS_VAL_ACTORS else "train"
-        records.append(_record(uri, label, split, "ravdess"))
+        records.append(_record(uri, label, split, "ravdess", f"{actor:02d}"))
     if problems:
         raise _unknown(problems, "RAVDESS emotion")
     return records
@@ -197,7 +203,7 @@ def cremad_clips(root: str) -> list[ClipRecord]:
             problems.append(f"{uri} ({'emotion code ' + m.group(3) if m else 'not a CREMA-D name AAAA_SSS_EEE_LL'})")
             continue
         split = "val" if int(m.group(1)) >= CREMAD_VAL_FIRST_ACTOR else "train"
-        records.append(_record(uri, label, split, "cremad"))
+        records.append(_record(uri, label, split, "cremad", m.group(1)))
     if problems:
         raise _unknown(problems, "CREMA-D emotion")
     return records
@@ -238,23 +244,26 @@ def _resolved_uris(manifest: str, table) -> list[str]:
 
 
 def manifest_clips(manifest: str) -> list[ClipRecord]:
-    """A CSV or Parquet manifest with columns uri,label[,split]; split defaults to 'train'.
-    Reads it column by column (no dict per row): a manifest can list millions of clips."""
-    table = _manifest_table(manifest, "uri,label[,split]")
+    """A CSV or Parquet manifest with columns uri,label[,split][,speaker]; split defaults to 'train',
+    speaker to "" (unknown). Reads it column by column (no dict per row): a manifest can list
+    millions of clips."""
+    table = _manifest_table(manifest, "uri,label[,split][,speaker]")
     uris = _resolved_uris(manifest, table)
     raw_labels = table.column("label").to_pylist()
     raw_splits = table.column("split").to_pylist() if "split" in table.column_names else [None] * len(uris)
+    speakers = ([("" if v is None else str(v)) for v in table.column("speaker").to_pylist()]
+                if "speaker" in table.column_names else [""] * len(uris))
     labels = {raw: (_canonical_label(str(raw)) if raw not in (None, "") else None) for raw in set(raw_labels)}
     splits = {raw: _split_name(raw) for raw in set(raw_splits)}
     records, problems = [], []
-    for uri, raw, raw_split in zip(uris, raw_labels, raw_splits):
+    for uri, raw, raw_split, speaker in zip(uris, raw_labels, raw_splits, speakers):
         label, split = labels[raw], splits[raw_split]
         if raw not in (None, "") and label is None:
             problems.append(f"{uri} (label {raw!r})")
         elif split not in SPLITS:
             problems.append(f"{uri} (split {split!r}; expected {', '.join(SPLITS)})")
         else:
-            records.append(_record(uri, label, split, "manifest"))
+            records.append(_record(uri, label, split, "manifest", speaker))
     if problems:
         raise _unknown(problems, "label or split")
     return records

@@ -1,5 +1,6 @@
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,17 +9,18 @@ from raylib.models.audio_cnn import AudioAlexNet, MaskedBatchNorm2d, pool5_lengt
 from raylib.models.fusion import Concat, FactorizedBilinearPooling, ModelConfig, build_model
 
 
-def test_fbp_output_dimension_and_unit_norm():
+def test_fbp_output_dimension_and_norm_sqrt_o():
+    """l2-normalised, then scaled by sqrt(o): entries O(1), as the frame features are."""
     torch.manual_seed(0)
     fbp = FactorizedBilinearPooling(6, 4, k=3, o=5, dropout=0.5, power_norm=False).eval()
     z = fbp(torch.randn(8, 6), torch.randn(8, 4))
     assert z.shape == (8, 5)
-    torch.testing.assert_close(z.norm(dim=-1), torch.ones(8))
+    torch.testing.assert_close(z.norm(dim=-1), torch.full((8,), 5 ** 0.5))
 
 
 def test_fbp_equals_the_explicit_bilinear_form():
     """z_i = a~^T W_i v~ with W_i = sum_{j in window i} U_j V_j^T, on inputs augmented with 1
-    to carry the FC biases, then l2-normalised."""
+    to carry the FC biases, then l2-normalised and scaled by sqrt(o)."""
     torch.manual_seed(1)
     k, o = 3, 4
     fbp = FactorizedBilinearPooling(5, 2, k=k, o=o, dropout=0.0, power_norm=False).eval()
@@ -31,7 +33,7 @@ def test_fbp_equals_the_explicit_bilinear_form():
         W = sum(torch.outer(U[j], V[j]) for j in range(i * k, (i + 1) * k))
         z.append(a1 @ W @ v1)
     z = torch.stack(z)
-    z = z / z.norm()
+    z = z / z.norm() * o ** 0.5
     got = fbp.double()(a[None], v[None])[0]
     torch.testing.assert_close(got, z, atol=1e-10, rtol=0)
 
@@ -44,7 +46,7 @@ def test_fbp_power_norm_is_signed_sqrt_before_l2():
     a, v = torch.randn(1, 3), torch.randn(1, 3)
     raw = (plain.U(a) * plain.V(v)).view(1, 4, 2).sum(-1)
     expected = torch.sign(raw) * raw.abs().sqrt()
-    torch.testing.assert_close(signed(a, v), expected / expected.norm(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(signed(a, v), expected / expected.norm() * 2.0, atol=1e-5, rtol=0)
 
 
 def test_concat():
@@ -179,3 +181,69 @@ def test_single_modality_variants(modalities):
     logits, weights = model(v, m, a, l)
     assert logits.shape == (3, 7) and set(weights) == {modalities}
     assert (hasattr(model, "audio_cnn")) == (modalities == "audio")
+
+
+def frame_table(rng, common, directions, per_class: int, spread: float, frames: int = 8):
+    """Store rows of generated frame features: a large vector all clips share, plus a small class
+    direction and noise of size `spread` (how a face embedding's frames of one person look)."""
+    from raylib.labels import EMOTIONS
+    from raylib.schema import to_table
+
+    rows = []
+    for k, name in enumerate(EMOTIONS):
+        for i in range(per_class):
+            f = common + spread * directions[k] + spread * rng.normal(size=(frames, len(common)))
+            rows.append({"clip_id": f"{k}-{i}", "uri": f"/{k}-{i}", "label": name, "split": "train", "dataset": "gen",
+                         "status": "ok", "visual_features": f.astype(np.float32)})
+    return to_table(rows)
+
+
+def fit_visual_branch(table, norm: bool):
+    """The visual branch trained by the training loop's pieces on the training defaults (epochs,
+    batch size, optimiser, learning rate and its schedule)."""
+    from raylib.batches import collate
+    from raylib.stages.train_config import TrainConfig
+    from raylib.stages.train_loop import lr_at, make_optimizer, train_epoch
+
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(visual_dim=table.column("visual_dim")[0].as_py(), modalities="visual",
+                                    visual_input_norm=norm))
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    order = np.random.default_rng(0)
+    for epoch in range(cfg.epochs):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch)
+        idx = order.permutation(table.num_rows)
+        train_epoch(model, opt, (collate(table.take(idx[i:i + cfg.batch_size])) for i in range(0, len(idx), cfg.batch_size)))
+    return model
+
+
+def test_the_visual_branch_fits_features_that_differ_little_around_a_large_shared_part():
+    """Face features of one cast share a large component; emotions move them a little (spread
+    0.02 of a unit-variance vector here). The visual branch must fit such clips on the default
+    schedule and score new clips of the same classes: with the frame features standardised
+    (FrameNorm) it does; without (the branch before), it stays at chance."""
+    from raylib.prediction import val_metrics
+
+    rng = np.random.default_rng(0)
+    common, directions = rng.normal(size=128), rng.normal(size=(7, 128))
+    train, held = (frame_table(rng, common, directions, n, spread=0.02) for n in (12, 6))
+    model = fit_visual_branch(train, norm=True)
+    assert val_metrics(model, train)["val_accuracy"] >= 0.95
+    assert val_metrics(model, held)["val_accuracy"] >= 0.9
+    assert val_metrics(fit_visual_branch(train, norm=False), train)["val_accuracy"] <= 0.3  # chance is 1/7
+
+
+def test_frame_norm_standardises_real_frames_with_training_statistics_and_keeps_padding_zero():
+    from raylib.models.fusion import FrameNorm
+
+    norm = FrameNorm(2)
+    f = torch.tensor([[[1.0, 10.0], [3.0, 30.0], [0.0, 0.0]]])  # the third frame is padding
+    mask = torch.tensor([[True, True, False]])
+    out = norm.train()(f, mask)
+    torch.testing.assert_close(out, torch.tensor([[[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(norm.norm.running_mean, torch.tensor([2.0, 20.0]))  # padding not counted
+    torch.testing.assert_close(norm.norm.running_var, torch.tensor([2.0, 200.0]))  # unbiased: 2 frames
+    evaluated = norm.eval()(torch.tensor([[[2.0, 20.0 + 200 ** 0.5]]]), torch.tensor([[True]]))
+    torch.testing.assert_close(evaluated, torch.tensor([[[0.0, 1.0]]]), atol=1e-3, rtol=0)

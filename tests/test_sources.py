@@ -41,6 +41,7 @@ def test_ravdess_codes_map_onto_afew_labels(tmp_path):
           "Actor_01/02-01-03-01-01-01-01.mp4")  # video-only: no audio, left out
     recs = sorted(list_clips(str(tmp_path)), key=lambda r: r.uri)
     assert [(r.label, r.split) for r in recs] == [("Neutral", "train"), ("Surprise", "train"), ("Angry", "val")]
+    assert [r.speaker for r in recs] == ["01", "01", "22"]  # the actor: folds hold whole speakers out
     touch(tmp_path, "Actor_01/01-01-09-01-01-01-01.mp4")
     with pytest.raises(SourceError, match="01-01-09-01-01-01-01.mp4 \\(emotion code 09\\)"):
         list_clips(str(tmp_path), "ravdess")
@@ -52,6 +53,7 @@ def test_cremad_file_names(cremad_clips, tmp_path):
     recs = list_clips(os.path.dirname(cremad_clips[0]))
     assert sorted(r.label for r in recs) == ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad"]
     assert {r.split for r in recs} == {"train"} and {r.dataset for r in recs} == {"cremad"}
+    assert {r.speaker for r in recs} == {os.path.basename(c)[:4] for c in cremad_clips}
     touch(tmp_path, "1090_IEO_HAP_HI.flv", "1001_DFA_XYZ_XX.flv")
     with pytest.raises(SourceError, match="1001_DFA_XYZ_XX.flv \\(emotion code XYZ\\)"):
         list_clips(str(tmp_path), "cremad")
@@ -72,6 +74,10 @@ def test_manifest(tmp_path, kind):
         (str(tmp_path / "clips/a.mp4"), "Angry", "train"), ("/abs/b.avi", "Fear", "val"),
         ("s3://bucket/c.mp4", None, "test")]
     assert [r.to_dict() for r in recs] == [dataclasses.asdict(r) for r in recs]
+    assert {r.speaker for r in recs} == {""}  # no speaker column: unknown
+    table = table.append_column("speaker", pa.array(["s1", None, "7"]))
+    (pacsv.write_csv if kind == "csv" else pq.write_table)(table, str(path))
+    assert [r.speaker for r in list_clips(str(path))] == ["s1", "", "7"]
 
 
 def test_manifest_errors(tmp_path):

@@ -304,3 +304,59 @@ def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
         os.environ["MLFLOW_TRACKING_URI"] = old
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(store, tmp_path):
+    """--folds 2 over four speakers: each fold trains on its train speaker's rows only, picks its
+    epoch on its selection speaker, and its chosen checkpoint is scored on the two held-out
+    speakers; the parent run pools the folds' test clips and gives their mean and sd."""
+    import pyarrow as pa
+
+    from raylib.batches import COLUMNS, usable
+    from raylib.checkpoints import model_from_checkpoint
+    from raylib.prediction import val_metrics
+    from raylib.store import data_files, read_store
+    from raylib.stages.train import TrainConfig, run_train
+
+    path, _ = store
+    # the extracted store with speakers written in: a, b, c, d dealt over the clips in clip-id order
+    ids = sorted(read_store(path, ["clip_id"]).column("clip_id").to_pylist())
+    speaker = {c: "abcd"[i % 4] for i, c in enumerate(ids)}
+    for f in data_files(path):
+        t = pq.read_table(f)
+        t = t.set_column(t.schema.get_field_index("speaker"), "speaker",
+                         pa.array([speaker[c] for c in t.column("clip_id").to_pylist()], pa.string()))
+        out = tmp_path / "store" / os.path.relpath(f, path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, str(out))
+    cv_store = str(tmp_path / "store")
+    rows = usable(read_store(cv_store, [*COLUMNS, "speaker"]))
+    of = lambda who: rows.filter(pa.compute.is_in(rows.column("speaker"), pa.array(list(who))))  # noqa: E731
+
+    summary = run_train(TrainConfig(store=cv_store, output=str(tmp_path / "runs"), epochs=2, batch_size=4,
+                                    num_workers=1, folds=2, quiet=True))
+    parent = client().get_run(summary["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["cv.fold0.test_speakers"] == "a,b"
+    expected = [(("c",), ("d",), ("a", "b")), (("a",), ("b",), ("c", "d"))]  # raylib.folds: train, select, test
+    correct = total = 0
+    for fold, (train, select, test) in zip(summary["folds"], expected):
+        child = client().get_run(fold["run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == summary["run_id"]
+        assert (child.data.tags["cv.train_speakers"], child.data.tags["cv.select_speakers"],
+                child.data.tags["cv.test_speakers"]) == (",".join(train), ",".join(select), ",".join(test))
+        # trained on the train speaker's clips only, every epoch; selected on the select speaker's
+        assert [m.value for m in client().get_metric_history(fold["run_id"], "train_clips")] == [of(train).num_rows] * 2
+        assert [m.value for m in client().get_metric_history(fold["run_id"], "val_clips")] == [of(select).num_rows] * 2
+        model, _ = model_from_checkpoint(fold["best_checkpoint"])
+        alone = val_metrics(model, of(test))  # the chosen checkpoint on the held-out speakers, in one process
+        assert fold["test_clips"] == of(test).num_rows == alone["val_clips"]
+        assert fold["test_accuracy"] == pytest.approx(alone["val_accuracy"], abs=1e-6)
+        assert client().get_run(fold["run_id"]).data.metrics["test_uar"] == pytest.approx(alone["val_uar"], abs=1e-6)
+        correct += round(alone["val_accuracy"] * alone["val_clips"])
+        total += alone["val_clips"]
+    accs = [f["test_accuracy"] for f in summary["folds"]]
+    metrics = parent.data.metrics
+    assert metrics["cv_pooled_test_accuracy"] == pytest.approx(correct / total, abs=1e-6)
+    assert metrics["cv_pooled_test_clips"] == total == rows.num_rows
+    assert metrics["cv_test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+    assert metrics["cv_test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)

@@ -11,7 +11,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from raylib.models.attention import build_attention
-from raylib.models.audio_cnn import AudioAlexNet
+from raylib.models.audio_cnn import AudioAlexNet, MaskedBatchNorm2d
 from raylib.models.model_config import ModelConfig  # defined torch-free, where the training configs read it
 
 
@@ -27,7 +27,11 @@ class Concat(nn.Module):
 
 
 class FactorizedBilinearPooling(nn.Module):
-    """z = SumPool(U~^T a o V~^T v, k), dropout before pooling, optional signed sqrt, l2.   (Eq. 8-9)"""
+    """z = SumPool(U~^T a o V~^T v, k), dropout before pooling, optional signed sqrt, l2.   (Eq. 8-9)
+
+    The l2-normalised z is then scaled by sqrt(o) (docs/method.md, section 4), the scale the frame
+    features get: the classifier after it is the same family of functions, but its logits no
+    longer grow only as fast as its weights (with unit-norm z they start near 0 and crawl)."""
 
     def __init__(self, audio_dim: int, visual_dim: int, *, k: int, o: int, dropout: float, power_norm: bool):
         super().__init__()
@@ -36,13 +40,34 @@ class FactorizedBilinearPooling(nn.Module):
         self.V = nn.Linear(visual_dim, k * o)
         self.dropout = nn.Dropout(dropout)
         self.out_dim = o
+        self.out_scale = float(o) ** 0.5
 
     def forward(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         joint = self.dropout(self.U(a) * self.V(v))  # [B, k*o]
         z = joint.view(-1, self.o, self.k).sum(dim=-1)  # sum over windows of k consecutive dims
         if self.power_norm:
             z = torch.sign(z) * torch.sqrt(z.abs() + 1e-12)
-        return Fn.normalize(z, dim=-1)
+        return Fn.normalize(z, dim=-1) * self.out_scale
+
+
+class FrameNorm(nn.Module):
+    """Each dimension of the frame features standardised with the mean and variance of the real
+    training frames (padding ignored, stays zero), then a learnt scale and shift.
+
+    Why (docs/method.md, section 4; the method is silent): a face embedding's frames share a large
+    common component, and what tells emotions apart is a small spread around it in a few
+    dimensions. Fed as they are, the classifier's logits move by that small spread only, and the
+    visual branch stopped at 0.23-0.30 train accuracy on 192 real clips where a logistic
+    regression on standardised features fits them all. The statistics average every training
+    batch (momentum None): the stored features do not change during training."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = MaskedBatchNorm2d(dim, momentum=None)
+
+    def forward(self, f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """f [B, n, d], mask [B, n] -> [B, n, d]."""
+        return self.norm(f.transpose(1, 2).unsqueeze(2), mask).squeeze(2).transpose(1, 2)
 
 
 class FusionModel(nn.Module):
@@ -53,6 +78,7 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         fused_dim = 0
         if cfg.modalities in ("av", "visual"):
+            self.visual_norm = FrameNorm(cfg.visual_dim) if cfg.visual_input_norm else None
             self.visual_attention = build_attention(cfg.visual_attention, cfg.visual_dim, cfg.attention_hidden)
             fused_dim = self.visual_attention.out_dim
         if cfg.modalities in ("av", "audio"):
@@ -73,6 +99,8 @@ class FusionModel(nn.Module):
         """visual [B, n, d] + mask [B, n]; audio [B, C, F, T] + lengths [B] -> (logits [B, 7], weights)."""
         weights = {}
         if self.cfg.modalities in ("av", "visual"):
+            if self.visual_norm is not None:
+                visual = self.visual_norm(visual, visual_mask)
             v, weights["visual"] = self.visual_attention(visual, visual_mask)
         if self.cfg.modalities in ("av", "audio"):
             items, mask = self.audio_cnn(audio, audio_lengths)

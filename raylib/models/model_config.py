@@ -28,6 +28,9 @@ class ModelConfig:
     fbp_o: int = 128
     dropout: float = 0.2  # FBP and classifier
     power_norm: bool = False
+    # standardise each visual feature dimension with statistics of the training frames before the
+    # attention (raylib.models.fusion): without it the visual branch did not fit real features
+    visual_input_norm: bool = True
     num_classes: int = NUM_CLASSES
 
     def __post_init__(self):

@@ -372,7 +372,7 @@ def _state(output: str) -> StoreState:
     return store_state(output)
 
 
-RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset")
+RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset", "speaker")
 
 
 def clip_dataset(pending: list[dict]):

@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from raylib import storage
 from raylib.metrics import pick_best
 from raylib.stages.train_artifacts import log_run_artifacts
-from raylib.stages.train_config import TrainConfig, require_splits, store_info
+from raylib.stages.train_config import TrainConfig, fold_of, require_splits, store_info
 from raylib.stages.train_loop import KEEP_SCORE, epoch_metrics, train_loop_per_worker
 
 READ_CPUS = 0.25  # per Ray Data task reading the store for training
@@ -143,10 +143,14 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list | None = None,
               log_artifacts: bool = True, progress: bool = True, source: str = "jobs/train.py") -> dict:
-    """Train one model with Ray Train; returns {run_id, best_checkpoint, best metrics, ...}.
+    """Train one model with Ray Train; returns {run_id, best_checkpoint, best metrics, ...}. With
+    --folds and no --fold, every fold under one parent run (run_cv); with --fold, that fold: train
+    and val are its speakers' rows, and the best checkpoint is scored on its held-out speakers.
 
     progress: one line per epoch on stdout (never with cfg.quiet); source: the job named as the
     MLflow run's source."""
+    if cfg.folds and cfg.fold < 0:
+        return run_cv(cfg, parent_run_id, callbacks, log_artifacts, progress, source)
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -160,7 +164,8 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output", "resume_from")
              if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
     cfg = replace(cfg, **local)  # workers do not share the driver's working directory
-    info = store_info(cfg.store, cfg.modalities)
+    fold = fold_of(cfg)
+    info = store_info(cfg.store, cfg.modalities, fold)
     if info["skipped"] and not cfg.quiet:
         print(f"train: skipping {info['skipped']} labelled clip(s) without frames (audio files): --modalities "
               f"{cfg.modalities} reads visual features", file=sys.stderr, flush=True)
@@ -172,32 +177,40 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     if cfg.run_name and not parent_run_id and not cfg.resume_from:
         tracking.require_new_run_name(cfg.experiment, run_name, "choose another --run-name, or go on from its "
                                                                 "checkpoint with --resume-from")
-    tags = {"store": cfg.store, "schema_version": SCHEMA_VERSION, **{f"store.{k}": v for k, v in info["provenance"].items()},
+    tags = {"store": cfg.store, "schema_version": SCHEMA_VERSION, **fold_tags(fold), **{f"store.{k}": v for k, v in info["provenance"].items()},
             "store.skipped_without_frames": str(info["skipped"]), **tracking.source_tags(source)}
     run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id)
     fs, _ = storage.filesystem(cfg.store)
-    files = data_files(cfg.store, "train")
+    files = data_files(cfg.store, "train" if fold is None else None)
     if not files:
         raise ValueError(f"feature store {cfg.store} has no train split")
+    from ray.data.expressions import col
     from raylib.batches import COLUMNS
-    from raylib.prediction import FRAMES_EXPR, reads_frames
+    from raylib.prediction import FRAMES_COLUMN, reads_frames
 
     # fractional CPUs: on a small machine the workers' reservations must leave room for reading.
     # Shuffling: the files in a new seeded order each epoch (Ray reseeds FileShuffleConfig with the
     # dataset's execution count, and Train re-executes the dataset every epoch), so workers get other
     # files each epoch; each worker then shuffles its rows in a buffer (train_loop.py). A global
     # random_shuffle or randomize_block_order would hold the whole split before the first batch.
-    train_ds = ray.data.read_parquet(files, columns=COLUMNS, num_cpus=READ_CPUS,
+    train_ds = ray.data.read_parquet(files, columns=COLUMNS + (["speaker"] if fold else []), num_cpus=READ_CPUS,
                                      shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
                                      filesystem=fs if storage.is_remote(cfg.store) else None)
-    keep = "label_index >= 0 and status != 'error'" + (f" and {FRAMES_EXPR}" if reads_frames(cfg.modalities) else "")
+    keep = (col("label_index") >= 0) & (col("status") != "error")
+    if reads_frames(cfg.modalities):
+        keep = keep & (col(FRAMES_COLUMN) > 0)
+    if fold is not None:
+        keep = keep & col("speaker").is_in(list(fold.train))
     train_ds = train_ds.filter(expr=keep, num_cpus=READ_CPUS)
+    if fold is not None:
+        train_ds = train_ds.select_columns(COLUMNS)
     output = cfg.output
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": asdict(cfg), "model": asdict(model_cfg), "run_id": run_id,
                            "tracking_uri": tracking.tracking_uri(), "resume_from": cfg.resume_from,
-                           "shuffle_rows": cfg.shuffle_rows(info["train_rows"])},
+                           "shuffle_rows": cfg.shuffle_rows(info["train_rows"]),
+                           "val_speakers": list(fold.select) if fold else []},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         datasets={"train": train_ds},
@@ -222,11 +235,85 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         finally:
             if lines:
                 lines.stop()
-        return finish_run(cfg, run_id, run_name, result, time.perf_counter() - t0, log_artifacts)
+        return finish_run(cfg, run_id, run_name, result, time.perf_counter() - t0, log_artifacts, fold)
 
 
-def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: float, log_artifacts: bool) -> dict:
-    """The summary of a fitted run; logs its best checkpoint's metrics (and artifacts) and ends it."""
+def fold_tags(fold) -> dict:
+    """A fold's speakers as MLflow tags (none without cross-validation)."""
+    if fold is None:
+        return {}
+    return {"cv.fold": str(fold.index), "cv.train_speakers": ",".join(fold.train),
+            "cv.select_speakers": ",".join(fold.select), "cv.test_speakers": ",".join(fold.test)}
+
+
+def test_counts(cfg: TrainConfig, checkpoint: str, fold) -> "np.ndarray":
+    """raylib.prediction.val_counts of a checkpoint on the fold's held-out speakers' rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from raylib.batches import COLUMNS, usable
+    from raylib.checkpoints import model_from_checkpoint
+    from raylib.prediction import rows_for, val_counts
+    from raylib.store import read_store
+
+    table = usable(read_store(cfg.store, [*COLUMNS, "speaker"]))
+    table = rows_for(table.filter(pc.is_in(table.column("speaker"), pa.array(list(fold.test), pa.string()))),
+                     cfg.modalities)
+    model, _ = model_from_checkpoint(checkpoint)
+    return val_counts(model, table)
+
+
+def test_metrics(counts) -> dict:
+    """test_accuracy, test_uar, test_recall_<label>, test_clips of summed val_counts."""
+    from raylib.prediction import metrics_from_counts
+
+    return {"test_" + k[len("val_"):]: v for k, v in metrics_from_counts(counts).items()}
+
+
+def run_cv(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list | None = None,
+           log_artifacts: bool = True, progress: bool = True, source: str = "jobs/train.py") -> dict:
+    """Speaker-independent k-fold cross-validation (raylib.folds) of one configuration: one MLflow
+    parent run, a child run per fold (run_train with --fold), each fold's best checkpoint scored
+    on its held-out speakers. The parent gets the per-fold mean and sd of test accuracy and UAR
+    and the pooled figures (every fold's test clips counted once)."""
+    import numpy as np
+
+    from raylib import folds as cv
+    from raylib import tracking
+    from raylib.stages.train_config import speakers_of
+
+    tracking.check_reachable()
+    plan = cv.fold_plan(speakers_of(cfg.store), cfg.folds)
+    run_name = cfg.run_name or default_run_name(cfg) + f"-cv{cfg.folds}"
+    if cfg.run_name and not parent_run_id:
+        tracking.require_new_run_name(cfg.experiment, run_name, "choose another --run-name")
+    tags = {"store": cfg.store, "cv.folds": str(cfg.folds), **tracking.source_tags(source),
+            **{f"cv.fold{f.index}.test_speakers": ",".join(f.test) for f in plan}}
+    parent = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id)
+    results, pooled = [], None
+    with tracking.ending_runs(parent):
+        for f in plan:
+            if progress and not cfg.quiet:
+                print(f"train: fold {f.index + 1}/{len(plan)}: train on speakers {', '.join(f.train)}, pick the "
+                      f"epoch on {', '.join(f.select)}, test on {', '.join(f.test)}", flush=True)
+            summary = run_train(replace(cfg, fold=f.index, run_name=f"{run_name}/fold{f.index}"), parent, callbacks,
+                                log_artifacts, progress, source)
+            results.append(summary)
+            counts = np.asarray(summary.pop("test_counts"), np.float64)
+            pooled = counts if pooled is None else pooled + counts
+        per_fold = {m: cv.summarize(r[m] for r in results) for m in ("test_accuracy", "test_uar")}
+        metrics = {f"cv_{m}_{k}": v for m, s in per_fold.items() for k, v in s.items()}
+        metrics.update({f"cv_pooled_{k}": v for k, v in test_metrics(pooled).items()})
+        tracking.log_metrics(parent, metrics, 0)
+        tracking.end_run(parent)
+    return {"run_id": parent, "run_name": run_name, "folds": results, **metrics,
+            "pooled_confusion": np.asarray(pooled[:-2]).reshape(7, 7).astype(int).tolist()}
+
+
+def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: float, log_artifacts: bool,
+               fold=None) -> dict:
+    """The summary of a fitted run; logs its best checkpoint's metrics (and artifacts) and ends it;
+    with a fold, also its scores on the fold's held-out speakers (test_*)."""
     from mlflow.tracking import MlflowClient
 
     from raylib import tracking
@@ -241,6 +328,11 @@ def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: 
     # the best checkpoint's metrics, once each, at its epoch (where the logged model links them)
     tracking.log_metrics(run_id, {"best_val_accuracy": summary.get("val_accuracy", 0.0),
                                   "best_val_uar": summary.get("val_uar", 0.0)}, summary["best_epoch"])
+    if fold is not None:  # scored once, by the checkpoint the selection speakers picked
+        counts = test_counts(cfg, summary["best_checkpoint"], fold)
+        summary.update(test_metrics(counts), test_counts=counts.tolist(), fold=fold.index, test_speakers=list(fold.test))
+        tracking.log_metrics(run_id, {k: v for k, v in summary.items() if k.startswith("test_")
+                                      and isinstance(v, float)}, summary["best_epoch"])
     if log_artifacts:
         log_run_artifacts(run_id, summary["best_checkpoint"], cfg.store, best_ckpt)
     client = MlflowClient(tracking.tracking_uri())

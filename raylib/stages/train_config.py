@@ -55,6 +55,13 @@ class TrainConfig:
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint"})
     select_metric: str = field(default="val_uar", metadata={"help": "metric that picks the best checkpoint", "choices": list(SELECT_METRICS)})
     resume_from: str = field(default="", metadata={"help": "checkpoint folder or model.pt to continue from"})
+    folds: int = field(default=0, metadata={"help": "speaker-independent cross-validation over the store's speaker "
+                                                    "column (all splits): one model per fold of speakers, its epoch "
+                                                    "picked on an inner split of its training speakers, scored once "
+                                                    "on the fold's held-out speakers (test_* metrics; one MLflow "
+                                                    "parent run with mean +- sd, a child per fold). 0: train on the "
+                                                    "train split, pick on val"})
+    fold: int = field(default=-1, metadata={"help": "with --folds: train this fold only (0-based); -1: every fold"})
     quiet: bool = field(default=False, metadata={"help": "no per-epoch lines, no progress bars, no JSON summary"})
 
     def __post_init__(self):
@@ -62,6 +69,11 @@ class TrainConfig:
             raise ValueError("--epochs, --batch-size, --num-workers must be >= 1 and --lr > 0")
         if self.shuffle_buffer < 1:
             raise ValueError("--shuffle-buffer must be >= 1 (rows)")
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError("--folds must be 0 (no cross-validation) or >= 2")
+        if self.fold >= max(self.folds, 0) or self.fold < -1:
+            raise ValueError(f"--fold must be -1 (every fold) or 0..{self.folds - 1} with --folds {self.folds}"
+                             if self.folds else "--fold needs --folds")
 
     def shuffle_rows(self, train_rows: int) -> int:
         """Rows of each worker's local shuffle buffer for a train split of train_rows: shuffle_buffer,
@@ -77,17 +89,54 @@ class TrainConfig:
                            fbp_k=self.fbp_k, fbp_o=self.fbp_o, dropout=self.dropout, power_norm=self.power_norm)
 
 
-def store_info(store: str, modalities: str = "") -> dict:
+def speakers_of(store: str) -> np.ndarray:
+    """The speaker of each labelled row with features; StoreError when the store has no speaker
+    column (written before schema 3) or names no speaker."""
+    from raylib.batches import usable
+    from raylib.errors import StoreError
+    from raylib.store import read_store
+
+    try:
+        table = usable(read_store(store, ["label_index", "status", "speaker"]))
+    except (KeyError, ValueError) as e:  # pyarrow: a column the shards lack
+        if "speaker" not in str(e):
+            raise
+        raise StoreError(f"feature store {store} has no speaker column (written by an older version): extract "
+                         f"into a new --output to cross-validate by speaker") from None
+    speakers = np.array(table.column("speaker").to_pylist(), dtype=object)
+    if not any(speakers):
+        raise StoreError(f"feature store {store} names no speakers: --folds needs a speaker per clip (the ravdess "
+                         f"and cremad layouts give it; a manifest gives it in a speaker column)")
+    return speakers
+
+
+def fold_of(cfg: TrainConfig):
+    """The raylib.folds Fold this run trains (None without --folds or for the whole plan)."""
+    from raylib.folds import fold_plan
+
+    return fold_plan(speakers_of(cfg.store), cfg.folds)[cfg.fold] if cfg.folds and cfg.fold >= 0 else None
+
+
+def store_info(store: str, modalities: str = "", fold=None) -> dict:
     """visual_dim, audio_channels, class counts of train, and the recipe of a store; with a model's
     modalities, of the rows that model can take (`skipped`: labelled rows without frames that a
-    visual branch leaves out). StoreError when the store mixes recipes (its features would not be
-    comparable); ValueError when no row is left."""
+    visual branch leaves out); with a raylib.folds Fold, train and val are its train and select
+    speakers (test_rows: its held-out speakers). StoreError when the store mixes recipes (its
+    features would not be comparable); ValueError when no row is left."""
     from raylib.batches import usable
     from raylib.prediction import rows_for
     from raylib.store import RECIPE_KEYS, read_store, single_recipe
 
-    table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", *RECIPE_KEYS])
+    table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", *RECIPE_KEYS,
+                               *(["speaker"] if fold is not None else [])])
     recipe = single_recipe(store, table)
+    if fold is not None:  # the fold's roles stand in for the stored split
+        import pyarrow as pa
+
+        from raylib.folds import speaker_split
+
+        roles = speaker_split(np.array(table.column("speaker").to_pylist(), dtype=object), fold)
+        table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(roles.tolist(), pa.string()))
     labelled = usable(table)
     if labelled.num_rows == 0:
         raise ValueError(f"feature store {store} has no labelled rows with features")
@@ -105,7 +154,8 @@ def store_info(store: str, modalities: str = "") -> dict:
     return {"visual_dim": int(pc.max(ok.column("visual_dim")).as_py() or 0),
             "audio_channels": int(shapes[0][0].as_py()) if len(shapes) else 1,
             "train_counts": counts.tolist(), "train_rows": int(len(train_labels)),
-            "val_rows": int(pc.sum(pc.equal(split, "val")).as_py() or 0), "provenance": recipe,
+            "val_rows": int(pc.sum(pc.equal(split, "val")).as_py() or 0),
+            "test_rows": int(pc.sum(pc.equal(split, "test")).as_py() or 0), "provenance": recipe,
             "skipped": labelled.num_rows - ok.num_rows}
 
 

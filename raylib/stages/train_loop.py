@@ -72,24 +72,31 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-def val_share(store: str, rank: int, world: int):
-    """This worker's share of the val split: whole files in turn (rank r reads files r, r + world,
-    ...), or, when there are fewer files than workers, a slice of every file's rows. Workers score
-    their shares at once and sum the counts (all_summed): no process holds the whole split."""
+def val_share(store: str, rank: int, world: int, speakers: tuple = ()):
+    """This worker's share of the val split (with speakers: the rows of those speakers in any
+    split, a cross-validation fold's selection speakers): whole files in turn (rank r reads files
+    r, r + world, ...), or, when there are fewer files than workers, a slice of every file's rows.
+    Workers score their shares at once and sum the counts (all_summed): no process holds the whole
+    split."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from raylib.batches import COLUMNS
     from raylib.schema import SCHEMA
     from raylib.store import data_files, read_files
 
-    files = data_files(store, "val")
+    columns = [*COLUMNS, "speaker"] if speakers else COLUMNS
+    files = data_files(store, None if speakers else "val")
     if len(files) >= world:
-        tables = read_files(store, files[rank::world], COLUMNS)
+        tables = read_files(store, files[rank::world], columns)
     else:
-        table = pa.concat_tables(read_files(store, files, COLUMNS)) if files else SCHEMA.empty_table().select(COLUMNS)
+        table = pa.concat_tables(read_files(store, files, columns)) if files else SCHEMA.empty_table().select(columns)
         start, stop = rank * table.num_rows // world, (rank + 1) * table.num_rows // world
         tables = [table.slice(start, stop - start)]
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(COLUMNS)
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(columns)
+    if speakers:
+        table = table.filter(pc.is_in(table.column("speaker"), pa.array(list(speakers), pa.string()))).select(COLUMNS)
+    return table
 
 
 def share_buffers(model) -> None:
@@ -171,7 +178,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
-    val = rows_for(usable(val_share(cfg.store, rank, ctx.get_world_size())), cfg.modalities)
+    val = rows_for(usable(val_share(cfg.store, rank, ctx.get_world_size(), tuple(config.get("val_speakers", ())))),
+                   cfg.modalities)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -187,7 +195,8 @@ def train_loop_per_worker(config: dict) -> None:
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
                    "train_samples_per_s_per_worker": total / max(seconds, 1e-9),
-                   "train_batch_distinct_labels": sum(distinct) / max(len(distinct), 1)}
+                   "train_batch_distinct_labels": sum(distinct) / max(len(distinct), 1),
+                   "train_clips": int(all_summed([float(total)], device)[0])}  # every worker's clips of the epoch
         if rank == 0:
             recalibrate_norms(core, kept)
         share_buffers(core)  # rank 0's recalibrated statistics, for every worker's share of val
