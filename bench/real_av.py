@@ -99,10 +99,12 @@ def fit_fold(table, roles: np.ndarray, model_cfg, a) -> tuple[np.ndarray, dict]:
         score = val_metrics(model, select)["val_uar"]
         if score > best:  # the earliest of equal epochs, as training's pick_best
             best, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+    final_fit = val_metrics(model, train)["val_accuracy"]  # the end of the schedule: does the branch fit
     model.load_state_dict(best_state)
     probs, _ = predict(model, test)
     fit = val_metrics(model, train)["val_accuracy"]
-    return probs, {"best_epoch": best_epoch, "train_accuracy": round(fit, 4), "select_uar": round(best, 4)}
+    return probs, {"best_epoch": best_epoch, "train_accuracy": round(fit, 4), "final_train_accuracy": round(final_fit, 4),
+                   "select_uar": round(best, 4)}
 
 
 def summaries(table, which: str) -> np.ndarray:
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
         pred, fits = yardstick(summaries(table, which), y, roles)
         report(f"yardstick {which}", pred, [round(float(np.mean(pred[r == 'test'] == y[r == 'test'])), 4)
                                             for r in roles], {"train_accuracy": fits})
-    ensemble = np.zeros((len(y), len(EMOTIONS)))
+    members: dict[str, np.ndarray] = {}
     for attention in a.attentions.split(","):
         for run in a.runs.split(","):
             modalities, fusion = (run, "fbp") if run in ("audio", "visual") else ("av", run)
@@ -206,14 +208,18 @@ def main(argv=None) -> int:
             pred = probs.argmax(1)
             name = f"{run} {attention}"
             report(name, pred, [round(float(np.mean(pred[r == 'test'] == y[r == 'test'])), 4) for r in roles],
-                   {"train_accuracy": [i["train_accuracy"] for i in info], "best_epoch": [i["best_epoch"] for i in info],
+                   {"train_accuracy": [i["train_accuracy"] for i in info],
+                    "final_train_accuracy": [i["final_train_accuracy"] for i in info],
+                    "best_epoch": [i["best_epoch"] for i in info],
                     "seconds": round(time.perf_counter() - t0, 1)})
-            if modalities == "av":
-                ensemble += probs
-    if ensemble.any():
-        pred = ensemble.argmax(1)
-        report("ensemble of the AV runs", pred,
-               [round(float(np.mean(pred[r == 'test'] == y[r == 'test'])), 4) for r in roles], {})
+            members[name] = probs
+    # Table 4: the mean of the configurations' class probabilities, of the AV runs and of all runs
+    for title, names in (("ensemble of the AV runs", [n for n in members if n.split()[0] in ("concat", "fbp")]),
+                         ("ensemble of all runs", list(members))):
+        if len(names) > 1:
+            pred = sum(members[n] for n in names).argmax(1)
+            report(title, pred, [round(float(np.mean(pred[r == 'test'] == y[r == 'test'])), 4) for r in roles],
+                   {"members": names})
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1, default=str)

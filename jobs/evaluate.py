@@ -12,11 +12,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
-from raylib.stages.evaluate import EvaluateConfig, run_evaluate
+from raylib.stages.evaluate import EvaluateConfig, evaluate_cv, run_evaluate
 
 
 def main(argv=None) -> int:
     cfg = parse(EvaluateConfig, __doc__, argv)
+    if cfg.cv_run:
+        return main_cv(cfg)
     try:
         s = run_evaluate(cfg)
     except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C: the job's MLflow runs ended as KILLED
@@ -33,6 +35,21 @@ def main(argv=None) -> int:
         print(f"evaluate: {s['skipped_without_frames']} clip(s) without frames (audio files) left out: the models "
               f"read visual features")
     print(f"evaluate: predictions {s['predictions_parquet']} and {s['predictions_csv']}; MLflow run {s['run_id']}")
+    return 0
+
+
+def main_cv(cfg: EvaluateConfig) -> int:
+    """--cv-run: each fold's checkpoint on its own held-out speakers, then pooled."""
+    try:
+        s = evaluate_cv(cfg)
+    except (RaylibError, ValueError) as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 1
+    for f in s["folds"]:
+        print(f"evaluate: fold {f['fold'] + 1}/{len(s['folds'])}: held-out speakers {', '.join(f['test_speakers'])}: "
+              f"accuracy {f['accuracy']:.3f}, UAR {f['uar']:.3f} ({f['clips']} clips)")
+    print(f"evaluate: pooled over {s['clips']} clips of {len(s['folds'])} folds: accuracy {s['accuracy']:.3f}, "
+          f"UAR {s['uar']:.3f}")
     return 0
 
 

@@ -35,6 +35,20 @@ def rows_for(table, *modalities: str):
     return table.filter(takes(table, *modalities)) if reads_frames(*modalities) else table
 
 
+def speaker_rows(store: str, speakers, *modalities: str):
+    """The labelled rows with features of these speakers (a cross-validation fold's held-out
+    speakers, raylib.folds) that models of these modalities take, in the columns models read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from raylib.batches import COLUMNS, usable
+    from raylib.store import read_store
+
+    table = usable(read_store(store, [*COLUMNS, "speaker"]))
+    table = table.filter(pc.is_in(table.column("speaker"), pa.array([str(s) for s in speakers], pa.string())))
+    return rows_for(table, *modalities).select(COLUMNS)
+
+
 def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int = 0):
     """Class probabilities [N, 7] of store rows, and attention weights of the first keep_weights."""
     import torch

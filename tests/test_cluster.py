@@ -58,13 +58,15 @@ def wait_for_shards(proc, out, count, timeout=240):
 
 
 def node_of_feature_actor(cluster):
-    """The worker node whose raylet parents the feature actor's process."""
-    for proc in psutil.process_iter(["cmdline"]):
-        if "FeatureStage" in " ".join(proc.info["cmdline"] or []):
-            for node in workers(cluster):
-                raylet = node.all_processes["raylet"][0].process.pid
-                if proc.ppid() == raylet:
-                    return node
+    """The worker node whose raylet parents the feature actor's process (only processes under
+    this test's own cluster's raylets are looked at)."""
+    for node in workers(cluster):
+        try:
+            children = psutil.Process(node.all_processes["raylet"][0].process.pid).children()
+            if any("FeatureStage" in " ".join(p.cmdline() or []) for p in children):
+                return node
+        except psutil.NoSuchProcess:  # a process ended while looked at
+            continue
     return None
 
 

@@ -232,6 +232,7 @@ def test_cremad_clips_through_the_job(local_ray, cremad_clips, tmp_path):
     assert summary["status_counts"] == {"ok": 6}
     table = read_store(str(tmp_path / "cremad"))
     assert sorted(table.column("label").to_pylist()) == ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad"]
+    assert table.column("speaker").to_pylist() == [os.path.basename(u)[:4] for u in table.column("uri").to_pylist()]
     assert all(len(f) == 3 for f in table.column("visual_features").to_pylist())
 
 

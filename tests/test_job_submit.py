@@ -23,22 +23,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_tree(proc: subprocess.Popen) -> None:
+    """Stop a process and every process under it, and nothing else: `ray stop` would stop every
+    Ray of the user on the machine (a job of theirs running beside the tests included)."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    proc.terminate()  # `ray start --block` stops the node's processes when it is told to end
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    for child in tree:  # what its clean-up left, still only processes it started
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until the head's dashboard answers (the job server lives there), or the head exits."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"ray start exited with {proc.returncode}: {proc.stdout.read()[-3000:]}"
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=5)
+            return
+        except urllib.error.HTTPError:  # it answers (401 without the token): it is up
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the head's dashboard {url} did not answer within {timeout} s")
+
+
 @pytest.fixture
 def head(tmp_path):
-    """A Ray head node started with the `ray` CLI from this venv, token auth on, loopback only."""
+    """A Ray head node started with the `ray` CLI from this venv, token auth on, loopback only;
+    it runs in the foreground (--block) under this test, which stops that process tree alone."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
-    start = subprocess.run([f"{BIN}/ray", "start", "--head", f"--port={port}", "--num-cpus=2",
-                            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                            "--include-dashboard=true", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-3000:]
+    proc = subprocess.Popen([f"{BIN}/ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
+                             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             "--include-dashboard=true", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        wait_until_up(f"http://127.0.0.1:{dash}", proc)
         yield env, f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run([f"{BIN}/ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_tree(proc)
 
 
 def submit(env, address, *args):

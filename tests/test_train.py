@@ -129,10 +129,18 @@ def test_resume_continues_the_epoch_count_and_prints_one_line_per_epoch(store, t
 
 
 def train_worker_pids() -> list[int]:
+    """Ray Train workers of this test's own Ray (started by this process: its raylet, hence its
+    workers, are under it); another Ray's workers on the machine are never counted or killed."""
     import psutil
 
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+    out = []
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if (p.cmdline() or [""])[0].startswith("ray::RayTrainWorker"):
+                out.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run(store):
@@ -360,3 +368,14 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
     assert metrics["cv_pooled_test_clips"] == total == rows.num_rows
     assert metrics["cv_test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
     assert metrics["cv_test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
+    # jobs/evaluate.py --cv-run scores each fold's logged checkpoint on its own held-out speakers
+    from raylib.stages.evaluate import EvaluateConfig, evaluate_cv
+
+    again = evaluate_cv(EvaluateConfig(store=cv_store, cv_run=summary["run_id"]))
+    assert [f["test_speakers"] for f in again["folds"]] == [["a", "b"], ["c", "d"]]
+    assert [f["accuracy"] for f in again["folds"]] == pytest.approx(accs, abs=1e-6)
+    assert again["accuracy"] == pytest.approx(metrics["cv_pooled_test_accuracy"], abs=1e-6) and again["clips"] == total
+    from raylib.errors import TrackingError
+
+    with pytest.raises(TrackingError, match="is not the parent run of a jobs/train.py --folds run"):
+        evaluate_cv(EvaluateConfig(store=cv_store, cv_run=summary["folds"][0]["run_id"]))

@@ -33,6 +33,9 @@ class EvaluateConfig:
 
     checkpoints: str = field(default="", metadata={"help": "comma-separated checkpoint folders/model.pt files "
                                                            "or MLflow run ids (runs:/<id>); their mean is the ensemble"})
+    cv_run: str = field(default="", metadata={"help": "MLflow parent run of jobs/train.py --folds: each fold's "
+                                                      "checkpoint scored on that fold's held-out speakers, then "
+                                                      "pooled (instead of --checkpoints and --split)"})
     store: str = field(default="data/demo/features", metadata={"help": "feature store"})
     split: str = field(default="val", metadata={"help": "split to evaluate", "choices": ["train", "val", "test"]})
     reweight: str = field(default="none", metadata={"help": "class re-weighting of the scores", "choices": list(REWEIGHTS)})
@@ -42,8 +45,8 @@ class EvaluateConfig:
     predictor_actors: int = field(default=1, metadata={"help": "Ray actors holding the models (each scores a share of the split)"})
 
     def __post_init__(self):
-        if not [c for c in self.checkpoints.split(",") if c.strip()]:
-            raise ValueError("--checkpoints: give at least one checkpoint or MLflow run id")
+        if not [c for c in self.checkpoints.split(",") if c.strip()] and not self.cv_run:
+            raise ValueError("--checkpoints: give at least one checkpoint or MLflow run id (or --cv-run)")
 
 
 def class_weights(mode: str, train_counts=None) -> np.ndarray | None:
@@ -209,6 +212,43 @@ def check_split(cfg: EvaluateConfig, refs: list[str]) -> tuple[bool, int]:
     for ref, state in states:
         check_fits(state, ref, info, f"the store {cfg.store}")
     return reads_frames(*modalities), small.num_rows - fit.num_rows
+
+
+def evaluate_cv(cfg: EvaluateConfig) -> dict:
+    """The folds of a cross-validation run (jobs/train.py --folds) scored again, each fold's logged
+    checkpoint on its own held-out speakers (its tag cv.test_speakers) of cfg.store, in this
+    process: {folds: [{fold, run_id, test_speakers, accuracy, uar, clips}], accuracy, uar, clips
+    (pooled)}. StoreError / TrackingError in one line when the run is not such a parent."""
+    from mlflow.tracking import MlflowClient
+
+    from raylib import tracking
+    from raylib.checkpoints import model_from_checkpoint
+    from raylib.errors import TrackingError
+    from raylib.prediction import metrics_from_counts, speaker_rows, val_counts
+
+    tracking.check_reachable()
+    client = MlflowClient(tracking.tracking_uri())
+    try:
+        parent = client.get_run(cfg.cv_run)
+    except Exception as e:  # MlflowException: no such run
+        raise TrackingError(f"--cv-run {cfg.cv_run}: no such MLflow run ({type(e).__name__})") from None
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{cfg.cv_run}'")
+    children = sorted((r for r in children if "cv.fold" in r.data.tags), key=lambda r: int(r.data.tags["cv.fold"]))
+    if not children or "cv.folds" not in parent.data.tags:
+        raise TrackingError(f"--cv-run {cfg.cv_run} is not the parent run of a jobs/train.py --folds run (no fold "
+                            f"child runs)")
+    folds, pooled = [], None
+    for run in children:
+        speakers = run.data.tags["cv.test_speakers"].split(",")
+        model, state = model_from_checkpoint(resolve_checkpoint(run.info.run_id))
+        counts = val_counts(model, speaker_rows(cfg.store, speakers, state["model_config"].get("modalities", "av")))
+        m = metrics_from_counts(counts)
+        folds.append({"fold": int(run.data.tags["cv.fold"]), "run_id": run.info.run_id, "test_speakers": speakers,
+                      "accuracy": m["val_accuracy"], "uar": m["val_uar"], "clips": m["val_clips"]})
+        pooled = counts if pooled is None else pooled + counts
+    m = metrics_from_counts(pooled)
+    return {"cv_run": cfg.cv_run, "folds": folds, "accuracy": m["val_accuracy"], "uar": m["val_uar"],
+            "clips": m["val_clips"]}
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:

@@ -385,7 +385,7 @@ def clip_dataset(pending: list[dict]):
     blocks = []
     for i in range(0, len(pending), RECORD_BLOCK):
         part = pending[i:i + RECORD_BLOCK]
-        blocks.append(pa.table({k: pa.array([str(r[k] or "") for r in part], pa.string()) for k in RECORD_COLUMNS}))
+        blocks.append(pa.table({k: pa.array([str(r.get(k) or "") for r in part], pa.string()) for k in RECORD_COLUMNS}))
     ds = ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=CLIPS_PER_TASK)
     # The split is a long-lived task that streams blocks out as the decode tasks take them; Ray
     # Data gives it a whole CPU, which on a small machine is the CPU a feature actor needed (the

@@ -248,19 +248,11 @@ def fold_tags(fold) -> dict:
 
 def test_counts(cfg: TrainConfig, checkpoint: str, fold) -> "np.ndarray":
     """raylib.prediction.val_counts of a checkpoint on the fold's held-out speakers' rows."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from raylib.batches import COLUMNS, usable
     from raylib.checkpoints import model_from_checkpoint
-    from raylib.prediction import rows_for, val_counts
-    from raylib.store import read_store
+    from raylib.prediction import speaker_rows, val_counts
 
-    table = usable(read_store(cfg.store, [*COLUMNS, "speaker"]))
-    table = rows_for(table.filter(pc.is_in(table.column("speaker"), pa.array(list(fold.test), pa.string()))),
-                     cfg.modalities)
     model, _ = model_from_checkpoint(checkpoint)
-    return val_counts(model, table)
+    return val_counts(model, speaker_rows(cfg.store, fold.test, cfg.modalities))
 
 
 def test_metrics(counts) -> dict:
