@@ -1,6 +1,6 @@
 """`make demo`: the whole suite on the embedded default (local Ray, local folders), one machine.
 
-sample set -> extract (dlib_resnet) -> train one model (Ray Train, 2 workers) -> a small sweep
+sample set -> extract (mini_xception, the default) -> train one model (Ray Train, 2 workers) -> a small sweep
 (visual attention x fusion, Ray Tune) -> evaluate an ensemble of two -> the Table-2 report and
 the command that shows every run in the MLflow UI.
 """
