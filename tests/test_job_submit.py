@@ -3,9 +3,11 @@
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -23,15 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_tree(proc: subprocess.Popen) -> None:
-    """Stop a process and every process under it, and nothing else: `ray stop` would stop every
-    Ray of the user on the machine (a job of theirs running beside the tests included)."""
+def stop_head(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """Stop the head the test started and nothing else: the `ray start --block` process, what runs
+    under it, and the processes of its own session (their command lines name its private temp
+    dir; the daemons are not all its children). `ray stop` would stop every Ray of the user on the
+    machine, a job of theirs running beside the tests included."""
     import psutil
 
     try:
         tree = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         tree = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid != os.getpid() and ray_tmp in " ".join(p.info["cmdline"] or []) and p not in tree:
+            tree.append(p)
     proc.terminate()  # `ray start --block` stops the node's processes when it is told to end
     try:
         proc.wait(timeout=60)
@@ -42,7 +49,8 @@ def stop_tree(proc: subprocess.Popen) -> None:
             child.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(tree, timeout=30)
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, f"processes of the test's head still running: {[p.pid for p in alive]}"
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -67,9 +75,13 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> Non
 @pytest.fixture
 def head(tmp_path):
     """A Ray head node started with the `ray` CLI from this venv, token auth on, loopback only;
-    it runs in the foreground (--block) under this test, which stops that process tree alone."""
+    it runs in the foreground (--block) under this test, with its own temp dir (RAY_TMPDIR: its
+    session and its ray_current_cluster file, which a later ray.init() elsewhere would otherwise
+    find and try to join), and the test stops its processes alone."""
+    ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     port, dash = free_port(), free_port()
     proc = subprocess.Popen([f"{BIN}/ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
@@ -80,7 +92,8 @@ def head(tmp_path):
         wait_until_up(f"http://127.0.0.1:{dash}", proc)
         yield env, f"http://127.0.0.1:{dash}"
     finally:
-        stop_tree(proc)
+        stop_head(proc, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def submit(env, address, *args):

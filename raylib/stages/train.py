@@ -324,7 +324,7 @@ def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: 
         counts = test_counts(cfg, summary["best_checkpoint"], fold)
         summary.update(test_metrics(counts), test_counts=counts.tolist(), fold=fold.index, test_speakers=list(fold.test))
         tracking.log_metrics(run_id, {k: v for k, v in summary.items() if k.startswith("test_")
-                                      and isinstance(v, float)}, summary["best_epoch"])
+                                      and isinstance(v, (int, float))}, summary["best_epoch"])
     if log_artifacts:
         log_run_artifacts(run_id, summary["best_checkpoint"], cfg.store, best_ckpt)
     client = MlflowClient(tracking.tracking_uri())

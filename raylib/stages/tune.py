@@ -40,7 +40,7 @@ def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 # A sweep's training knobs are TrainConfig's fields, with their defaults and help, except:
 SWEPT = ("visual_attention", "audio_attention", "fusion")  # the grid's axes: --visual-attentions, ...
 # trials are named by the grid and start fresh (one model is continued by jobs/train.py --resume-from)
-NOT_PER_TRIAL = ("run_name", "resume_from")
+NOT_PER_TRIAL = ("run_name", "resume_from", "folds", "fold")  # cross-validation: jobs/train.py --folds
 # where a sweep's default differs from a single run's (8 epochs per trial: docs/method.md, section 4)
 SWEEP_DEFAULTS = {"output": "data/demo/sweeps", "experiment": "emotion-fusion-sweep", "epochs": 8, "num_workers": 1}
 SWEEP_HELP = {  # where a knob means more in a sweep
