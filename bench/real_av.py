@@ -74,7 +74,7 @@ def fit_fold(table, roles: np.ndarray, model_cfg, a) -> tuple[np.ndarray, dict]:
     from raylib.models.fusion import build_model
     from raylib.prediction import predict, val_metrics
     from raylib.stages.train_config import TrainConfig
-    from raylib.stages.train_loop import make_optimizer, train_epoch
+    from raylib.stages.train_loop import lr_at, make_optimizer, train_epoch
 
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
     torch.manual_seed(a.seed)
@@ -84,8 +84,6 @@ def fit_fold(table, roles: np.ndarray, model_cfg, a) -> tuple[np.ndarray, dict]:
     select = table.filter(roles == "val")
     test = table.filter(roles == "test")
     rng = np.random.default_rng(a.seed)
-    from raylib.stages.train_loop import lr_at
-
     best, best_state, best_epoch = -1.0, None, 0
     for epoch in range(cfg.epochs):
         order = rng.permutation(train.num_rows)
