@@ -160,6 +160,9 @@ def main(argv=None) -> int:
                                                                "branches (" + ", ".join(POOLINGS) + ")")
     p.add_argument("--runs", default="audio,visual,concat,fbp", help="comma-separated: audio, visual, concat, fbp")
     p.add_argument("--no-visual-norm", action="store_true", help="train without FrameNorm (the old visual branch)")
+    p.add_argument("--speaker-norm", action="store_true", help="standardise each speaker's features with that "
+                                                                 "speaker's statistics (raylib.speaker_norm), for the "
+                                                                 "yardstick and the trained models")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--out", default="", help="write the figures as JSON here")
     a = p.parse_args(argv)
@@ -168,6 +171,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     table = read_rows(a.store)
+    if a.speaker_norm:
+        from raylib.speaker_norm import normalize, table_stats
+
+        table = normalize(table, table_stats(table))
     y = table.column("label_index").to_numpy().astype(np.int64)
     speakers = np.array(table.column("speaker").to_pylist(), dtype=object)
     plan = fold_plan(speakers, a.folds)
@@ -176,7 +183,8 @@ def main(argv=None) -> int:
     dim = int(table.column("visual_dim").to_numpy().max())
     out = {"store": a.store, "clips": int(table.num_rows), "speakers": sorted(set(speakers)),
            "classes": [EMOTIONS[k] for k in sorted(set(y))], "folds": [f.__dict__ for f in plan],
-           "epochs": a.epochs, "batch_size": a.batch_size, "visual_norm": not a.no_visual_norm, "results": {}}
+           "epochs": a.epochs, "batch_size": a.batch_size, "visual_norm": not a.no_visual_norm,
+           "speaker_norm": a.speaker_norm, "results": {}}
     print(f"{table.num_rows} clips, {len(set(speakers))} speakers, {a.folds} folds, {a.epochs} epochs", flush=True)
 
     def report(name: str, pred: np.ndarray, per_fold: list, extra: dict) -> None:

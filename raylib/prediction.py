@@ -46,11 +46,26 @@ def speaker_rows(store: str, speakers, *modalities: str):
 
     table = usable(read_store(store, [*COLUMNS, "speaker"]))
     table = table.filter(pc.is_in(table.column("speaker"), pa.array([str(s) for s in speakers], pa.string())))
-    return rows_for(table, *modalities).select(COLUMNS)
+    return rows_for(table, *modalities).select([*COLUMNS, "speaker"])
 
 
-def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int = 0):
-    """Class probabilities [N, 7] of store rows, and attention weights of the first keep_weights."""
+def model_rows(model, table, stats):
+    """The rows as the model reads them: speaker-normalised with stats (raylib.speaker_norm) when
+    the model was trained so, as they are otherwise."""
+    if not model.cfg.speaker_norm:
+        return table
+    from raylib.speaker_norm import SpeakerNormError, normalize
+
+    if stats is None:
+        raise SpeakerNormError("the model reads speaker-normalised features (trained with --speaker-norm) and was "
+                               "given no speaker statistics")
+    return normalize(table, stats)
+
+
+def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int = 0, stats: dict | None = None):
+    """Class probabilities [N, 7] of store rows, and attention weights of the first keep_weights.
+    stats: each speaker's feature statistics (raylib.speaker_norm), needed by a model trained on
+    speaker-normalised features (the rows then carry their speaker column)."""
     import torch
 
     from raylib.batches import collate, model_inputs
@@ -59,7 +74,7 @@ def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int 
     probs, weights = [], []
     with torch.no_grad():
         for start in range(0, table.num_rows, batch_size):
-            batch = collate(table.slice(start, batch_size), model.cfg.audio_channels)
+            batch = collate(model_rows(model, table.slice(start, batch_size), stats), model.cfg.audio_channels)
             logits, w = model(*model_inputs(batch, device))
             probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
             if len(weights) < keep_weights:
@@ -68,12 +83,12 @@ def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int 
     return (np.concatenate(probs) if probs else np.zeros((0, len(EMOTIONS)), np.float32)), weights[:keep_weights]
 
 
-def val_counts(model, table, device="cpu") -> np.ndarray:
+def val_counts(model, table, device="cpu", stats: dict | None = None) -> np.ndarray:
     """What val metrics are made of, summable over shards scored apart: the confusion matrix
-    (7 x 7, flattened) then the summed log loss and the number of rows."""
+    (7 x 7, flattened) then the summed log loss and the number of rows (stats: see predict)."""
     from raylib.metrics import confusion_matrix
 
-    probs, _ = predict(model, table, device=device)
+    probs, _ = predict(model, table, device=device, stats=stats)
     labels = table.column("label_index").to_numpy().astype(np.int64)
     cm = confusion_matrix(labels, probs.argmax(1)) if len(labels) else np.zeros((len(EMOTIONS),) * 2, np.int64)
     loss = float(-np.sum(np.log(probs[np.arange(len(labels)), labels] + 1e-12))) if len(labels) else 0.0
@@ -97,6 +112,6 @@ def metrics_from_counts(counts: np.ndarray) -> dict:
     return out
 
 
-def val_metrics(model, table, device="cpu") -> dict:
+def val_metrics(model, table, device="cpu", stats: dict | None = None) -> dict:
     """val_loss, val_accuracy, val_uar, val_recall_<label> and val_clips of a model on labelled rows."""
-    return metrics_from_counts(val_counts(model, table, device))
+    return metrics_from_counts(val_counts(model, table, device, stats))

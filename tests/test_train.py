@@ -315,9 +315,10 @@ def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
 
 
 def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(store, tmp_path):
-    """--folds 2 over four speakers: each fold trains on its train speaker's rows only, picks its
-    epoch on its selection speaker, and its chosen checkpoint is scored on the two held-out
-    speakers; the parent run pools the folds' test clips and gives their mean and sd."""
+    """--folds 2 over four speakers, --speaker-norm: each fold trains on its train speaker's rows
+    only, picks its epoch on its selection speaker, and its chosen checkpoint is scored on the two
+    held-out speakers, every row normalised with its speaker's statistics; the parent run pools the
+    folds' test clips and gives their mean and sd."""
     import pyarrow as pa
 
     from raylib.batches import COLUMNS, usable
@@ -341,8 +342,11 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
     rows = usable(read_store(cv_store, [*COLUMNS, "speaker"]))
     of = lambda who: rows.filter(pa.compute.is_in(rows.column("speaker"), pa.array(list(who))))  # noqa: E731
 
+    from raylib.speaker_norm import SpeakerNormError, store_stats
+
+    stats = store_stats(cv_store)
     summary = run_train(TrainConfig(store=cv_store, output=str(tmp_path / "runs"), epochs=2, batch_size=4,
-                                    num_workers=1, folds=2, quiet=True))
+                                    num_workers=1, folds=2, speaker_norm=True, quiet=True))
     parent = client().get_run(summary["run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["cv.fold0.test_speakers"] == "a,b"
     expected = [(("c",), ("d",), ("a", "b")), (("a",), ("b",), ("c", "d"))]  # raylib.folds: train, select, test
@@ -356,7 +360,10 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
         assert [m.value for m in client().get_metric_history(fold["run_id"], "train_clips")] == [of(train).num_rows] * 2
         assert [m.value for m in client().get_metric_history(fold["run_id"], "val_clips")] == [of(select).num_rows] * 2
         model, _ = model_from_checkpoint(fold["best_checkpoint"])
-        alone = val_metrics(model, of(test))  # the chosen checkpoint on the held-out speakers, in one process
+        assert model.cfg.speaker_norm
+        with pytest.raises(SpeakerNormError):
+            val_metrics(model, of(test))
+        alone = val_metrics(model, of(test), stats=stats)  # the chosen checkpoint on the held-out speakers, in one process
         assert fold["test_clips"] == of(test).num_rows == alone["val_clips"]
         assert fold["test_accuracy"] == pytest.approx(alone["val_accuracy"], abs=1e-6)
         assert client().get_run(fold["run_id"]).data.metrics["test_uar"] == pytest.approx(alone["val_uar"], abs=1e-6)
@@ -379,3 +386,19 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
 
     with pytest.raises(TrackingError, match="is not the parent run of a jobs/train.py --folds run"):
         evaluate_cv(EvaluateConfig(store=cv_store, cv_run=summary["folds"][0]["run_id"]))
+    # jobs/evaluate.py's batch inference normalises the split it scores, by the store's speakers
+    from raylib.stages.evaluate import run_evaluate
+
+    ckpt = summary["folds"][0]["best_checkpoint"]
+    evaluated = run_evaluate(EvaluateConfig(store=cv_store, split="val", checkpoints=ckpt,
+                                            output=str(tmp_path / "eval")))
+    val_rows = usable(read_store(cv_store, [*COLUMNS, "speaker"], split="val"))
+    assert evaluated["accuracy"] == pytest.approx(
+        val_metrics(model_from_checkpoint(ckpt)[0], val_rows, stats=stats)["val_accuracy"], abs=1e-6)
+    # jobs/predict.py streams clip by clip: it refuses such a model in one line, before any work
+    from raylib.errors import WeightsError
+    from raylib.stages.predict import PredictConfig, check_models
+    from raylib.stages.train_config import store_info
+
+    with pytest.raises(WeightsError, match="speaker-normalised features"):
+        check_models(PredictConfig(checkpoints=ckpt), store_info(cv_store)["provenance"])

@@ -31,6 +31,9 @@ class ModelConfig:
     # standardise each visual feature dimension with statistics of the training frames before the
     # attention (raylib.models.fusion): without it the visual branch did not fit real features
     visual_input_norm: bool = True
+    # the model reads speaker-normalised features (raylib.speaker_norm): whatever scores it
+    # normalises the rows it scores by their speakers first
+    speaker_norm: bool = False
     num_classes: int = NUM_CLASSES
 
     def __post_init__(self):

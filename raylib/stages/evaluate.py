@@ -111,9 +111,10 @@ def check_fits(state: dict, ref: str, info: dict, what: str) -> None:
 
 
 def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32, info: dict | None = None,
-                   store: str = "") -> np.ndarray:
+                   store: str = "", stats: dict | None = None) -> np.ndarray:
     """Mean of the class probabilities of each checkpoint's model on the rows of table; with the
-    store's info, every checkpoint is checked against its features before any is run."""
+    store's info, every checkpoint is checked against its features before any is run. stats:
+    speaker statistics for models trained on speaker-normalised features (raylib.speaker_norm)."""
     from raylib.checkpoints import load_checkpoint, model_from_checkpoint
     from raylib.prediction import predict
 
@@ -124,7 +125,7 @@ def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32, info: di
     total = None
     for path in paths:
         model, _ = model_from_checkpoint(path)
-        probs, _ = predict(model, table, batch_size)
+        probs, _ = predict(model, table, batch_size, stats=stats)
         total = probs if total is None else total + probs
     return total / len(checkpoints)
 
@@ -133,18 +134,18 @@ class StorePredictor:
     """Holds the ensemble's models (loaded once per actor); maps a batch of store rows (pyarrow)
     to their predictions: clip_id, uri, label, label_index, prediction, score_<Emotion>."""
 
-    def __init__(self, checkpoints: list[str], weights, batch_size: int):
+    def __init__(self, checkpoints: list[str], weights, batch_size: int, stats: dict | None = None):
         from raylib.checkpoints import model_from_checkpoint
 
         self.models = [model_from_checkpoint(resolve_checkpoint(ref))[0] for ref in checkpoints]
-        self.weights, self.batch_size = weights, batch_size
+        self.weights, self.batch_size, self.stats = weights, batch_size, stats
 
     def __call__(self, table):
         import pyarrow as pa
 
         from raylib.prediction import predict
 
-        probs = sum(predict(m, table, self.batch_size)[0] for m in self.models) / len(self.models)
+        probs = sum(predict(m, table, self.batch_size, stats=self.stats)[0] for m in self.models) / len(self.models)
         probs = apply_weights(probs, self.weights)
         return pa.table({"clip_id": table.column("clip_id"), "uri": table.column("uri"),
                          "label": table.column("label"), "label_index": table.column("label_index"),
@@ -161,10 +162,12 @@ def read_store_file(uri: str):
         return pq.read_table(f)
 
 
-def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str], frames: bool = False):
+def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str], frames: bool = False,
+                  stats: dict | None = None):
     """Batch inference over store shards with Ray Data: read the shards in parallel, score them
-    in a pool of StorePredictor actors (only rows with frames when `frames`); the predictions (a
-    few numbers per clip) come back as one Arrow table."""
+    in a pool of StorePredictor actors (only rows with frames when `frames`; rows speaker-normalised
+    with stats for the models that need it); the predictions (a few numbers per clip) come back
+    as one Arrow table."""
     import pyarrow as pa
     import ray
 
@@ -176,20 +179,21 @@ def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str
     check_capacity(f"--predictor-actors {cfg.predictor_actors}", cfg.predictor_actors, {"CPU": PREDICTOR_CPUS},
                    "lower --predictor-actors", beside=("reading the store", {"CPU": READ_TASK_CPUS}))
     fs, _ = storage.filesystem(cfg.store)
-    ds = ray.data.read_parquet(files, columns=COLUMNS + ["label"], filesystem=fs if storage.is_remote(cfg.store) else None)
+    ds = ray.data.read_parquet(files, columns=COLUMNS + ["label"] + (["speaker"] if stats else []), filesystem=fs if storage.is_remote(cfg.store) else None)
     ds = ds.filter(expr="status != 'error'" + (f" and {FRAMES_EXPR}" if frames else ""))
     ds = ds.map_batches(StorePredictor, fn_constructor_kwargs={"checkpoints": refs, "weights": weights,
-                                                               "batch_size": cfg.batch_size},
+                                                               "batch_size": cfg.batch_size, "stats": stats},
                         batch_format="pyarrow", batch_size=cfg.batch_size, num_cpus=PREDICTOR_CPUS,
                         compute=ray.data.ActorPoolStrategy(size=cfg.predictor_actors))
     tables = ray.get(ds.to_arrow_refs())
     return pa.concat_tables(tables).sort_by("uri") if tables else None
 
 
-def check_split(cfg: EvaluateConfig, refs: list[str]) -> tuple[bool, int]:
+def check_split(cfg: EvaluateConfig, refs: list[str]) -> tuple[bool, int, dict | None]:
     """Before any work, on the split's small columns: the rows the checkpoints can take (a model
     with a visual branch skips rows without frames) and that each checkpoint fits their features.
-    Returns (whether the models read frames, rows skipped); ValueError or WeightsError otherwise."""
+    Returns (whether the models read frames, rows skipped, the store's speaker statistics when a
+    model reads speaker-normalised features); ValueError or WeightsError otherwise."""
     from raylib.batches import usable
     from raylib.checkpoints import load_checkpoint
     from raylib.prediction import reads_frames, rows_for
@@ -211,7 +215,12 @@ def check_split(cfg: EvaluateConfig, refs: list[str]) -> tuple[bool, int]:
             "audio_channels": shapes[0][0] if shapes else 1}
     for ref, state in states:
         check_fits(state, ref, info, f"the store {cfg.store}")
-    return reads_frames(*modalities), small.num_rows - fit.num_rows
+    stats = None
+    if any(state["model_config"].get("speaker_norm") for _, state in states):
+        from raylib.speaker_norm import store_stats
+
+        stats = store_stats(cfg.store)  # every speaker of the store, features only
+    return reads_frames(*modalities), small.num_rows - fit.num_rows, stats
 
 
 def evaluate_cv(cfg: EvaluateConfig) -> dict:
@@ -225,6 +234,7 @@ def evaluate_cv(cfg: EvaluateConfig) -> dict:
     from raylib.checkpoints import model_from_checkpoint
     from raylib.errors import TrackingError
     from raylib.prediction import metrics_from_counts, speaker_rows, val_counts
+    from raylib.speaker_norm import stats_for
 
     tracking.check_reachable()
     client = MlflowClient(tracking.tracking_uri())
@@ -241,7 +251,8 @@ def evaluate_cv(cfg: EvaluateConfig) -> dict:
     for run in children:
         speakers = run.data.tags["cv.test_speakers"].split(",")
         model, state = model_from_checkpoint(resolve_checkpoint(run.info.run_id))
-        counts = val_counts(model, speaker_rows(cfg.store, speakers, state["model_config"].get("modalities", "av")))
+        counts = val_counts(model, speaker_rows(cfg.store, speakers, state["model_config"].get("modalities", "av")),
+                            stats=stats_for(model, cfg.store))
         m = metrics_from_counts(counts)
         folds.append({"fold": int(run.data.tags["cv.fold"]), "run_id": run.info.run_id, "test_speakers": speakers,
                       "accuracy": m["val_accuracy"], "uar": m["val_uar"], "clips": m["val_clips"]})
@@ -265,9 +276,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     t0 = time.perf_counter()
     tracking.check_reachable()
     refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
-    frames, skipped = check_split(cfg, refs)
+    frames, skipped, stats = check_split(cfg, refs)
     weights = class_weights(cfg.reweight, store_info(cfg.store)["train_counts"] if cfg.reweight == "train" else None)
-    out = predict_store(cfg, refs, weights, data_files(cfg.store, cfg.split), frames)
+    out = predict_store(cfg, refs, weights, data_files(cfg.store, cfg.split), frames, stats)
     parquet_uri = storage.join(cfg.output, "predictions.parquet")
     csv_uri = storage.join(cfg.output, "predictions.csv")
     with storage.atomic_write(parquet_uri) as f:

@@ -200,13 +200,21 @@ def check_models(cfg: PredictConfig, prov: dict) -> None:
     """Every checkpoint takes the features this run makes; WeightsError naming both otherwise."""
     from raylib.checkpoints import load_checkpoint
     from raylib.models import BACKBONE_DIMS
+    from raylib.errors import WeightsError
     from raylib.models.enhance import enhanced_dim
     from raylib.stages.evaluate import check_fits, resolve_checkpoint
 
     info = {"visual_dim": enhanced_dim(cfg.enhance, BACKBONE_DIMS[cfg.backbone]),
             "audio_channels": 3 if cfg.audio == "logmel" else 1, "provenance": prov}
     for ref in [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]:
-        check_fits(load_checkpoint(resolve_checkpoint(ref)), ref, info, "this run's features")
+        state = load_checkpoint(resolve_checkpoint(ref))
+        check_fits(state, ref, info, "this run's features")
+        if state["model_config"].get("speaker_norm"):
+            # each clip streams through on its own: a speaker's statistics need all of its clips first
+            raise WeightsError(f"checkpoint {ref} reads speaker-normalised features (trained with --speaker-norm), "
+                               f"which need every clip of a speaker before the first prediction: extract the clips "
+                               f"into a store (jobs/extract.py, a speaker per clip) and score it with "
+                               f"jobs/evaluate.py --store <store> --split <split> --checkpoints {ref}")
 
 
 def run_predict(cfg: PredictConfig) -> dict:

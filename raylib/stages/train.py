@@ -193,7 +193,13 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     # dataset's execution count, and Train re-executes the dataset every epoch), so workers get other
     # files each epoch; each worker then shuffles its rows in a buffer (train_loop.py). A global
     # random_shuffle or randomize_block_order would hold the whole split before the first batch.
-    train_ds = ray.data.read_parquet(files, columns=COLUMNS + (["speaker"] if fold else []), num_cpus=READ_CPUS,
+    stats = None
+    if cfg.speaker_norm:  # each speaker's statistics over the whole store, features only (raylib.speaker_norm)
+        from raylib.speaker_norm import store_stats
+
+        stats = store_stats(cfg.store)
+    with_speaker = fold is not None or stats is not None
+    train_ds = ray.data.read_parquet(files, columns=COLUMNS + (["speaker"] if with_speaker else []), num_cpus=READ_CPUS,
                                      shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
                                      filesystem=fs if storage.is_remote(cfg.store) else None)
     keep = (col("label_index") >= 0) & (col("status") != "error")
@@ -202,7 +208,12 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     if fold is not None:
         keep = keep & col("speaker").is_in(list(fold.train))
     train_ds = train_ds.filter(expr=keep, num_cpus=READ_CPUS)
-    if fold is not None:
+    if stats is not None:
+        from raylib.speaker_norm import normalized_columns
+
+        train_ds = train_ds.map_batches(normalized_columns, fn_args=(stats, COLUMNS), batch_format="pyarrow",
+                                        num_cpus=READ_CPUS)
+    elif fold is not None:
         train_ds = train_ds.select_columns(COLUMNS)
     output = cfg.output
     trainer = TorchTrainer(
@@ -210,7 +221,7 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         train_loop_config={"train": asdict(cfg), "model": asdict(model_cfg), "run_id": run_id,
                            "tracking_uri": tracking.tracking_uri(), "resume_from": cfg.resume_from,
                            "shuffle_rows": cfg.shuffle_rows(info["train_rows"]),
-                           "val_speakers": list(fold.select) if fold else []},
+                           "val_speakers": list(fold.select) if fold else [], "speaker_stats": stats},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         datasets={"train": train_ds},
@@ -250,9 +261,10 @@ def test_counts(cfg: TrainConfig, checkpoint: str, fold) -> "np.ndarray":
     """raylib.prediction.val_counts of a checkpoint on the fold's held-out speakers' rows."""
     from raylib.checkpoints import model_from_checkpoint
     from raylib.prediction import speaker_rows, val_counts
+    from raylib.speaker_norm import stats_for
 
     model, _ = model_from_checkpoint(checkpoint)
-    return val_counts(model, speaker_rows(cfg.store, fold.test, cfg.modalities))
+    return val_counts(model, speaker_rows(cfg.store, fold.test, cfg.modalities), stats=stats_for(model, cfg.store))
 
 
 def test_metrics(counts) -> dict:

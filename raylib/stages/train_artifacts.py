@@ -12,6 +12,7 @@ import numpy as np
 from raylib.checkpoints import CHECKPOINT_FILE, model_config_of, model_from_checkpoint, save_checkpoint
 from raylib.labels import EMOTIONS
 from raylib.prediction import predict, rows_for
+from raylib.speaker_norm import stats_for
 from raylib.stages.train_config import TrainConfig
 
 
@@ -53,11 +54,12 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
             model, state = model_from_checkpoint(d)
     else:
         model, state = model_from_checkpoint(checkpoint_path)
-    val = usable(read_store(store, COLUMNS + ["thumbnails"], split="val"))
+    stats = stats_for(model, store)
+    val = usable(read_store(store, COLUMNS + ["thumbnails"] + (["speaker"] if stats else []), split="val"))
     val = rows_for(val, state["model_config"]["modalities"])  # the rows this model has inputs for
     if val.num_rows == 0:
         return
-    probs, _ = predict(model, val)
+    probs, _ = predict(model, val, stats=stats)
     labels = val.column("label_index").to_numpy()
     m = summarize(labels, probs.argmax(1))
     epoch = int(state["epoch"])
@@ -72,7 +74,7 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
                 f.write(f"| {name} | {support} | {'-' if not np.isfinite(r) else f'{r:.3f}'} |\n")
         tracking.log_artifact(run_id, table)
         picked = val.take(one_per_class(labels))
-        picked_probs, weights = predict(model, picked, keep_weights=picked.num_rows)
+        picked_probs, weights = predict(model, picked, keep_weights=picked.num_rows, stats=stats)
         clips = [{"title": f"{EMOTIONS[r['label_index']]} ({os.path.basename(r['uri'])}), "
                            f"predicted {EMOTIONS[int(p.argmax())]}",
                   "thumbnails": thumbnails_array(r), "visual": w.get("visual"), "audio": audio_over_time(w.get("audio"))}

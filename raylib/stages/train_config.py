@@ -42,6 +42,10 @@ class TrainConfig:
     attention_hidden: int = field(default=MODEL.attention_hidden, metadata={"help": "hidden size m of the transformer attention"})
     dropout: float = field(default=MODEL.dropout, metadata={"help": "dropout (FBP and classifier)"})
     power_norm: bool = field(default=MODEL.power_norm, metadata={"help": "signed square root before FBP's l2 step"})
+    speaker_norm: bool = field(default=MODEL.speaker_norm, metadata={
+        "help": "standardise each speaker's features (each visual dimension, each spectrogram bin) with that "
+                "speaker's own statistics over the store, labels unused, before training and scoring "
+                "(raylib.speaker_norm; needs the store's speaker column; clips without one form one group)"})
     seed: int = field(default=0, metadata={"help": "random seed (model init, the order files are read in each "
                                                    "epoch, the shuffle buffer)"})
     shuffle_buffer: int = field(default=1024, metadata={"help": "rows each worker shuffles in memory (capped at its share "
@@ -86,7 +90,8 @@ class TrainConfig:
         return ModelConfig(visual_dim=visual_dim, visual_attention=self.visual_attention,
                            audio_attention=self.audio_attention, fusion=self.fusion, modalities=self.modalities,
                            audio_channels=audio_channels, attention_hidden=self.attention_hidden,
-                           fbp_k=self.fbp_k, fbp_o=self.fbp_o, dropout=self.dropout, power_norm=self.power_norm)
+                           fbp_k=self.fbp_k, fbp_o=self.fbp_o, dropout=self.dropout, power_norm=self.power_norm,
+                           speaker_norm=self.speaker_norm)
 
 
 def speakers_of(store: str) -> np.ndarray:

@@ -72,9 +72,10 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-def val_share(store: str, rank: int, world: int, speakers: tuple = ()):
+def val_share(store: str, rank: int, world: int, speakers: tuple = (), keep_speaker: bool = False):
     """This worker's share of the val split (with speakers: the rows of those speakers in any
-    split, a cross-validation fold's selection speakers): whole files in turn (rank r reads files
+    split, a cross-validation fold's selection speakers; keep_speaker: with the speaker column, for
+    speaker normalisation): whole files in turn (rank r reads files
     r, r + world, ...), or, when there are fewer files than workers, a slice of every file's rows.
     Workers score their shares at once and sum the counts (all_summed): no process holds the whole
     split."""
@@ -85,7 +86,7 @@ def val_share(store: str, rank: int, world: int, speakers: tuple = ()):
     from raylib.schema import SCHEMA
     from raylib.store import data_files, read_files
 
-    columns = [*COLUMNS, "speaker"] if speakers else COLUMNS
+    columns = [*COLUMNS, "speaker"] if speakers or keep_speaker else COLUMNS
     files = data_files(store, None if speakers else "val")
     if len(files) >= world:
         tables = read_files(store, files[rank::world], columns)
@@ -95,8 +96,8 @@ def val_share(store: str, rank: int, world: int, speakers: tuple = ()):
         tables = [table.slice(start, stop - start)]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(columns)
     if speakers:
-        table = table.filter(pc.is_in(table.column("speaker"), pa.array(list(speakers), pa.string()))).select(COLUMNS)
-    return table
+        table = table.filter(pc.is_in(table.column("speaker"), pa.array(list(speakers), pa.string())))
+    return table.select([*COLUMNS, "speaker"] if keep_speaker else COLUMNS)
 
 
 def share_buffers(model) -> None:
@@ -178,8 +179,9 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
-    val = rows_for(usable(val_share(cfg.store, rank, ctx.get_world_size(), tuple(config.get("val_speakers", ())))),
-                   cfg.modalities)
+    stats = config.get("speaker_stats")  # raylib.speaker_norm: the train rows come normalised already
+    val = rows_for(usable(val_share(cfg.store, rank, ctx.get_world_size(), tuple(config.get("val_speakers", ())),
+                                    keep_speaker=stats is not None)), cfg.modalities)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -200,7 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             recalibrate_norms(core, kept)
         share_buffers(core)  # rank 0's recalibrated statistics, for every worker's share of val
-        metrics.update(metrics_from_counts(all_summed(val_counts(core, val, device), device)))
+        metrics.update(metrics_from_counts(all_summed(val_counts(core, val, device, stats), device)))
         if rank == 0:
             metrics[KEEP_SCORE] = keep_score(metrics.get(cfg.select_metric, 0.0), best)
             best = max(best, metrics.get(cfg.select_metric, 0.0))
