@@ -9,7 +9,7 @@ Extract once per feature with jobs/extract.py (a manifest with a speaker column)
 Folds are raylib.folds' plan over the store's speakers (the same as jobs/train.py --folds): in
 each fold the test speakers are scored once by the epoch the inner selection speakers picked.
 Each configuration is trained in this process with the training loop's own pieces
-(raylib.stages.train_loop: train_epoch, lr_at; batch-norm recalibration; val_metrics), one
+(raylib.stages.train_loop: train_epoch, set_lr; batch-norm recalibration; val_metrics), one
 worker, so a grid of folds x configurations runs in minutes on 2 cores; jobs/train.py --folds
 runs the same plan through Ray Train and MLflow.
 
@@ -74,12 +74,12 @@ def fit_fold(table, roles: np.ndarray, model_cfg, a) -> tuple[np.ndarray, dict]:
     from raylib.models.fusion import build_model
     from raylib.prediction import predict, val_metrics
     from raylib.stages.train_config import TrainConfig
-    from raylib.stages.train_loop import lr_at, make_optimizer, train_epoch
+    from raylib.stages.train_loop import make_optimizer, set_lr, train_epoch
 
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, visual_lr_scale=a.visual_lr_scale)
     torch.manual_seed(a.seed)
     model = build_model(model_cfg)
-    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, model.param_groups(cfg.visual_lr_scale), cfg.lr, cfg.weight_decay)
     train = table.filter(roles == "train")
     select = table.filter(roles == "val")
     test = table.filter(roles == "test")
@@ -89,8 +89,7 @@ def fit_fold(table, roles: np.ndarray, model_cfg, a) -> tuple[np.ndarray, dict]:
         order = rng.permutation(train.num_rows)
         batches = (collate(train.take(order[i:i + cfg.batch_size]), model_cfg.audio_channels)
                    for i in range(0, len(order), cfg.batch_size))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, epoch)
+        set_lr(opt, cfg, epoch)
         kept: list = []
         train_epoch(model, opt, batches, keep=kept)
         recalibrate_norms(model, kept)
@@ -148,6 +147,7 @@ def main(argv=None) -> int:
     from raylib.folds import fold_plan, speaker_split
     from raylib.models import POOLINGS
     from raylib.models.model_config import ModelConfig
+    from raylib.stages.train_config import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="feature store with a speaker column (jobs/extract.py)")
@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="clips per batch (the training default)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the training default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--visual-lr-scale", type=float, default=TrainConfig.visual_lr_scale,
+                   help="the visual branch's learning rate over --lr (the training default)")
     p.add_argument("--attentions", default="transformer", help="comma-separated attention kinds, the same on both "
                                                                "branches (" + ", ".join(POOLINGS) + ")")
     p.add_argument("--runs", default="audio,visual,concat,fbp", help="comma-separated: audio, visual, concat, fbp")
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
     dim = int(table.column("visual_dim").to_numpy().max())
     out = {"store": a.store, "clips": int(table.num_rows), "speakers": sorted(set(speakers)),
            "classes": [EMOTIONS[k] for k in sorted(set(y))], "folds": [f.__dict__ for f in plan],
-           "epochs": a.epochs, "batch_size": a.batch_size, "visual_norm": not a.no_visual_norm,
+           "epochs": a.epochs, "batch_size": a.batch_size, "visual_lr_scale": a.visual_lr_scale, "visual_norm": not a.no_visual_norm,
            "speaker_norm": a.speaker_norm, "results": {}}
     print(f"{table.num_rows} clips, {len(set(speakers))} speakers, {a.folds} folds, {a.epochs} epochs", flush=True)
 

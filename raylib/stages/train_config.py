@@ -35,6 +35,9 @@ class TrainConfig:
     lr_schedule: str = field(default="cosine", metadata={"help": "cosine: from --lr down to 0 over the epochs; constant",
                                                          "choices": list(LR_SCHEDULES)})
     weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
+    visual_lr_scale: float = field(default=10.0, metadata={
+        "help": "a --modalities visual model's learning rate over --lr (a head over frozen frame features: on the "
+                "default schedule it did not fit real features at --lr; docs/method.md, section 4)"})
     epochs: int = field(default=12, metadata={"help": "epochs"})
     batch_size: int = field(default=8, metadata={"help": "clips per batch and worker"})
     fbp_k: int = field(default=MODEL.fbp_k, metadata={"help": "FBP window k"})
@@ -69,8 +72,8 @@ class TrainConfig:
     quiet: bool = field(default=False, metadata={"help": "no per-epoch lines, no progress bars, no JSON summary"})
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 1 or self.lr <= 0:
-            raise ValueError("--epochs, --batch-size, --num-workers must be >= 1 and --lr > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 1 or self.lr <= 0 or self.visual_lr_scale <= 0:
+            raise ValueError("--epochs, --batch-size, --num-workers must be >= 1, --lr and --visual-lr-scale > 0")
         if self.shuffle_buffer < 1:
             raise ValueError("--shuffle-buffer must be >= 1 (rows)")
         if self.folds == 1 or self.folds < 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -63,6 +64,13 @@ def train_epoch(model, optimizer, batches, device="cpu", keep: list | None = Non
         correct += int((logits.argmax(1) == labels).sum())
         total += len(labels)
     return loss_sum, correct, total
+
+
+def set_lr(optimizer, cfg: TrainConfig, epoch: int) -> None:
+    """Each parameter group's rate for an epoch: lr_at times the group's lr_scale
+    (FusionModel.param_groups)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(cfg, epoch) * group.get("lr_scale", 1.0)
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -158,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
     if not cfg.use_gpu:
         torch.set_num_threads(1)
     model = build_model(model_cfg)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, model.param_groups(cfg.visual_lr_scale), cfg.lr, cfg.weight_decay)
     start_epoch, best = 0, -1.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure, or a resumed run
@@ -171,7 +179,14 @@ def train_loop_per_worker(config: dict) -> None:
     if state is not None:
         load_model_state(model, state, config.get("resume_from") or "the last checkpoint")
         if state.get("optimizer"):
-            optimizer.load_state_dict(state["optimizer"])
+            scales = [g["lr_scale"] for g in optimizer.param_groups]  # this run's, not the checkpoint's
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError as e:  # a checkpoint written before the visual branch had its own group
+                print(f"train: the optimiser state of the checkpoint does not fit this model's parameter groups "
+                      f"({e}); the optimiser starts afresh", file=sys.stderr, flush=True)
+            for g, scale in zip(optimizer.param_groups, scales):
+                g["lr_scale"] = scale
         start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
         if checkpoint is not None and rank == 0 and config.get("run_id"):
             # the same MLflow run goes on: its history shows where the worker group restarted
@@ -190,8 +205,7 @@ def train_loop_per_worker(config: dict) -> None:
             batch_size=cfg.batch_size, batch_format="pyarrow",
             local_shuffle_buffer_size=config.get("shuffle_rows") or cfg.shuffle_buffer,
             local_shuffle_seed=cfg.seed + epoch)), distinct)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
+        set_lr(optimizer, cfg, epoch)
         kept: list | None = [] if rank == 0 else None
         loss_sum, correct, total = train_epoch(model, optimizer, batches, device, kept)
         seconds = time.perf_counter() - t0
