@@ -47,6 +47,13 @@ def _frames(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return values.reshape(-1, d) if d else np.zeros((0, 0)), counts
 
 
+def _codes(speakers: list[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct speakers (in first-seen order) and each row's index into them."""
+    index: dict[str, int] = {}
+    code = np.array([index.setdefault(s, len(index)) for s in speakers], dtype=np.int64)
+    return list(index), code
+
+
 def _audio(table: pa.Table) -> list[np.ndarray | None]:
     """Each row's spectrogram [C, F, T] (float64), None where the row has none."""
     shapes = table.column("audio_shape").to_pylist()
@@ -71,15 +78,17 @@ class Accumulator:
             return
         speakers = speakers_of_rows(table)
         frames, counts = _frames(table)
-        owner = np.repeat(np.arange(table.num_rows), counts)
-        for i, (spk, x) in enumerate(zip(speakers, _audio(table))):
+        names, code = _codes(speakers)
+        frame_code = np.repeat(code, counts)
+        for k, spk in enumerate(names):  # one pass per speaker of the batch, not per row
             acc = self.sums.setdefault(spk, {"visual": [0.0, 0.0, 0], "audio": [0.0, 0.0, 0]})
-            if counts[i]:
-                f = frames[owner == i]
+            f = frames[frame_code == k] if len(frames) else frames
+            if len(f):
                 v = acc["visual"]
                 v[0], v[1], v[2] = v[0] + f.sum(0), v[1] + (f * f).sum(0), v[2] + len(f)
+        for spk, x in zip(speakers, _audio(table)):
             if x is not None and x.shape[-1]:
-                a = acc["audio"]
+                a = self.sums[spk]["audio"]
                 a[0], a[1], a[2] = a[0] + x.sum(-1), a[1] + (x * x).sum(-1), a[2] + x.shape[-1]
 
     def stats(self) -> dict[str, dict]:
@@ -141,11 +150,16 @@ def normalize(table: pa.Table, stats: dict[str, dict]) -> pa.Table:
         raise SpeakerNormError(f"no feature statistics for speaker(s) {', '.join(repr(s) for s in missing[:5])}")
     frames, counts = _frames(table)
     if len(frames):
-        owner = np.repeat(np.arange(table.num_rows), counts)
-        for i, spk in enumerate(speakers):
-            if counts[i]:
-                st = stats[spk]
-                frames[owner == i] = (frames[owner == i] - st["visual_mean"]) / st["visual_std"]
+        names, code = _codes(speakers)
+        with_frames = set(np.asarray(code)[counts > 0].tolist())
+        bare = [names[k] for k in sorted(with_frames) if stats[names[k]]["visual_mean"] is None]
+        if bare:
+            raise SpeakerNormError(f"no visual statistics for speaker(s) {', '.join(repr(s) for s in bare[:5])}")
+        d = frames.shape[1]
+        mean = np.stack([stats[n]["visual_mean"] if k in with_frames else np.zeros(d) for k, n in enumerate(names)])
+        std = np.stack([stats[n]["visual_std"] if k in with_frames else np.ones(d) for k, n in enumerate(names)])
+        frame_code = np.repeat(code, counts)
+        frames = (frames - mean[frame_code]) / std[frame_code]
     vis = table.column("visual_features").combine_chunks()
     vtype = vis.type
     d = frames.shape[1] if len(frames) else 0
@@ -162,6 +176,8 @@ def normalize(table: pa.Table, stats: dict[str, dict]) -> pa.Table:
             rows.append(None)
         else:
             st = stats[spk]
+            if st["audio_mean"] is None:
+                raise SpeakerNormError(f"no audio statistics for speaker {spk!r}")
             rows.append(((x - st["audio_mean"][..., None]) / st["audio_std"][..., None]).astype(np.float32).reshape(-1))
     new_aud = pa.array(rows, type=pa.list_(pa.float32())).cast(aud.type)
     table = table.set_column(table.schema.get_field_index("visual_features"), "visual_features", new_vis)

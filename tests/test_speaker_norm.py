@@ -54,6 +54,15 @@ def test_each_speaker_is_standardised_with_its_own_statistics_by_hand():
     np.testing.assert_allclose(normalize(table.slice(1, 1), stats).column("audio").to_pylist()[0], aud[1], atol=1e-6)
     with pytest.raises(SpeakerNormError, match="no feature statistics for speaker"):
         normalize(table.slice(0, 1), {"": stats[""]})
+    # rows in another order (speakers interleaved) get the same values row by row
+    shuffled = normalize(table.take([2, 1, 0]), stats)
+    np.testing.assert_allclose(shuffled.column("visual_features").to_pylist()[2], vis[0], rtol=1e-5)
+    np.testing.assert_allclose(shuffled.column("audio").to_pylist()[0], aud[2], atol=1e-6)
+    # statistics without a modality the rows have: a clear error, not a crash
+    with pytest.raises(SpeakerNormError, match="no visual statistics for speaker"):
+        normalize(table.slice(0, 1), {"a": stats[""]})
+    with pytest.raises(SpeakerNormError, match="no audio statistics for speaker"):
+        normalize(table.slice(2, 1), {"": {**stats["a"], "audio_mean": None, "audio_std": None}})
 
 
 def test_store_statistics_accumulate_over_shards_and_need_a_speaker_column(tmp_path):
