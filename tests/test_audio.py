@@ -97,3 +97,15 @@ def test_audio_features_by_mode_and_short_input():
     assert A.audio_features(y, "logmel").shape == (3, 40, 3)
     with pytest.raises(ValueError, match="unknown audio mode"):
         A.audio_features(y, "mfcc")
+
+
+def test_stft_magnitude_of_a_cosine_on_a_bin_is_half_the_window_sum_by_hand():
+    # cos(2 pi 1000 t) at 16 kHz sits on bin 40 (25 Hz bins): an interior frame's magnitude there is
+    # sum(window) / 2 = 0.54 * 640 / 2 = 172.8 (the periodic Hamming window's cosine sums to zero),
+    # and the bins more than 2 away (past the window's main lobe) hold ~0
+    t = np.arange(16000) / 16000
+    mag = A.stft_magnitude(np.cos(2 * np.pi * 1000 * t).astype(np.float32))
+    assert mag.shape == (321, 101)
+    np.testing.assert_allclose(mag[40, 5:-5], 172.8, rtol=1e-4)
+    np.testing.assert_allclose(mag[41, 5:-5], 0.23 * 640 / 2, rtol=1e-3)  # the window's -0.46 cos term: 0.46 / 2 x 640 / 2
+    assert mag[[37, 43], 5:-5].max() < 1e-2
