@@ -374,14 +374,25 @@ def test_predict_job_scores_new_videos_like_the_model_does_on_their_features(loc
     assert not (tmp_path / "out2").exists()
 
 
-def test_clip_dataset_gives_each_task_one_clip_at_any_size(local_ray, monkeypatch):
+def test_clip_dataset_gives_each_task_one_clip_at_any_size_and_short_audio_files_in_groups(local_ray, monkeypatch,
+                                                                                              tmp_path):
     """Records in blocks of 64 (standing in for RECORD_BLOCK's 8,192): every decode task still
-    gets one clip, and every clip comes out once."""
+    gets one video clip or one long audio file; short audio files (local and small, or remote) go
+    up to AUDIO_CLIPS_PER_TASK to a task; every clip comes out once."""
     from raylib.stages import extract
 
     monkeypatch.setattr(extract, "RECORD_BLOCK", 64)
-    records = [{"clip_id": f"c{i:04d}", "uri": f"/nowhere/{i}.mp4", "label": EMOTIONS[i % 7] if i % 5 else "",
-                "split": "train", "dataset": "manifest"} for i in range(300)]
+    monkeypatch.setattr(extract, "SHORT_AUDIO_BYTES", 100)
+    videos = [{"clip_id": f"c{i:04d}", "uri": f"/nowhere/{i}.mp4", "label": EMOTIONS[i % 7] if i % 5 else "",
+               "split": "train", "dataset": "manifest"} for i in range(300)]
+    audio = []
+    for i in range(43):
+        path = tmp_path / f"a{i}.wav"
+        path.write_bytes(b"x" * (10 if i < 40 else 200))  # the last three are "long"
+        audio.append({"clip_id": f"a{i:04d}", "uri": str(path), "label": "", "split": "test", "dataset": "manifest"})
+    audio += [{"clip_id": f"r{i}", "uri": f"s3://bucket/r{i}.wav", "label": "", "split": "test", "dataset": "manifest"}
+              for i in range(5)]
+    records = extract.shuffled(videos + audio, 0)
 
     def task(batch):
         n = len(batch["clip_id"])
@@ -389,6 +400,14 @@ def test_clip_dataset_gives_each_task_one_clip_at_any_size(local_ray, monkeypatc
                 "rows": [n] * n}
 
     out = extract.clip_dataset(records).map_batches(task, batch_size=1, num_cpus=0.25).take_all()
-    assert sorted(r["clip_id"] for r in out) == [r["clip_id"] for r in records]  # none lost, none twice
+    assert sorted(r["clip_id"] for r in out) == sorted(r["clip_id"] for r in records)  # none lost, none twice
     assert {r["rows"] for r in out} == {1}
-    assert len({r["task"] for r in out}) == len(records)  # one task per clip
+    tasks: dict[str, list[str]] = {}
+    for r in out:
+        tasks.setdefault(r["task"], []).append(r["clip_id"])
+    short = {f"a{i:04d}" for i in range(40)} | {f"r{i}" for i in range(5)}
+    alone = [ids for ids in tasks.values() if not short & set(ids)]
+    grouped = [ids for ids in tasks.values() if short & set(ids)]
+    assert all(len(ids) == 1 for ids in alone) and len(alone) == 303  # each video and each long file alone
+    assert all(set(ids) <= short for ids in grouped)  # short audio files only with each other
+    assert max(map(len, grouped)) == extract.AUDIO_CLIPS_PER_TASK and len(grouped) == 3  # 45 in 16 + 16 + 13

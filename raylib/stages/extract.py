@@ -2,7 +2,8 @@
 
     clip records (minus clips already stored), in a seeded random order (shards mix classes)
         |  clip_dataset: Arrow blocks of RECORD_BLOCK records, split as they stream into blocks of
-        |  CLIPS_PER_TASK clips, so a task holds one clip at any dataset size
+        |  CLIPS_PER_TASK clips, so a task holds one clip at any dataset size (short audio files:
+        |  AUDIO_CLIPS_PER_TASK to a task, as their own branch)
         v
     cpu_stage        tasks, 1 CPU each: decode, detect, align, spectrogram   (1 row in, 1 row out)
         |
@@ -47,7 +48,7 @@ from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_ERROR, stored_label
 from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
 from raylib.runtime import check_capacity, cpu_actor_pool, placement
-from raylib.sources import list_clips
+from raylib.sources import is_audio_file, list_clips
 from raylib.stages.extract_config import ExtractConfig, ExtractError
 from raylib.stages.extract_summary import (SUMMARY_FILE, Tally, efficiency, judge, plan, root_cause, run_id,
                                            write_summary)
@@ -57,6 +58,13 @@ from raylib.stages.preprocess import PreprocessConfig, exception_line, preproces
 # 10 s, CNN fallback used), 598 MiB (3840 x 2160: decoded at 1920 wide, CNN on a 720-wide copy).
 CPU_TASK_MEMORY = 768 * 1024**2
 CLIPS_PER_TASK = 1  # clips per decode task at any dataset size: a lost task costs one clip
+# Short audio files go AUDIO_CLIPS_PER_TASK to a task: one costs ~0.01 core-s (a 3 s wav), less
+# than Ray Data spends handing a task out, so one per task left the cores waiting on the driver
+# (2,000 generated 3 s wavs on 2 cores: 19.8 clips/s one per task, 45 at 16). "Short": a local
+# file of at most SHORT_AUDIO_BYTES (about a minute of 16 kHz speech); a remote file's size is not
+# listed, so a remote audio file counts as short. Video clips and long audio files: one per task.
+AUDIO_CLIPS_PER_TASK = 16
+SHORT_AUDIO_BYTES = 2 * 1024**2
 RECORD_BLOCK = 8192  # clip records per block handed to Ray Data before the streaming split
 # CPU reserved per feature actor of the autoscaling CPU pool. A CPU actor computes faces for
 # ~13x as long per clip as decoding takes (dlib_resnet: ~1.2 s against ~0.09 s): reserving a
@@ -375,26 +383,49 @@ def _state(output: str) -> StoreState:
 RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset", "speaker")
 
 
+def short_audio(uri: str) -> bool:
+    """Whether a clip goes to a decode task with other short audio files (AUDIO_CLIPS_PER_TASK)."""
+    if not is_audio_file(uri):
+        return False
+    if "://" in uri:
+        return True  # a remote file's size is not at hand: speech corpora hold short utterances
+    try:
+        return os.path.getsize(uri) <= SHORT_AUDIO_BYTES
+    except OSError:
+        return True  # unreadable: its task records the error
+
+
 def clip_dataset(pending: list[dict]):
-    """Clip records -> a Ray dataset that feeds each decode task CLIPS_PER_TASK clips, at any size:
-    the records go to Ray Data as Arrow blocks of RECORD_BLOCK rows (columns, not Python objects in
-    the object store), split into blocks of CLIPS_PER_TASK rows as they stream."""
+    """Clip records -> a Ray dataset that feeds each decode task CLIPS_PER_TASK clips (short audio
+    files: AUDIO_CLIPS_PER_TASK), at any size: the records go to Ray Data as Arrow blocks of
+    RECORD_BLOCK rows (columns, not Python objects in the object store), split into blocks of one
+    task's clips as they stream. Short audio files and the other clips stream as two branches of
+    one dataset."""
     import pyarrow as pa
     import ray
 
-    blocks = []
-    for i in range(0, len(pending), RECORD_BLOCK):
-        part = pending[i:i + RECORD_BLOCK]
-        blocks.append(pa.table({k: pa.array([str(r.get(k) or "") for r in part], pa.string()) for k in RECORD_COLUMNS}))
-    ds = ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=CLIPS_PER_TASK)
-    # The split is a long-lived task that streams blocks out as the decode tasks take them; Ray
-    # Data gives it a whole CPU, which on a small machine is the CPU a feature actor needed (the
-    # second actor of a 2-CPU machine waited for the split to end). It only slices Arrow tables:
-    # it reserves none. repartition() takes no resource arguments, so they are set on its operator.
-    split = getattr(getattr(ds, "_logical_plan", None), "dag", None)
-    if split is not None and isinstance(getattr(split, "ray_remote_args", None), dict):
-        object.__setattr__(split, "ray_remote_args", {**split.ray_remote_args, "num_cpus": 0})
-    return ds
+    short = [short_audio(str(r["uri"])) for r in pending]
+    parts = [(AUDIO_CLIPS_PER_TASK, [r for r, b in zip(pending, short) if b]),
+             (CLIPS_PER_TASK, [r for r, b in zip(pending, short) if not b])]
+    branches = []
+    for per_task, records in parts:
+        if not records:
+            continue
+        blocks = []
+        for i in range(0, len(records), RECORD_BLOCK):
+            part = records[i:i + RECORD_BLOCK]
+            blocks.append(pa.table({k: pa.array([str(r.get(k) or "") for r in part], pa.string())
+                                    for k in RECORD_COLUMNS}))
+        ds = ray.data.from_arrow(blocks).repartition(target_num_rows_per_block=per_task)
+        # The split is a long-lived task that streams blocks out as the decode tasks take them; Ray
+        # Data gives it a whole CPU, which on a small machine is the CPU a feature actor needed (the
+        # second actor of a 2-CPU machine waited for the split to end). It only slices Arrow tables:
+        # it reserves none. repartition() takes no resource arguments, so they are set on its operator.
+        split = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+        if split is not None and isinstance(getattr(split, "ray_remote_args", None), dict):
+            object.__setattr__(split, "ray_remote_args", {**split.ray_remote_args, "num_cpus": 0})
+        branches.append(ds)
+    return branches[0] if len(branches) == 1 else branches[0].union(branches[1])
 
 
 def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict, tally: Tally) -> None:
