@@ -75,13 +75,13 @@ def _unit(resource: str, value: float, plural: bool = False) -> str:
     return resource
 
 
-def cpu_actor_pool(items: int, per_actor: int):
-    """A Ray Data actor pool of 1 to one actor per CPU of the cluster, started at the size that
-    `items` fill batches of `per_actor` for: growing waits for a queue to build up first, and the
-    actors' start-up is then paid in the middle of the run."""
+def cpu_actor_pool(items: int, per_actor: int, most: int = 0):
+    """A Ray Data actor pool of 1 to `most` actors (0: one per CPU of the cluster), started at the
+    size that `items` fill batches of `per_actor` for: growing waits for a queue to build up first,
+    and the actors' start-up is then paid in the middle of the run."""
     import ray
 
-    most = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    most = most or max(1, int(ray.cluster_resources().get("CPU", 1)))
     start = min(most, max(1, -(-items // per_actor))) if items else 1
     return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=start)
 

@@ -45,7 +45,8 @@ class ExtractConfig:
                                                                     "looks where HOG finds no usable face (side views, low "
                                                                     "light; ~1 CPU-s per such frame); cnn: the CNN only",
                                                             "choices": list(DETECTORS)})
-    cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
+    cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (one machine: decode + feature "
+                                                          "actors; 0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
     cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0, one CPU each "
                                                          "(0: a pool of 1 to one actor per CPU of the cluster, a "

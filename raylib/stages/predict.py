@@ -69,7 +69,8 @@ class PredictConfig:
     audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
     frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
     face_detector: str = field(default="hog+cnn", metadata={"help": "see jobs/extract.py --help", "choices": list(DETECTORS)})
-    cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (0: as many as Ray schedules)"})
+    cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (one machine: decode + feature "
+                                                          "actors; 0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
     cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0 (0: an "
                                                          "autoscaling pool; see jobs/extract.py --help)"})
