@@ -79,6 +79,32 @@ def store(local_ray, dataset, tmp_path_factory):
     return out, cfg, run_extract(cfg)
 
 
+def test_one_machine_runs_decoding_in_the_feature_actors_and_stores_what_the_split_stages_store(store, dataset,
+                                                                                                 tmp_path):
+    """The module's store came from the one-machine graph (a Ray of one node, CPU features); with
+    --cpu-actors the stages run apart, as on a cluster. Both store the same rows, feature for feature."""
+    from raylib.stages.extract import one_machine
+
+    out, cfg, summary = store
+    assert one_machine(cfg)
+    for other in ({"cpu_actors": 1}, {"gpu_actors": 1}, {"cpu_resource": "decode_node"}, {"feature_resource": "gpu_node"}):
+        assert not one_machine(ExtractConfig(**{**cfg.__dict__, **other}))
+    assert summary["graph"] == "one_machine"
+    root, expected = dataset
+    good = [u for u, st in expected.items() if st == "ok"]
+    manifest = tmp_path / "ok.csv"
+    manifest.write_text("uri,label\n" + "".join(f"{u},{os.path.basename(os.path.dirname(u))}\n" for u in good))
+    split = str(tmp_path / "split")
+    s = run_extract(ExtractConfig(input=str(manifest), output=split, frames=FRAMES, quiet=True, cpu_actors=1))
+    assert s["clips_processed"] == len(good) and s["feature_actors"] == 1 and s["graph"] == "split"
+    fused_rows = {r["uri"]: r for r in read_store(out).to_pylist()}
+    for r in read_store(split).to_pylist():
+        f = fused_rows[r["uri"]]
+        assert r["status"] == f["status"] == "ok"
+        np.testing.assert_allclose(visual_array(r), visual_array(f), atol=1e-5)
+        np.testing.assert_allclose(audio_array(r), audio_array(f), atol=1e-6)
+
+
 def test_rows_columns_dtypes_and_statuses(store, dataset):
     out, _, summary = store
     _, expected = dataset

@@ -374,6 +374,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         if retry:  # the old error rows go first: a clip has no row (pending) until its new one lands
             drop_rows(cfg.output, retry, cfg.write_retries)
         cpus = ray.cluster_resources().get("CPU", 0.0)
+        summary["graph"] = "one_machine" if one_machine(cfg) else "split"  # stages in one actor, or apart
         started = time.perf_counter()
         _run_graph(pending, cfg, prov, env, tally)
         summary.update(tally.summary())
