@@ -76,7 +76,8 @@ def fit_fold(table, roles: np.ndarray, model_cfg, a) -> tuple[np.ndarray, dict]:
     from raylib.stages.train_config import TrainConfig
     from raylib.stages.train_loop import make_optimizer, set_lr, train_epoch
 
-    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, visual_lr_scale=a.visual_lr_scale)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, visual_lr_scale=a.visual_lr_scale,
+                      weight_decay=a.weight_decay)
     torch.manual_seed(a.seed)
     model = build_model(model_cfg)
     opt = make_optimizer(cfg.optimizer, model.param_groups(cfg.visual_lr_scale), cfg.lr, cfg.weight_decay)
@@ -158,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--visual-lr-scale", type=float, default=TrainConfig.visual_lr_scale,
                    help="the visual branch's learning rate over --lr (the training default)")
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="the training default")
+    p.add_argument("--dropout", type=float, default=ModelConfig.dropout, help="FBP and classifier dropout (the model default)")
     p.add_argument("--attentions", default="transformer", help="comma-separated attention kinds, the same on both "
                                                                "branches (" + ", ".join(POOLINGS) + ")")
     p.add_argument("--runs", default="audio,visual,concat,fbp", help="comma-separated: audio, visual, concat, fbp")
@@ -185,7 +188,7 @@ def main(argv=None) -> int:
     dim = int(table.column("visual_dim").to_numpy().max())
     out = {"store": a.store, "clips": int(table.num_rows), "speakers": sorted(set(speakers)),
            "classes": [EMOTIONS[k] for k in sorted(set(y))], "folds": [f.__dict__ for f in plan],
-           "epochs": a.epochs, "batch_size": a.batch_size, "visual_lr_scale": a.visual_lr_scale, "visual_norm": not a.no_visual_norm,
+           "epochs": a.epochs, "batch_size": a.batch_size, "weight_decay": a.weight_decay, "dropout": a.dropout, "visual_lr_scale": a.visual_lr_scale, "visual_norm": not a.no_visual_norm,
            "speaker_norm": a.speaker_norm, "results": {}}
     print(f"{table.num_rows} clips, {len(set(speakers))} speakers, {a.folds} folds, {a.epochs} epochs", flush=True)
 
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
             modalities, fusion = (run, "fbp") if run in ("audio", "visual") else ("av", run)
             cfg = ModelConfig(visual_dim=dim, visual_attention=attention, audio_attention=attention, fusion=fusion,
                               modalities=modalities, audio_channels=channels,
-                              visual_input_norm=not a.no_visual_norm)
+                              visual_input_norm=not a.no_visual_norm, dropout=a.dropout)
             probs = np.zeros((len(y), len(EMOTIONS)))
             t0 = time.perf_counter()
             info = []

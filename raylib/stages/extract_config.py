@@ -48,9 +48,11 @@ class ExtractConfig:
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (one machine: decode + feature "
                                                           "actors; 0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
-    cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0, one CPU each "
-                                                         "(0: a pool of 1 to one actor per CPU of the cluster, a "
-                                                         "quarter of a CPU reserved each, started at the size the work can use)"})
+    cpu_actors: int = field(default=0, metadata={"help": "feature actors on CPU when --gpu-actors is 0, one CPU each, "
+                                                         "decode tasks apart (0: on one machine, 1 to one actor per CPU "
+                                                         "that decode too; on a cluster a pool of 1 to one actor per "
+                                                         "CPU, a quarter of a CPU reserved each, started at the size "
+                                                         "the work can use)"})
     batch_size: int = field(default=8, metadata={"help": "clips per feature batch"})
     shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
     max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})
