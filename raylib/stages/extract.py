@@ -78,10 +78,11 @@ RECORD_BLOCK = 8192  # clip records per block handed to Ray Data before the stre
 # reservation fills a cluster that lost half its CPUs, leaving no CPU for a decode task (the job
 # then waits forever).
 CPU_ACTOR_CPUS = 0.25
-# CPU reserved per actor of the one-machine graph (decode + features in one actor, one actor per
-# CPU): under a whole CPU so that the shard writer (and prediction's small tasks) still fit beside
-# a full pool; the actor runs one thread, so the reservation does not change its speed.
-ONE_MACHINE_ACTOR_CPUS = 0.75
+# CPU reserved per actor of the one-machine graph (decode + features in one actor, at most one
+# actor per CPU): half, so that the shard writer (and prediction's small tasks) still fit beside a
+# full pool, on one CPU too; the actor runs one thread, so the reservation does not change its speed.
+ONE_MACHINE_ACTOR_CPUS = 0.5
+WRITER_CPUS = 0.5  # per shard-writing task (Parquet encoding, the upload)
 
 
 # ---- CPU stage ---------------------------------------------------------------------------------
@@ -444,7 +445,7 @@ def clip_dataset(pending: list[dict]):
 
 def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict, tally: Tally) -> None:
     ds = feature_graph(clip_dataset(pending), cfg, env, len(pending))
-    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=0.5, **_env(env),
+    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=WRITER_CPUS, **_env(env),
                         fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -464,7 +465,8 @@ def check_feature_actors_fit(cfg: ExtractConfig, fused: bool = False) -> None:
     (fused, the one-machine graph: one actor that decodes too)."""
     if fused:
         check_capacity("extraction", 1, {"CPU": ONE_MACHINE_ACTOR_CPUS, "memory": CPU_TASK_MEMORY},
-                       {"CPU": "start Ray with at least one CPU", "memory": "run on a machine with more memory"})
+                       {"CPU": "start Ray with at least one CPU", "memory": "run on a machine with more memory"},
+                       beside=("the shard writer", {"CPU": WRITER_CPUS}))
         return
     gpu = cfg.gpu_actors > 0
     flag, count = ("--gpu-actors", cfg.gpu_actors) if gpu else ("--cpu-actors", max(cfg.cpu_actors, 1))
