@@ -38,7 +38,8 @@ def main(argv=None) -> int:
           f"{summary['clips_already_stored']} already stored, {summary['clips_stored']} in {summary['output']}; "
           f"{summary['elapsed_s']} s, {summary['clips_per_s']} clips/s")
     if summary.get("bound_clips_per_s"):
-        print(f"extract: efficiency {summary['efficiency']:.0%}: {summary['processing_clips_per_s']} clips/s while "
+        print(f"extract: efficiency {summary['efficiency']:.0%} ({summary['efficiency_after_startup']:.0%} after "
+              f"{summary['startup_s']} s of start-up): {summary['processing_clips_per_s']} clips/s while "
               f"processing, bound {summary['bound_clips_per_s']} clips/s from {summary['cpus']:g} CPUs and the measured "
               f"stage costs (CPU stage {summary['cpu_seconds_per_clip']} s + feature stage "
               f"{summary['feature_seconds_per_clip']} s per clip{' on CPUs' if not cfg.gpu_actors else '; GPU not counted'})")

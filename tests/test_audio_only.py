@@ -141,6 +141,29 @@ def audio_file_rows(tmp_path, names: dict[str, str]) -> dict:
     return featurize_batch(cpu_stage(batch, CFG), encoder=None, mode="basic")  # no chips: the encoder is not run
 
 
+def test_the_feature_actors_of_an_audio_only_input_load_no_face_model(tmp_path, cremad_clips):
+    """An input of audio files only starts its feature actors with faces=False: no backbone is read
+    (a missing weights file is not even opened), audio rows pass through with their features, and a
+    clip with frames that reaches such an actor anyway is an error row, not a crashed actor."""
+    from raylib.errors import WeightsError
+    from raylib.stages.extract import ExtractConfig, FeatureStage
+
+    cfg = ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth"), frames="uniform:2")
+    with pytest.raises(WeightsError):
+        FeatureStage(cfg, decode=True)
+    stage = FeatureStage(cfg, decode=True, faces=False)
+    assert stage.encoder is None and stage.second is None
+    uris = [write_audio(tmp_path / "a.wav", tone(1.0, 300)), cremad_clips[0]]
+    batch = {"clip_id": np.asarray(["a", "v"]), "uri": np.asarray(uris), "label": np.asarray(["Happy", "Happy"]),
+             "split": np.asarray(["train", "train"]), "dataset": np.asarray(["manifest", "manifest"])}
+    out = stage(batch)
+    assert list(out["status"]) == [STATUS_AUDIO_ONLY, "error"]
+    assert out["error"][1] == ("ValueError: face chips reached a feature actor started without a face model "
+                               "(audio-only input)")
+    assert out["audio"][0].shape[0] > 0 and out["visual_features"][0].shape[0] == 0
+    assert out["feature_ready"][0] == stage.ready  # the wall time its start-up ended (the run's start-up figure)
+
+
 def checkpoint(tmp_path, modalities: str, visual_dim: int) -> str:
     import torch
 

@@ -77,7 +77,8 @@ def test_tally_aggregates_outcomes_and_judges_the_store_without_a_per_clip_list(
                 "cpu_node": np.asarray([node] * n), "feature_node": np.asarray(["g"] * n),
                 "seconds_cpu": np.full(n, 0.5), "seconds_feature": np.full(n, 1.5),
                 "file": np.asarray([file] * n), "write_attempts": np.asarray([2 if file == "s2" else 1] * n),
-                "feature_actor": np.asarray([f"a-{node}"] * n)}
+                "feature_actor": np.asarray([f"a-{node}"] * n),
+                "feature_ready": np.full(n, 1000.0 if node == "n1" else 999.0)}  # wall time its actor was ready
 
     tally.add(batch(["e1", "n1", "n2"], ["error", "ok", "no_face"]))
     tally.add(batch(["n3", "n4"], ["error", "audio_only"], node="n2", file="s2"))
@@ -100,6 +101,12 @@ def test_tally_aggregates_outcomes_and_judges_the_store_without_a_per_clip_list(
     e = efficiency(tally, 5.0, 4.0, gpu=False)
     assert e["bound_clips_per_s"] == 2.0 and e["processing_clips_per_s"] == 1.0 and e["efficiency"] == 0.5
     assert efficiency(tally, 5.0, 4.0, gpu=True)["bound_clips_per_s"] == 8.0  # the CPU stage alone
+    # the first actor (n2's) was ready at 999.0; a graph started at 998.0 spent 1 s starting up:
+    # 5 clips in the 4 s after it = 1.25 clips/s = 62.5% of the bound
+    assert tally.first_ready == 999.0
+    e = efficiency(tally, 5.0, 4.0, gpu=False, startup=tally.first_ready - 998.0)
+    assert e["startup_s"] == 1.0 and e["efficiency_after_startup"] == 0.625 and e["efficiency"] == 0.5
+    assert efficiency(tally, 5.0, 4.0, gpu=False, startup=-0.3)["startup_s"] == 0.0  # clocks a little apart
 
     many = Tally()
     many.add(batch([f"x{i}" for i in range(SHOWN + 50)], ["error"] * (SHOWN + 50)))

@@ -144,15 +144,18 @@ def _column(values: list) -> np.ndarray:
 # ---- feature stage -----------------------------------------------------------------------------
 
 def featurize_batch(batch: dict, encoder, mode: str, second_encoder=None) -> dict:
-    """Adds visual_features ([N_i, D] per row) from the rows' chips; drops the chips."""
-    import torch
-
-    from raylib.models.enhance import enhance
-
+    """Adds visual_features ([N_i, D] per row) from the rows' chips; drops the chips. Rows without
+    chips (audio files, faceless clips) need no encoder (None: an actor of an audio-only input)."""
     chips = [np.asarray(c) for c in batch["chips"]]
     counts = [len(c) for c in chips]
     out = {k: v for k, v in batch.items() if k != "chips"}
     if sum(counts):
+        import torch
+
+        from raylib.models.enhance import enhance
+
+        if encoder is None:
+            raise ValueError("face chips reached a feature actor started without a face model (audio-only input)")
         stacked = torch.from_numpy(np.concatenate([c for c in chips if len(c)])).permute(0, 3, 1, 2)
         feats = enhance(encoder, stacked, mode, second_encoder).cpu().numpy().astype(np.float32)
     else:
@@ -180,18 +183,25 @@ def thumbnails(chips: np.ndarray) -> np.ndarray:
 
 class FeatureStage:
     """Holds the loaded backbone(s); each call maps a batch with featurize_batch (after cpu_stage
-    when decode: the one-machine graph, see one_machine)."""
+    when decode: the one-machine graph, see one_machine). faces=False (an input of audio files
+    only, which have no frames): no backbone, and no torch import, is loaded (~1.5 s of each
+    actor's start)."""
 
-    def __init__(self, cfg: ExtractConfig, decode: bool = False):
+    def __init__(self, cfg: ExtractConfig, decode: bool = False, faces: bool = True):
+        self.preprocess = cfg.preprocess() if decode else None  # one-machine graph: the CPU stage runs here too
+        self.actor = actor_id()
+        self.mode = cfg.enhance
+        self.encoder = self.second = None
+        if faces:
+            self._load(cfg)
+        self.ready = time.time()  # the run's start-up ends when its first actor is ready (Tally.first_ready)
+
+    def _load(self, cfg: ExtractConfig) -> None:
         import torch
 
         from raylib.models.backbones import build_backbone
 
-        self.preprocess = cfg.preprocess() if decode else None  # one-machine graph: the CPU stage runs here too
-
         device = "cuda" if cfg.gpu_actors and torch.cuda.is_available() else "cpu"
-        self.actor = actor_id()
-        self.mode = cfg.enhance
         self.encoder = build_backbone(cfg.backbone, cfg.weights, device=device, input_size=cfg.input_size or None)
         self.second = build_backbone(cfg.second_backbone, cfg.second_weights or None, device=device) \
             if cfg.enhance == "ar-mean" else None
@@ -208,6 +218,7 @@ class FeatureStage:
         n = len(out["clip_id"])
         out["seconds_feature"] = np.full(n, (time.process_time() - used) / max(n, 1))  # the batch's share per clip
         out["feature_actor"] = np.asarray([self.actor] * n)
+        out["feature_ready"] = np.full(n, self.ready)
         return out
 
     def _one(self, row: dict) -> dict:
@@ -265,7 +276,7 @@ def batch_rows(batch: dict) -> list[dict]:
 
 
 OUTCOME_KEYS = ("clip_id", "uri", "split", "status", "error", "seconds_cpu", "seconds_feature", "cpu_node",
-                "feature_node", "feature_actor")
+                "feature_node", "feature_actor", "feature_ready")
 
 
 def write_shard(batch: dict, output: str, prov: dict, retries: int = storage.WRITE_RETRIES) -> dict:
@@ -376,10 +387,11 @@ def run_extract(cfg: ExtractConfig) -> dict:
             drop_rows(cfg.output, retry, cfg.write_retries)
         cpus = ray.cluster_resources().get("CPU", 0.0)
         summary["graph"] = "one_machine" if one_machine(cfg) else "split"  # stages in one actor, or apart
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         _run_graph(pending, cfg, prov, env, tally)
         summary.update(tally.summary())
-        summary.update(efficiency(tally, time.perf_counter() - started, cpus, gpu=cfg.gpu_actors > 0))
+        summary.update(efficiency(tally, time.perf_counter() - started, cpus, gpu=cfg.gpu_actors > 0,
+                                  startup=tally.first_ready - started_at))
     del pending
     summary.update(judge(records, state, tally))
     elapsed = time.perf_counter() - t0
@@ -444,7 +456,7 @@ def clip_dataset(pending: list[dict]):
 
 
 def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict, tally: Tally) -> None:
-    ds = feature_graph(clip_dataset(pending), cfg, env, len(pending))
+    ds = feature_graph(pending, cfg, env)
     ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=WRITER_CPUS, **_env(env),
                         fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
     try:
@@ -479,11 +491,13 @@ def check_feature_actors_fit(cfg: ExtractConfig, fused: bool = False) -> None:
                    fix, beside=("one decode task", {"CPU": 1.0, "memory": CPU_TASK_MEMORY, **placement(cfg.cpu_resource)}))
 
 
-def feature_graph(ds, cfg: ExtractConfig, env: dict, clips: int = 0):
-    """Clip-record rows -> rows with features: the CPU stage (tasks) and the feature stage (actor
-    pool), placed on the nodes cfg names. Shared by extraction and prediction."""
+def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
+    """Clip records -> a dataset of rows with features: the CPU stage (tasks) and the feature stage
+    (actor pool), placed on the nodes cfg names. Shared by extraction and prediction."""
     import ray
 
+    ds, clips = clip_dataset(pending), len(pending)
+    stage = {"cfg": cfg, "faces": not all(is_audio_file(str(r["uri"])) for r in pending)}
     extra = _env(env)
     fused = one_machine(cfg)
     check_feature_actors_fit(cfg, fused)
@@ -498,7 +512,9 @@ def feature_graph(ds, cfg: ExtractConfig, env: dict, clips: int = 0):
     if fused:
         most = max(1, int(ray.cluster_resources().get("CPU", 1)))
         pool = cpu_actor_pool(clips, 1, min(cfg.cpu_workers, most) if cfg.cpu_workers else most)
-        return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg, "decode": True}, batch_size=1,
+        # batch_size None: a call per block, i.e. per clip, or per AUDIO_CLIPS_PER_TASK short audio files
+        # (one call per 3 s wav spent a third of the actor's time in Ray Data's per-batch work)
+        return ds.map_batches(FeatureStage, fn_constructor_kwargs={**stage, "decode": True}, batch_size=None,
                               compute=pool, num_cpus=ONE_MACHINE_ACTOR_CPUS, memory=CPU_TASK_MEMORY, **extra)
 
     # The memory reservation bounds how many decoded clips a node holds at once; being a resource
@@ -508,7 +524,7 @@ def feature_graph(ds, cfg: ExtractConfig, env: dict, clips: int = 0):
                         memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
     compute, cpus, gpus = feature_pool(cfg, clips)
-    return ds.map_batches(FeatureStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
+    return ds.map_batches(FeatureStage, fn_constructor_kwargs=stage, batch_size=cfg.batch_size,
                           compute=compute, num_gpus=gpus, num_cpus=cpus, **extra, **placed(cfg.feature_resource))
 
 

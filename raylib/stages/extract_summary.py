@@ -5,6 +5,7 @@ store's _runs/ and _summary.json, and the one line a failed stage is reported by
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ class Tally:
         self.shards: dict[str, int] = {}  # file -> write attempts (a few per SHARD clips)
         self.seconds = {"cpu": 0.0, "feature": 0.0}
         self.actors: set[str] = set()  # feature actors that did work (the pool's size in use)
+        self.first_ready = float("inf")  # wall time the first feature actor was ready (its model loaded)
         self.errors: list[dict] = []
         self.failed: dict[str, dict] = {}  # clip_id -> {"uri", "error"} of clips failed in this run
         self.retried: set[str] = set()  # stored error rows processed again in this run
@@ -49,6 +51,7 @@ class Tally:
                 self.seconds[stage] += float(batch[f"seconds_{stage}"][i] or 0.0)
             self.shards[str(batch["file"][i])] = int(batch["write_attempts"][i])
             self.actors.add(str(batch["feature_actor"][i]))
+            self.first_ready = min(self.first_ready, float(batch["feature_ready"][i] or "inf"))
             if cid in self.stored_failed:
                 self.retried.add(cid)
             if status not in (STATUS_OK, STATUS_AUDIO_ONLY) and len(self.errors) < SHOWN:
@@ -67,18 +70,24 @@ class Tally:
                 "feature_seconds_per_clip": round(self.per_clip("feature"), 4), "feature_actors": len(self.actors)}
 
 
-def efficiency(tally: Tally, seconds: float, cpus: float, gpu: bool) -> dict:
+def efficiency(tally: Tally, seconds: float, cpus: float, gpu: bool, startup: float = 0.0) -> dict:
     """The run's throughput against the bound its own measured stage costs allow. Stage costs are
     core-seconds (process CPU time, so sharing a core does not inflate them): on CPUs only, every
     clip costs (CPU stage + feature stage) core-seconds shared by all CPUs; with GPU feature actors
-    the CPUs bound decoding alone (the GPU side is not counted here)."""
+    the CPUs bound decoding alone (the GPU side is not counted here). `seconds` is the whole graph's
+    run; `startup` the part of it before the first feature actor was ready (Ray Data's start, the
+    actor's process, its model): a fixed cost, so efficiency_after_startup is what a long run
+    approaches."""
     if not tally.processed or seconds <= 0 or cpus <= 0:
         return {}
     cost = tally.per_clip("cpu") + (0.0 if gpu else tally.per_clip("feature"))
     bound = cpus / cost if cost > 0 else 0.0
     rate = tally.processed / seconds
+    startup = min(max(startup, 0.0), seconds) if math.isfinite(startup) else 0.0
+    after = tally.processed / (seconds - startup) if seconds > startup else rate
     return {"processing_s": round(seconds, 2), "processing_clips_per_s": round(rate, 3), "cpus": cpus,
-            "bound_clips_per_s": round(bound, 3), "efficiency": round(rate / bound, 3) if bound else 0.0}
+            "bound_clips_per_s": round(bound, 3), "efficiency": round(rate / bound, 3) if bound else 0.0,
+            "startup_s": round(startup, 2), "efficiency_after_startup": round(after / bound, 3) if bound else 0.0}
 
 
 def judge(records, state: StoreState, tally: Tally) -> dict:

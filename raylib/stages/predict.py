@@ -227,7 +227,7 @@ def run_predict(cfg: PredictConfig) -> dict:
     from raylib.metrics import summarize
     from raylib.runtime import init_ray
     from raylib.sources import list_clips
-    from raylib.stages.extract import _check_recipe, _env, _state, clip_dataset, feature_graph, provenance
+    from raylib.stages.extract import _check_recipe, _env, _state, feature_graph, provenance
     from raylib.stages.extract_summary import root_cause
 
     t0 = time.perf_counter()
@@ -251,7 +251,7 @@ def run_predict(cfg: PredictConfig) -> dict:
         init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
         ray.data.DataContext.get_current().enable_progress_bars = not cfg.quiet
         refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
-        ds = feature_graph(clip_dataset(pending), ecfg, env, len(pending))
+        ds = feature_graph(pending, ecfg, env)
         if cfg.store:
             ds = ds.map_batches(keep_features, batch_size=cfg.batch_size, num_cpus=0.5, **_env(env),
                                 fn_kwargs={"output": cfg.store, "prov": prov})
