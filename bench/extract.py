@@ -3,6 +3,7 @@
     python bench/extract.py [--clips 21] [--naive-clips 6] [--frames uniform:16] [--skip-job]
     python bench/extract.py --job-only --clips 140                # the whole job, generated video clips
     python bench/extract.py --job-only --cheap --clips 400        # the whole job, 3 s speech-like .wav files
+    python bench/extract.py --job-only --clips 700 --out /tmp/bench-700   # a longer run (start-up amortised)
 
 On one generated clip set (640 x 480, 2 s, 25 fps, one face), in one run:
   decode-only     the same sequential decode of the sampled frames (the floor of the stage)
@@ -188,7 +189,8 @@ def job(args) -> None:
           f"{s['elapsed_s']} s including Ray start-up ({s['clips_per_s']} clips/s); while processing "
           f"{s['processing_clips_per_s']} clips/s against a bound of {s['bound_clips_per_s']} clips/s "
           f"(CPU stage {s['cpu_seconds_per_clip']} + feature stage {s['feature_seconds_per_clip']} core-s per clip): "
-          f"**{s['efficiency']:.0%} of the bound**, {s['feature_actors']} feature actor(s) did work")
+          f"**{s['efficiency']:.0%} of the bound**, {s['feature_actors']} feature actor(s) did work; start-up "
+          f"(until the first feature actor was ready) {s['startup_s']} s, after it **{s['efficiency_after_startup']:.0%}**")
 
 
 if __name__ == "__main__":

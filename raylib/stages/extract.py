@@ -19,8 +19,9 @@
         |            write attempts, the nodes that ran its stages)
         v
     On one machine (one_machine: a Ray of one node, CPU features, no stage pinned) cpu_stage runs
-    inside the FeatureStage actors instead, one clip per call, one actor per CPU: no task per clip
-    to hand out, no chips through the object store, both stages on every core.
+    inside the FeatureStage actors instead, one call per block (a clip, or AUDIO_CLIPS_PER_TASK
+    short audio files), one actor per CPU: no task per clip to hand out, no chips through the
+    object store, both stages on every core.
 
     driver           tallies outcomes as they stream (counts, nodes, failures, stage seconds: no
                      per-clip list), prints and stores the summary with the run's efficiency: clips/s
@@ -529,7 +530,7 @@ def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
 
 
 def one_machine(cfg: ExtractConfig) -> bool:
-    """Whether decoding and features run in the same actors, one clip per call, one actor per CPU:
+    """Whether decoding and features run in the same actors, one call per block, one actor per CPU:
     CPU features (no --gpu-actors, no --cpu-actors) on a Ray of one node that no autoscaler grows,
     with no stage pinned to a node type (the embedded default; a laptop's own head). There, split
     stages only cost: a decode task per clip waits on the driver to hand it out, its chips cross
