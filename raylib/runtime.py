@@ -86,12 +86,27 @@ def cpu_actor_pool(items: int, per_actor: int, most: int = 0):
     return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=start)
 
 
+def own_cluster() -> None:
+    """worker_process_setup_hook of the embedded default: each worker's RAY_ADDRESS names the Ray it
+    belongs to. Ray's state API, which Ray Train's placement-group cleaner calls with no address,
+    otherwise picks a Ray by scanning the machine: beside another local Ray (a user's notebook, a
+    `ray start` head) it refused ("Found multiple active Ray instances") or asked the other one."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    os.environ["RAY_ADDRESS"] = os.environ[OWN_RAY] = address
+
+
+OWN_RAY = "RAYLIB_EMBEDDED_RAY"  # set by own_cluster: the RAY_ADDRESS of a worker of the embedded default
+
+
 def autoscaling() -> bool:
-    """Whether an autoscaler may add nodes to the cluster. The embedded default (no RAY_ADDRESS) has
-    none; on a cluster, an autoscaling config with a node group that can grow (autoscaler v2,
-    KubeRay) or a monitor that is not the read-only one (`ray up`'s autoscaler) says yes; when
-    neither can be read the answer is yes (never refuse what a cluster may grow to hold)."""
-    if not os.environ.get("RAY_ADDRESS"):
+    """Whether an autoscaler may add nodes to the cluster. The embedded default (no RAY_ADDRESS, or
+    its own in its workers) has none; on a cluster, an autoscaling config with a node group that
+    can grow (autoscaler v2, KubeRay) or a monitor that is not the read-only one (`ray up`'s
+    autoscaler) says yes; when neither can be read the answer is yes (never refuse what a cluster
+    may grow to hold)."""
+    if not os.environ.get("RAY_ADDRESS") or os.environ["RAY_ADDRESS"] == os.environ.get(OWN_RAY):
         return False
     try:
         from ray._private.state import state
@@ -185,7 +200,12 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
     every worker; quiet also keeps worker output off a cluster job's terminal. state_api: the local
     Ray runs its dashboard (on 127.0.0.1), whose state API Ray Train's placement-group cleaner asks
     whether a training run's controller is gone: a sweep needs it, or the workers' CPUs of every
-    trial Tune stops (ASHA) stay reserved and the next trial waits forever."""
+    trial Tune stops (ASHA) stay reserved and the next trial waits forever.
+
+    The local Ray is always a new one (address "local"): never a Ray another program started on
+    the machine (a `ray start` head, a test's cluster: both leave their address in
+    /tmp/ray/ray_current_cluster, which a plain ray.init() joins), and its workers talk to it alone
+    (own_cluster)."""
     import ray
 
     if ray.is_initialized():
@@ -198,6 +218,7 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         quiet_logging()
         dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if state_api else {"include_dashboard": False}
-        ray.init(num_cpus=num_cpus, **dashboard, runtime_env=runtime_env, log_to_driver=False,
+        runtime_env = {**(runtime_env or {}), "worker_process_setup_hook": f"{__name__}.own_cluster"}
+        ray.init(address="local", num_cpus=num_cpus, **dashboard, runtime_env=runtime_env, log_to_driver=False,
                  logging_level=logging.WARNING)
     return ray

@@ -39,6 +39,61 @@ def frame_level(frame: np.ndarray) -> int:
     return int(round((float(frame.mean()) - 20) / 4))
 
 
+def stop_head(proc, ray_tmp: str) -> None:
+    """Stop a head a test started and nothing else: the `ray start --block` process, what runs
+    under it, and the processes of its own session (their command lines name its private temp
+    dir; the daemons are not all its children). `ray stop` would stop every Ray of the user on the
+    machine, a job of theirs running beside the tests included."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid != os.getpid() and ray_tmp in " ".join(p.info["cmdline"] or []) and p not in tree:
+            tree.append(p)
+    proc.kill()  # a test's head holds nothing to save: no graceful shutdown (it took ~30 s)
+    proc.wait(timeout=60)
+    for child in tree:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, f"processes of the test's head still running: {[p.pid for p in alive]}"
+
+
+@pytest.fixture
+def bystander_ray():
+    """Another local Ray on the machine, as a user's `ray start --head` (or notebook) would be: a
+    head with its own temp dir (RAY_TMPDIR), whose ray_current_cluster file names it, as
+    /tmp/ray/ray_current_cluster does for a user's head. Yields (that temp dir, the head's process);
+    the test stops its processes alone."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    ray_tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--port=0",
+                             "--num-cpus=1", "--block", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                             "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address_file = os.path.join(ray_tmp, "ray", "ray_current_cluster")
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(address_file):  # written once the head is up
+            assert proc.poll() is None and time.monotonic() < deadline, "the bystander Ray did not start"
+            time.sleep(0.2)
+        yield ray_tmp, proc
+    finally:
+        stop_head(proc, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory):
     """Generated clips: 50 frames at 25 fps with a 440 Hz tone, as mp4 (h264/AAC) and avi (MPEG-4/PCM),

@@ -24,16 +24,31 @@ WORKER = {"num_cpus": 2, "resources": {"decode_node": 1}, "object_store_memory":
 
 @pytest.fixture(scope="module")
 def cluster():
+    """Head (no CPUs) + two worker nodes, in a temp dir of their own (RAY_TMPDIR while the module
+    runs): Cluster writes its address into <temp dir>/ray/ray_current_cluster, and in the shared
+    /tmp/ray a user's plain ray.init() beside the tests would join this cluster."""
+    import shutil
+    import tempfile
+
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 100 * 1024**2,
-                                "_system_config": FAST_HEALTH_CHECKS})
-    for _ in range(2):
-        c.add_node(**WORKER)
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths < 108 bytes
+    try:
+        c = Cluster(initialize_head=True, connect=False,
+                    head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 100 * 1024**2,
+                                    "_system_config": FAST_HEALTH_CHECKS})
+        for _ in range(2):
+            c.add_node(**WORKER)
+        c.wait_for_nodes()
+        yield c
+        c.shutdown()
+    finally:
+        if before is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = before
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def workers(cluster):

@@ -11,6 +11,7 @@ import tempfile
 
 import pytest
 
+from conftest import stop_head
 from raylib.sample import SampleConfig, generate_sample_set
 from raylib.store import read_store
 
@@ -23,31 +24,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stop_head(proc: subprocess.Popen, ray_tmp: str) -> None:
-    """Stop the head the test started and nothing else: the `ray start --block` process, what runs
-    under it, and the processes of its own session (their command lines name its private temp
-    dir; the daemons are not all its children). `ray stop` would stop every Ray of the user on the
-    machine, a job of theirs running beside the tests included."""
-    import psutil
-
-    try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in psutil.process_iter(["cmdline"]):
-        if p.pid != os.getpid() and ray_tmp in " ".join(p.info["cmdline"] or []) and p not in tree:
-            tree.append(p)
-    proc.kill()  # a test's head holds nothing to save: no graceful shutdown (it took ~30 s)
-    proc.wait(timeout=60)
-    for child in tree:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=30)
-    assert not alive, f"processes of the test's head still running: {[p.pid for p in alive]}"
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -94,9 +70,18 @@ def head(tmp_path):
 
 
 def submit(env, address, *args):
+    """`ray job submit`; again while the head answers that its job agent is not up yet (it registers
+    after the dashboard answers, later on a loaded machine)."""
+    import time
+
     runtime_env = json.dumps({"working_dir": ROOT, "excludes": [".venv", "data", ".git", "mlflow"]})
-    return subprocess.run([f"{BIN}/ray", "job", "submit", "--address", address, "--runtime-env-json", runtime_env,
-                           "--", "python", *args], env=env, capture_output=True, text=True, timeout=600)
+    for _ in range(30):
+        job = subprocess.run([f"{BIN}/ray", "job", "submit", "--address", address, "--runtime-env-json", runtime_env,
+                              "--", "python", *args], env=env, capture_output=True, text=True, timeout=600)
+        if job.returncode == 0 or "No available agent to submit job" not in job.stderr + job.stdout:
+            return job
+        time.sleep(1)
+    return job
 
 
 def test_extract_job_submitted_to_a_token_authenticated_head(head, tmp_path):

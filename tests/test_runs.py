@@ -173,15 +173,22 @@ def test_trials_asha_stopped_end_finished_with_their_best_metrics_and_the_report
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_training_and_ends_its_run_as_killed(tmp_path):
+def test_ctrl_c_stops_training_and_ends_its_run_as_killed(tmp_path, bystander_ray):
+    """Beside another local Ray whose address file the job's ray.init() would find (the same
+    RAY_TMPDIR): the job starts a Ray of its own, its workers ask only that one (Ray Train's
+    placement-group cleaner found two and complained each time it looked), and Ctrl-C ends the
+    run as KILLED and leaves the other Ray running."""
+    import glob
+
     from mlflow.tracking import MlflowClient
 
+    bystander_tmp, bystander = bystander_ray
     store = write_store(tmp_path / "store")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     job = subprocess.Popen([sys.executable, "jobs/train.py", "--store", store, "--output", str(tmp_path / "runs"),
                             "--run-name", "interrupted", "--epochs", "200", "--num-workers", "1", "--quiet"],
-                           cwd=ROOT, env=job_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           cwd=ROOT, env=job_env(MLFLOW_TRACKING_URI=uri, RAY_TMPDIR=bystander_tmp),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client, run, deadline = MlflowClient(uri), None, time.monotonic() + 240
     try:
         while time.monotonic() < deadline and job.poll() is None:  # until the first epoch is logged
@@ -202,3 +209,10 @@ def test_ctrl_c_stops_training_and_ends_its_run_as_killed(tmp_path):
     assert job.returncode == 130 and time.monotonic() - t0 < 60
     assert err.strip().splitlines()[-1] == f"train: interrupted; MLflow run {run.info.run_id} ended as KILLED"
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+    sessions = glob.glob(f"{bystander_tmp}/ray/session_2*")
+    assert len(sessions) == 2, sessions  # the bystander's and the job's own: the job joined nothing
+    assert "multiple active Ray instances" not in err
+    cleaner = [f for f in glob.glob(f"{bystander_tmp}/ray/session_2*/logs/worker-*.err")
+               if ":actor_name:PlacementGroupCleaner" in open(f, errors="replace").read()]
+    assert cleaner and not any("multiple active Ray instances" in open(f, errors="replace").read() for f in cleaner)
+    assert bystander.poll() is None  # the other Ray still runs
