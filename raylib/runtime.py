@@ -194,7 +194,7 @@ def _drop_raylet_notices() -> None:
 
 
 def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False,
-             state_api: bool = False):
+             state_api: bool = False, pin_workers: bool = True):
     """ray.init for a job: connect when RAY_ADDRESS is set (cluster, `ray job submit`), else start
     a local Ray that listens on 127.0.0.1 only and keeps its chatter in its logs. env_vars reach
     every worker; quiet also keeps worker output off a cluster job's terminal. state_api: the local
@@ -204,8 +204,9 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
 
     The local Ray is always a new one (address "local"): never a Ray another program started on
     the machine (a `ray start` head, a test's cluster: both leave their address in
-    /tmp/ray/ray_current_cluster, which a plain ray.init() joins), and its workers talk to it alone
-    (own_cluster)."""
+    /tmp/ray/ray_current_cluster, which a plain ray.init() joins), and with pin_workers its workers
+    talk to it alone (own_cluster: what Ray Train needs; extraction, which does not, leaves it
+    off: the runtime env it takes added ~1 s to the start of an extraction's actors)."""
     import ray
 
     if ray.is_initialized():
@@ -218,7 +219,8 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         quiet_logging()
         dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if state_api else {"include_dashboard": False}
-        runtime_env = {**(runtime_env or {}), "worker_process_setup_hook": f"{__name__}.own_cluster"}
+        if pin_workers:
+            runtime_env = {**(runtime_env or {}), "worker_process_setup_hook": f"{__name__}.own_cluster"}
         ray.init(address="local", num_cpus=num_cpus, **dashboard, runtime_env=runtime_env, log_to_driver=False,
                  logging_level=logging.WARNING)
     return ray

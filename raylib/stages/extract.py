@@ -381,7 +381,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         return {**summary, "dry_run": True, "clips_to_process": len(pending), "plan": plan(pending)}
     tally = Tally(state.failed)
     if pending:
-        init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
+        init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet, pin_workers=False)  # no Ray Train here
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not cfg.quiet
         if retry:  # the old error rows go first: a clip has no row (pending) until its new one lands

@@ -248,7 +248,7 @@ def run_predict(cfg: PredictConfig) -> dict:
         {c for c, p in zip(done.column("clip_id").to_pylist(), done.column("prediction").to_pylist()) if p}
     pending = [{**r.to_dict(), "label": r.label or ""} for r in records if r.clip_id not in done_ids]
     if pending:
-        init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet)
+        init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet, pin_workers=False)  # no Ray Train here
         ray.data.DataContext.get_current().enable_progress_bars = not cfg.quiet
         refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
         ds = feature_graph(pending, ecfg, env)
