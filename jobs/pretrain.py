@@ -18,7 +18,7 @@ from raylib.errors import RaylibError
 from raylib.runtime import init_ray
 from raylib.stages.pretrain import PretrainConfig, run_pretrain
 from raylib.stages.table1 import run_table1
-from raylib.tracking import ui_command
+from raylib.tracking import open_line, run_link
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
           f"UAR {summary.get('val_uar', 0):.3f}{test}")
     print(f"pretrain: backbone weights {summary['backbone_weights']} (sha256 {summary['backbone_digest'][:12]}); "
           f"extract with: python jobs/extract.py --backbone {cfg.backbone} --weights {summary['backbone_weights']}")
-    print(f"pretrain: MLflow run {summary['run_id']}; look at it with: {ui_command()}")
+    print(f"pretrain: MLflow run {summary['run_id']}: {open_line(run_link(summary['run_id']))}")
     if not cfg.quiet:
         print(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, default=str))
     return 0

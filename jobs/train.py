@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
 from raylib.stages.train import TrainConfig, run_train
-from raylib.tracking import ui_command
+from raylib.tracking import open_line, run_link
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
               f"UAR {summary.get('val_uar', 0):.3f}; checkpoint {summary['best_checkpoint']}"
               + (f"; test speakers {', '.join(summary['test_speakers'])}: accuracy {summary['test_accuracy']:.3f}, "
                  f"UAR {summary['test_uar']:.3f}" if "test_speakers" in summary else ""))
-    print(f"train: MLflow run {summary['run_id']}; look at it with: {ui_command()}")
+    print(f"train: MLflow run {summary['run_id']}: {open_line(run_link(summary['run_id']))}")
     if not cfg.quiet:
         print(json.dumps(summary, default=str))
     return 0

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
 from raylib.stages.tune import TuneConfig, run_tune
-from raylib.tracking import ui_command
+from raylib.tracking import open_line
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
         return 1
     print(out["report"])
     print(f"tune: {out['trials']} trials in {out['elapsed_s']} s; report {out['report_markdown']} and {out['report_png']}")
-    print(f"tune: MLflow parent run {out['parent_run_id']}; look at it with: {ui_command()}")
+    print(f"tune: the sweep in MLflow (trials, grid axes, val scores): {open_line(out['link'])}")
     for e in out["errors"]:
         print(f"tune: a trial failed: {e}", file=sys.stderr)
     return 1 if out["errors"] else 0

@@ -27,14 +27,18 @@ echo "mlflow/server.sh: store ${MLFLOW_BACKEND_STORE_URI%%://*}://..., artifacts
      "UI on http://${MLFLOW_HOST}:${MLFLOW_PORT}" >&2
 # A SQLite store written by the jobs records file:// artifact locations; when its folder has moved
 # (another checkout, a copied mlflow/ folder), point them at the artifacts/ folder beside it now.
+# Then print the links to open: the newest sweep's saved view, each experiment's runs table.
 if [[ "${MLFLOW_BACKEND_STORE_URI}" == sqlite:///* ]]; then
-  PYTHONPATH="${HERE}/..${PYTHONPATH:+:${PYTHONPATH}}" python - "${MLFLOW_BACKEND_STORE_URI}" <<'PY' || echo "mlflow/server.sh: could not check the store's artifact locations" >&2
-import sys
-from raylib.tracking import relocate_artifacts, sqlite_path
+  PYTHONPATH="${HERE}/..${PYTHONPATH:+:${PYTHONPATH}}" python - "${MLFLOW_BACKEND_STORE_URI}" "http://${MLFLOW_HOST}:${MLFLOW_PORT}" <<'PY' || echo "mlflow/server.sh: could not check the store's artifact locations" >&2
+import os, sys
+from raylib.tracking import relocate_artifacts, sqlite_path, store_links
 db = sqlite_path(sys.argv[1])
 n = relocate_artifacts(db)
 if n:
     print(f"mlflow/server.sh: {n} artifact location(s) now under {db.rsplit('/', 1)[0]}/artifacts", file=sys.stderr)
+if os.path.exists(db):  # where to look first
+    for line in store_links(sys.argv[1], sys.argv[2]):
+        print(f"mlflow/server.sh: {line}", file=sys.stderr)
 PY
 fi
 # --backend-store-uri, --artifacts-destination, --host and --port come from the variables above

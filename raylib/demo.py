@@ -2,7 +2,7 @@
 
 sample set -> extract (mini_xception, the default) -> train one model (Ray Train, 2 workers) -> a small sweep
 (visual attention x fusion, Ray Tune) -> evaluate an ensemble of two -> the Table-2 report and
-the command that shows every run in the MLflow UI.
+the MLflow UI link of the sweep (its trials with the grid axes and val scores as columns).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def train_sweep_evaluate(cfg: DemoConfig, store: str) -> dict:
     from raylib.stages.evaluate import EvaluateConfig, run_evaluate
     from raylib.stages.train import TrainConfig, run_train
     from raylib.stages.tune import TuneConfig, run_tune
-    from raylib.tracking import ui_command
+    from raylib.tracking import open_line
 
     runs = os.path.join(cfg.data_dir, "runs")
     t0 = time.perf_counter()
@@ -110,5 +110,6 @@ def train_sweep_evaluate(cfg: DemoConfig, store: str) -> dict:
     print()
     print(sweep["report"])
     print(f"report: {sweep['report_markdown']}, {sweep['report_png']}")
-    print(f"look at every run with: {ui_command()}")
+    print(f"evaluation in MLflow: {ev['link']}")
+    print(f"the sweep in MLflow: {open_line(sweep['link'])}")
     return {"train": trained, "sweep": sweep, "evaluate": ev}

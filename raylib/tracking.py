@@ -31,9 +31,29 @@ REPO_STORE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 SECRET_WORDS = re.compile(r"(secret|password|token|credential|access_key|private)", re.IGNORECASE)
 # config fields that name or steer a run but are no hyper-parameter: never MLflow params
 NOT_PARAMS = ("run_name", "sweep_name", "quiet")
-# MLflow 3 opens an experiment on its GenAI overview unless it is marked as model training
+# MLflow 3 marks model-training experiments with this tag; its UI (3.17) still opens an experiment
+# on the GenAI overview unless the address says ?workflowType=machine_learning (ui_link does)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI
+# each experiment's description, by the job that creates it
+_SCORES = ("Val/ and Val_recall/<class> are scores on the store's val split (UAR, unweighted average recall, "
+           "the headline; best_ at the epoch kept), Test/ on held-out speakers, train/ training diagnostics.")
+PURPOSES = {
+    "train": "Audio-video emotion models. jobs/train.py: one run per model (cross-validation: a parent run with one "
+             "child per fold). jobs/tune.py: a parent run per sweep, holding its Table 2 and naming its best "
+             "trial, with one child run per trial (visual attention/audio attention/fusion). " + _SCORES,
+    "evaluate": "jobs/evaluate.py: one run per scoring of a checkpoint or an ensemble on a store's split, with "
+                "its predictions. " + _SCORES,
+    "pretrain": "Face backbones pretrained for expression (jobs/pretrain.py) and their linear probes (Table 1). "
+                + _SCORES,
+}
+# the embedded store's UI address (`make mlflow-ui`)
+EMBEDDED_UI = "http://127.0.0.1:5000"
+# MLflow 3.17 keeps a saved runs-table view as an experiment tag with this prefix, opened by the
+# address parameter viewStateShareKey (an undocumented format: written for the versions below only)
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+SHARED_VIEW_VERSIONS = ((3, 17),)
 # an unreachable tracking server is reported within this many seconds, not after MLflow's retries
 PROBE_TIMEOUT_S = 10
 _relocated: set[str] = set()
@@ -78,6 +98,122 @@ def ui_command() -> str:
     return f"open {uri} in a browser"
 
 
+def ui_base(uri: str | None = None) -> str:
+    """The UI address of a tracking store: the server itself, else where `make mlflow-ui` (or
+    mlflow/server.sh over that store) serves it."""
+    uri = uri or tracking_uri()
+    return public_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else EMBEDDED_UI
+
+
+def ui_link(experiment_id: str, run_id: str | None = None, view: str | None = None, tab: str | None = None) -> str:
+    """The direct UI address of a run's page (its `tab`: model-metrics, artifacts, ...), or of an
+    experiment's runs table (opened on the saved view `view` when given), in MLflow's
+    model-training view (without ?workflowType= MLflow 3.17 shows its GenAI pages)."""
+    base = f"{ui_base()}/#/experiments/{experiment_id}/runs"
+    if run_id:
+        return f"{base}/{run_id}" + (f"/{tab}" if tab else "") + "?workflowType=machine_learning"
+    return f"{base}?workflowType=machine_learning" + (f"&viewStateShareKey={view}" if view else "")
+
+
+def store_links(uri: str, base: str) -> list[str]:
+    """What `make mlflow-ui` prints about a store served at `base`: the newest sweep's saved view
+    (else its run page) and the runs table of each experiment with runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    lines, sweeps = [], []
+    for e in client.search_experiments():
+        runs = client.search_runs([e.experiment_id], max_results=1)
+        if not runs:
+            continue
+        lines.append(f"experiment {e.name}: {base}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning")
+        sweeps += client.search_runs([e.experiment_id], "tags.kind = 'sweep'", max_results=1, order_by=["start_time DESC"])
+    if sweeps:
+        newest = max(sweeps, key=lambda r: r.info.start_time)
+        eid, rid = newest.info.experiment_id, newest.info.run_id
+        viewed = SHARED_VIEW_PREFIX + rid in client.get_experiment(eid).tags
+        link = (f"{base}/#/experiments/{eid}/runs?workflowType=machine_learning&viewStateShareKey={rid}" if viewed
+                else f"{base}/#/experiments/{eid}/runs/{rid}?workflowType=machine_learning")
+        lines.insert(0, f"newest sweep {newest.info.run_name}: {link}")
+    return lines
+
+
+def run_link(run_id: str) -> str:
+    """ui_link of a run of the store in use."""
+    from mlflow.tracking import MlflowClient
+
+    return ui_link(MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id, run_id)
+
+
+def open_line(link: str) -> str:
+    """A UI link and, for a local store, the command that serves it first."""
+    if tracking_uri().startswith(("http://", "https://")):
+        return link
+    return f"{link}  (serve the store first: {ui_command().split('   (')[0]})"
+
+
+def shared_views_supported() -> bool:
+    """Whether this MLflow's UI reads saved views in the format save_runs_view writes."""
+    import mlflow
+
+    major, minor = (int(x) for x in mlflow.__version__.split(".")[:2])
+    return (major, minor) in SHARED_VIEW_VERSIONS
+
+
+def save_runs_view(experiment_id: str, key: str, parent_run_id: str, params: list[str], metrics: list[str],
+                   order_by: str) -> str | None:
+    """Save a runs-table view of a parent run's children (a sweep's trials) on its experiment:
+    those runs only, sorted by metric order_by (highest first), with the given params and metrics
+    (jobs' names) as columns after a Run Name column wide enough for full trial names. Returns
+    the UI link that opens it, or None where this MLflow's UI would not read it."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    if not shared_views_supported():
+        return None
+    columns = [f"params.`{p}`" for p in params] + [f"metrics.`{metric_key(m)}`" for m in metrics]
+    state = {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+             "orderByKey": f"metrics.`{metric_key(order_by)}`", "orderByAsc": False,
+             "selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],
+             "columnWidths": {"attributes.`Run Name`": 300}}
+    MlflowClient(tracking_uri()).set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + key, json.dumps(state))
+    return ui_link(experiment_id, view=key)
+
+
+def metric_key(name: str) -> str:
+    """The MLflow name of a metric the jobs compute (val_uar, train_loss, best_val_uar,
+    val_recall_Happy, cv_test_uar_mean). MLflow's run page draws one section of charts per name
+    prefix before '/', sections and charts in code-point order, where capitals come first: the
+    held-out scores go to Val/, Val_recall/, Test/ (UAR, the headline, before accuracy), the
+    training diagnostics to train/, a cross-validation's summary to CV/."""
+    best = name.startswith("best_")
+    rest = name[len("best_"):] if best else name
+    split, _, metric = rest.partition("_")
+    if split in ("val", "test") and metric:
+        if metric.startswith("recall_"):
+            return f"{split.capitalize()}_recall/{metric[len('recall_'):]}"
+        metric = "UAR" if metric == "uar" else metric
+        return f"{split.capitalize()}/{'best_' if best else ''}{metric}"
+    if split == "train" and metric and not best:
+        return f"train/{metric}"
+    if split == "cv" and metric:
+        return "CV/" + re.sub(r"(^|_)uar(?=_|$)", r"\1UAR", metric)
+    return name
+
+
+def metric_history(run_id: str, name: str) -> dict[int, float]:
+    """{step: value} of a metric (by the jobs' name, see metric_key) of an MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    return {m.step: m.value for m in MlflowClient(tracking_uri()).get_metric_history(run_id, metric_key(name))}
+
+
+def run_metric(run, name: str, default: float = float("nan")) -> float:
+    """The latest value of a metric (by the jobs' name, see metric_key) of an MLflow run."""
+    return run.data.metrics.get(metric_key(name), default)
+
+
 def sqlite_path(uri: str) -> str | None:
     """The database file of a sqlite:/// tracking URI, else None."""
     if not uri.startswith("sqlite:///"):
@@ -112,9 +248,9 @@ def relocate_artifacts(db_path: str) -> int:
     return changed
 
 
-def experiment_id(name: str) -> str:
+def experiment_id(name: str, description: str | None = None) -> str:
     """Id of experiment `name` in the store in use, created (with its artifact folder) if needed and
-    marked for MLflow's model-training view."""
+    marked for MLflow's model-training view; `description` becomes its description where it has none."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -129,14 +265,17 @@ def experiment_id(name: str) -> str:
     if found is not None:
         if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older version
             MlflowClient(uri).set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if description and not found.tags.get(NOTE_TAG):
+            MlflowClient(uri).set_experiment_tag(found.experiment_id, NOTE_TAG, description)
         return found.experiment_id
     location = None
     if db:  # a file store: artifacts beside the database, not in ./mlruns
         root = os.path.join(os.path.dirname(db), "artifacts")
         os.makedirs(root, exist_ok=True)
         location = "file://" + os.path.join(root, name)
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({NOTE_TAG: description} if description else {})}
     try:
-        return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return mlflow.create_experiment(name, artifact_location=location, tags=tags)
     except Exception:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
 
@@ -212,8 +351,9 @@ def require_new_run_name(experiment: str, run_name: str, fix: str) -> None:
 
 
 def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = None,
-              parent_run_id: str | None = None) -> str:
-    """Create a run (child of parent_run_id if given) with params and tags; returns its id."""
+              parent_run_id: str | None = None, purpose: str | None = None) -> str:
+    """Create a run (child of parent_run_id if given) with params and tags; returns its id.
+    `purpose` describes the experiment when it has no description yet."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri())
@@ -221,20 +361,27 @@ def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = 
     all_tags["mlflow.runName"] = run_name
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id(experiment), tags=all_tags, run_name=run_name)
+    run = client.create_run(experiment_id(experiment, purpose), tags=all_tags, run_name=run_name)
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id
 
 
+def describe(run_id: str, text: str) -> None:
+    """The run's description (markdown) in the UI."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri()).set_tag(run_id, NOTE_TAG, text)
+
+
 def log_metrics(run_id: str, metrics: dict, step: int) -> None:
-    """Log finite scalar metrics at step."""
+    """Log finite scalar metrics at step, under their MLflow names (metric_key)."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
     import time
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+    items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
     if items:
         MlflowClient(tracking_uri()).log_batch(run_id, metrics=items)
 

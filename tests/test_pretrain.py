@@ -166,7 +166,7 @@ def test_the_run_records_metrics_confusion_matrix_and_the_backbone(pretrained):
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(pretrained["run_id"])
-    assert {"val_uar", "val_recall_Happy", "train_images_per_s_per_worker", "best_val_accuracy"} <= set(run.data.metrics)
+    assert {"Val/UAR", "Val_recall/Happy", "train/images_per_s_per_worker", "Val/best_accuracy"} <= set(run.data.metrics)
     assert run.data.tags["backbone_digest"] == sha256(pretrained["backbone_weights"])
     names = {os.path.basename(a.path) for a in client.list_artifacts(run.info.run_id)}
     assert "confusion_val.png" in names

@@ -156,7 +156,7 @@ def test_trials_asha_stopped_end_finished_with_their_best_metrics_and_the_report
     assert run.info.status == "FINISHED"
     assert run.data.tags["stopped_early"] == "true" and run.data.tags["stopped_at_epoch"] == "2"
     assert run.data.tags["best_epoch"] == "0"  # tied epochs: the earliest
-    assert [(m.step, m.value) for m in client.get_metric_history(stopped, "best_val_uar")] == [(0, 0.4)]
+    assert [(m.step, m.value) for m in client.get_metric_history(stopped, "Val/best_UAR")] == [(0, 0.4)]
     assert client.get_run(failed).info.status == "FAILED"
     results = child_results(parent)
     assert {r["visual"]: r["stopped_at_epoch"] for r in results} == {"transformer": None, "self": 2, "self-last": None,
@@ -194,7 +194,7 @@ def test_ctrl_c_stops_training_and_ends_its_run_as_killed(tmp_path, bystander_ra
         while time.monotonic() < deadline and job.poll() is None:  # until the first epoch is logged
             experiment = os.path.exists(f"{tmp_path}/mlflow.db") and client.get_experiment_by_name("emotion-fusion")
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if runs and client.get_metric_history(runs[0].info.run_id, "val_uar"):
+            if runs and client.get_metric_history(runs[0].info.run_id, "Val/UAR"):
                 run = runs[0]
                 break
             time.sleep(1)

@@ -109,7 +109,7 @@ def test_training_batches_mix_classes_like_a_full_shuffle(class_sorted_store):
     run = run_train(TrainConfig(store=store, output=str(root / "runs"), epochs=epochs, batch_size=BATCH,
                                 num_workers=WORKERS, quiet=True), log_artifacts=False, progress=False)
     history = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_metric_history(run["run_id"],
-                                                                                 "train_batch_distinct_labels")
+                                                                                 "train/batch_distinct_labels")
     assert sorted(m.step for m in history) == list(range(epochs))
     seen = float(np.mean([m.value for m in history]))  # rank 0's batches, BATCH rows each
     uniform = expected_distinct(labels, BATCH)

@@ -2,6 +2,7 @@
 extracted from the sample set by the real extraction job, on a local Ray."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,11 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from raylib import tracking
 from raylib.sample import SampleConfig, generate_sample_set
 from raylib.schema import SCHEMA_VERSION
 from raylib.stages.extract import ExtractConfig, run_extract
 
 pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANCE = 1 / 7
 # The fixture's run: 14 train clips per worker in batches of 2 (7 steps per epoch and worker), 12
 # epochs. Before FBP's output was scaled by sqrt(o) this needed 24 epochs; with the scale, the
@@ -37,10 +40,10 @@ def store(tmp_path_factory, mlflow_uri):
     ray.shutdown()
 
 
-def client():
+def client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    return MlflowClient(uri or os.environ["MLFLOW_TRACKING_URI"])
 
 
 def artifact_names(run_id, path=""):
@@ -81,7 +84,7 @@ def test_val_scored_in_parallel_equals_the_best_checkpoint_scored_in_one_process
     model, state = model_from_checkpoint(trained["best_checkpoint"])
     alone = val_metrics(model, rows_for(usable(whole), state["model_config"]["modalities"]))
     assert alone["val_clips"] == 14
-    assert [m.value for m in client().get_metric_history(trained["run_id"], "val_clips")] == [14] * EPOCHS
+    assert [m.value for m in client().get_metric_history(trained["run_id"], "Val/clips")] == [14] * EPOCHS
     for key in ("val_accuracy", "val_uar", "val_loss"):
         assert trained[key] == pytest.approx(alone[key], abs=1e-5), key
 
@@ -91,7 +94,7 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
     assert run.info.status == "FINISHED"
     assert run.data.params["fusion"] == "fbp" and run.data.params["num_workers"] == "2"
     assert run.data.tags["store.backbone"] == "mini_xception" and run.data.tags["schema_version"] == SCHEMA_VERSION
-    history = client().get_metric_history(trained["run_id"], "val_accuracy")
+    history = client().get_metric_history(trained["run_id"], "Val/accuracy")
     assert sorted(m.step for m in history) == list(range(EPOCHS))
     assert {"confusion_matrix.png", "per_class.md", "attention_weights.png", "checkpoint"} <= artifact_names(trained["run_id"])
     assert "model.pt" in artifact_names(trained["run_id"], "checkpoint")
@@ -100,12 +103,12 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
                                          filter_string=f"source_run_id = '{trained['run_id']}'")
-    assert [m.name for m in models] == ["model"]
+    assert [m.name for m in models] == [trained["run_name"].replace("/", "-")]  # named after its run
     # the logged model carries the metrics of the checkpoint it is, not those of epoch 0
     linked = {m.key: m for m in models[0].metrics}
-    assert linked["val_uar"].step == trained["best_epoch"] and linked["val_uar"].value == pytest.approx(trained["val_uar"])
+    assert linked["Val/UAR"].step == trained["best_epoch"] and linked["Val/UAR"].value == pytest.approx(trained["val_uar"])
     # best metrics: once each, at the best epoch; run_name names the run and is no parameter
-    for name in ("best_val_accuracy", "best_val_uar"):
+    for name in ("Val/best_accuracy", "Val/best_UAR"):
         assert [m.step for m in client().get_metric_history(trained["run_id"], name)] == [trained["best_epoch"]]
     assert "run_name" not in run.data.params and "quiet" not in run.data.params
     assert run.data.tags["mlflow.source.name"] == "jobs/train.py" and run.data.tags["code_version"]
@@ -119,7 +122,7 @@ def test_resume_continues_the_epoch_count_and_prints_one_line_per_epoch(store, t
     first = load_checkpoint(trained["best_checkpoint"])
     resumed = run_train(TrainConfig(store=path, output=str(root / "resumed"), epochs=first["epoch"] + 3, num_workers=2,
                                     resume_from=trained["best_checkpoint"], quiet=False))
-    steps = sorted(m.step for m in client().get_metric_history(resumed["run_id"], "train_loss"))
+    steps = sorted(m.step for m in client().get_metric_history(resumed["run_id"], "train/loss"))
     assert steps == [first["epoch"] + 1, first["epoch"] + 2]
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("train: epoch ")]
     assert [ln.split()[2] for ln in lines] == [f"{first['epoch'] + 2}/{first['epoch'] + 3}", f"{first['epoch'] + 3}/{first['epoch'] + 3}"]
@@ -160,7 +163,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run
             time.sleep(0.1)
             files = [os.path.join(d, "model.pt") for d, _, fs in os.walk(out) if "model.pt" in fs]
             pids = train_worker_pids()
-            history = client().get_metric_history(run_ids[0], "val_accuracy") if run_ids else []
+            history = client().get_metric_history(run_ids[0], "Val/accuracy") if run_ids else []
             if not files or len(pids) != 2 or not history:
                 continue
             newest = max(files, key=os.path.getmtime)
@@ -202,7 +205,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run
     assert run.info.status == "FINISHED"
     experiment = run.info.experiment_id
     assert len(client().search_runs([experiment], "attributes.run_name = 'worker-fault'")) == 1
-    steps = sorted(m.step for m in client().get_metric_history(s["run_id"], "val_accuracy"))
+    steps = sorted(m.step for m in client().get_metric_history(s["run_id"], "Val/accuracy"))
     assert steps == list(range(5))  # one continuous history: every epoch once, none lost, none repeated
     assert load_checkpoint(s["best_checkpoint"])["epoch"] <= 4
 
@@ -227,44 +230,7 @@ def test_evaluate_ensemble_reweighting_and_predictions(store, trained, tmp_path)
     assert table.num_rows == val.num_rows == 14 and len(set(table.column("clip_id").to_pylist())) == 14
     assert {f"score_{n}" for n in ("Angry", "Surprise")} <= set(table.column_names)
     assert open(s["predictions_csv"]).read().count("\n") == 15
-    assert client().get_run(s["run_id"]).data.metrics["accuracy"] == pytest.approx(s["accuracy"])
-
-
-def test_sweep_writes_parent_and_child_runs_and_the_table2_report(store):
-    from raylib.stages.tune import TuneConfig, run_tune
-
-    path, root = store
-    # a 2 x 1 x 1 grid: two trials (each ~25 s on 2 cores, most of it Train's processes starting);
-    # the 2 x 2 grid of before took 4 (~105 s) and showed nothing more of the sweep's code
-    out = run_tune(TuneConfig(store=path, output=str(root / "sweeps"), visual_attentions="self,transformer",
-                              audio_attentions="transformer", fusions="fbp", epochs=1, quiet=True))
-    assert out["errors"] == [] and out["trials"] == 2
-    children = client().search_runs([client().get_run(out["parent_run_id"]).info.experiment_id],
-                                    f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
-    assert len(children) == 2
-    assert {(c.data.params["visual_attention"], c.data.params["fusion"]) for c in children} == {
-        ("self", "fbp"), ("transformer", "fbp")}
-    # what the MLflow UI shows: short distinct trial names, the model-training view, no run_name param
-    assert sorted(c.info.run_name for c in children) == ["self/transformer/fbp", "transformer/transformer/fbp"]
-    experiment = client().get_experiment(children[0].info.experiment_id)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    parent = client().get_run(out["parent_run_id"])
-    for run in (*children, parent):
-        assert "run_name" not in run.data.params and "sweep_name" not in run.data.params
-        assert run.data.tags["mlflow.source.name"] == "jobs/tune.py"
-    for c in children:
-        assert c.data.params["audio_attention"] == "transformer"
-        assert len(client().get_metric_history(c.info.run_id, "val_accuracy")) == 1
-        assert "confusion_matrix.png" in artifact_names(c.info.run_id)
-    report = out["report"]
-    assert "### fusion: fbp" in report and "### fusion: concat" not in report
-    # the report says where its numbers come from before any published figure
-    assert report.splitlines()[0] == f"Store {path}: synthetic sample set, 14 val clips."
-    assert report.index("synthetic sample set") < report.index("For context only")
-    rows = [ln for ln in report.splitlines() if ln.startswith(("| Self |", "| Transformer |"))]
-    assert len(rows) == 2 and all(" - " not in ln for ln in rows)  # every cell of the table filled
-    assert os.path.exists(out["report_markdown"]) and os.path.getsize(out["report_png"]) > 1000
-    assert {"table2.md", "table2.png"} <= artifact_names(out["parent_run_id"])
+    assert client().get_run(s["run_id"]).data.metrics["Val/accuracy"] == pytest.approx(s["accuracy"])
 
 
 def free_port():
@@ -273,21 +239,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
-    from raylib.stages.train import TrainConfig, run_train
-
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """The team server's script (mlflow/server.sh) on a store of its own, on a free loopback port."""
     import psutil
 
-    path, root = store
+    root = tmp_path_factory.mktemp("server")
     port = free_port()
-    # the team server's script (mlflow/server.sh), on a store of its own
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "MLFLOW_PORT": str(port),
-           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/server.db",
-           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{root}/server.db", "MLFLOW_ARTIFACTS_DESTINATION": str(root / "artifacts")}
     env.pop("MLFLOW_HOST", None)
-    server = subprocess.Popen(["bash", "mlflow/server.sh"], cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    old = os.environ["MLFLOW_TRACKING_URI"]
+    server = subprocess.Popen(["bash", "mlflow/server.sh"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -298,20 +261,128 @@ def test_an_mlflow_server_on_loopback_receives_the_run(store, tmp_path):
                 time.sleep(0.5)
         tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
         listening = {c.laddr for p in tree for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
-        assert listening and {a.ip for a in listening} == {"127.0.0.1"}  # loopback only, by default
-        os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
-        s = run_train(TrainConfig(store=path, output=str(root / "server-runs"), epochs=2, num_workers=1,
-                                  experiment="on-server", quiet=True))
-        run = client().get_run(s["run_id"])
-        assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
-        assert len(client().get_metric_history(s["run_id"], "val_accuracy")) == 2
-        assert "confusion_matrix.png" in artifact_names(s["run_id"])
-        # artifacts went through the server into its artifacts destination
-        assert [f for _, _, fs in os.walk(tmp_path / "artifacts") for f in fs if f == "confusion_matrix.png"]
+        yield f"http://127.0.0.1:{port}", root, listening
     finally:
-        os.environ["MLFLOW_TRACKING_URI"] = old
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def sweep(store, mlflow_server):
+    """A 2 x 1 x 1 sweep (two trials, each ~25 s on 2 cores, most of it Train's processes starting)
+    tracked on the team server; the 2 x 2 grid of before took 4 (~105 s) and showed nothing more."""
+    from raylib.stages.tune import TuneConfig, run_tune
+
+    path, root = store
+    old = os.environ["MLFLOW_TRACKING_URI"]
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server[0]
+    try:
+        yield run_tune(TuneConfig(store=path, output=str(root / "sweeps"), visual_attentions="self,transformer",
+                                  audio_attentions="transformer", fusions="fbp", epochs=1, quiet=True))
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def test_sweep_writes_parent_and_child_runs_and_the_table2_report(store, sweep, mlflow_server):
+    path, root = store
+    out, server = sweep, client(mlflow_server[0])
+    assert out["errors"] == [] and out["trials"] == 2
+    children = server.search_runs([server.get_run(out["parent_run_id"]).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    assert len(children) == 2
+    assert {(c.data.params["visual_attention"], c.data.params["fusion"]) for c in children} == {
+        ("self", "fbp"), ("transformer", "fbp")}
+    # what the MLflow UI shows: short distinct trial names, the model-training view, no run_name param
+    assert sorted(c.info.run_name for c in children) == ["self/transformer/fbp", "transformer/transformer/fbp"]
+    experiment = server.get_experiment(children[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"].startswith("Audio-video emotion models.")
+    parent = server.get_run(out["parent_run_id"])
+    for run in (*children, parent):
+        assert "run_name" not in run.data.params and "sweep_name" not in run.data.params
+        assert run.data.tags["mlflow.source.name"] == "jobs/tune.py"
+    for c in children:
+        assert c.data.params["audio_attention"] == "transformer"
+        assert len(server.get_metric_history(c.info.run_id, "Val/accuracy")) == 1
+        assert "confusion_matrix.png" in {os.path.basename(a.path) for a in server.list_artifacts(c.info.run_id)}
+    # the parent names its best trial (by best val UAR, ties to the earlier epoch, then A-Z) and
+    # carries the report as its description
+    best = max(sorted(children, key=lambda c: c.info.run_name), key=lambda c: c.data.metrics["Val/best_UAR"])
+    assert parent.data.tags["best_trial"] == best.info.run_name == out["best"]["run_name"]
+    assert parent.data.tags["best_trial_run_id"] == best.info.run_id
+    assert parent.data.metrics["Val/best_UAR"] == best.data.metrics["Val/best_UAR"]
+    report = out["report"]
+    assert parent.data.tags["mlflow.note.content"].endswith(report)
+    assert "### fusion: fbp" in report and "### fusion: concat" not in report
+    # the report says where its numbers come from before any published figure
+    assert report.splitlines()[0] == f"Store {path}: synthetic sample set, 14 val clips."
+    assert report.index("synthetic sample set") < report.index("For context only")
+    rows = [ln for ln in report.splitlines() if ln.startswith(("| Self |", "| Transformer |"))]
+    assert len(rows) == 2 and all(" - " not in ln for ln in rows)  # every cell of the table filled
+    assert os.path.exists(out["report_markdown"]) and os.path.getsize(out["report_png"]) > 1000
+    assert {"table2.md", "table2.png"} <= {os.path.basename(a.path) for a in server.list_artifacts(out["parent_run_id"])}
+
+
+def test_the_team_server_listens_on_loopback_and_keeps_the_artifacts(mlflow_server, sweep):
+    url, root, listening = mlflow_server
+    assert listening and {a.ip for a in listening} == {"127.0.0.1"}  # loopback only, by default
+    # the trials' artifacts went through the server into its artifacts destination
+    assert len([f for _, _, fs in os.walk(root / "artifacts") for f in fs if f == "confusion_matrix.png"]) == 2
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browse(url: str, out_dir, name: str) -> str:
+    """The page's DOM after it settled, in headless Chromium with a fresh profile; a screenshot of
+    it is kept under out_dir and in the test artifacts folder."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1920,1080", "--virtual-time-budget=20000"]
+    png = os.path.join(out_dir, f"{name}.png")
+    subprocess.run(flags + [f"--user-data-dir={out_dir}/profile-shot", f"--screenshot={png}", url], capture_output=True,
+                   timeout=120)
+    dom = subprocess.run(flags + [f"--user-data-dir={out_dir}/profile-dom", "--dump-dom", url], capture_output=True,
+                         text=True, timeout=120).stdout
+    kept = os.environ.get("TEST_ARTIFACTS", os.path.join(ROOT, ".test-artifacts"))
+    os.makedirs(kept, exist_ok=True)
+    if os.path.exists(png):
+        shutil.copy(png, kept)
+    return dom
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="no chromium on this machine (make install puts Debian's there)")
+def test_the_printed_sweep_link_opens_the_grid_in_a_browser(sweep, mlflow_server, tmp_path):
+    """The link jobs/tune.py prints, in a fresh browser profile: the trials only, the grid axes and
+    the val scores as columns, full trial names; a trial's page draws its val curves first."""
+    import re
+
+    link = sweep["link"]
+    assert link.startswith(mlflow_server[0] + "/#/experiments/") and "workflowType=machine_learning" in link
+    dom = browse(link, tmp_path, "mlflow-sweep-runs")
+    headers = re.findall(r'role="columnheader"[^>]*col-id="([^"]+)"', dom)
+    for column in ("params.`visual_attention`", "params.`audio_attention`", "params.`fusion`",
+                   "metrics.`Val/best_UAR`", "metrics.`Val/UAR`", "metrics.`Val/accuracy`"):
+        assert column in headers, (column, headers)
+    names = re.findall(r'<a[^>]*href="[^"]*/runs/[0-9a-f]{32}"[^>]*>(?:<[^>]+>)*([^<]+)<', dom)
+    assert sorted(set(names) & {"self/transformer/fbp", "transformer/transformer/fbp", sweep["sweep_name"]}) == [
+        "self/transformer/fbp", "transformer/transformer/fbp"]  # the trials, not the sweep's own row
+    run_name = re.search(r'role="columnheader"[^>]*col-id="attributes.`Run Name`"[^>]*style="[^"]*width: (\d+)px', dom)
+    assert run_name and int(run_name.group(1)) >= 300  # wide enough for the full names
+    best = sweep["best"]
+    server = client(mlflow_server[0])
+    os.environ["MLFLOW_TRACKING_URI"], old = mlflow_server[0], os.environ["MLFLOW_TRACKING_URI"]
+    try:
+        page = tracking.ui_link(server.get_run(best["run_id"]).info.experiment_id, best["run_id"], tab="model-metrics")
+    finally:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+    dom = browse(page, tmp_path, "mlflow-trial-charts")
+    assert "Training runs" not in dom  # the model-training pages, not the GenAI ones
+    # charts in the order drawn (those below the window are drawn when scrolled to): val curves first
+    charts = re.findall(r'<[^>]*title="((?:Val|Val_recall|train)/[^"]+)"', dom)
+    assert charts[:2] == ["Val/UAR", "Val/accuracy"], charts
+    assert all(c.startswith("Val") for c in charts[:next((i for i, c in enumerate(charts) if c.startswith("train/")),
+                                                         len(charts))]), charts
 
 
 def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(store, tmp_path):
@@ -357,8 +428,8 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
         assert (child.data.tags["cv.train_speakers"], child.data.tags["cv.select_speakers"],
                 child.data.tags["cv.test_speakers"]) == (",".join(train), ",".join(select), ",".join(test))
         # trained on the train speaker's clips only, every epoch; selected on the select speaker's
-        assert [m.value for m in client().get_metric_history(fold["run_id"], "train_clips")] == [of(train).num_rows] * 2
-        assert [m.value for m in client().get_metric_history(fold["run_id"], "val_clips")] == [of(select).num_rows] * 2
+        assert [m.value for m in client().get_metric_history(fold["run_id"], "train/clips")] == [of(train).num_rows] * 2
+        assert [m.value for m in client().get_metric_history(fold["run_id"], "Val/clips")] == [of(select).num_rows] * 2
         model, _ = model_from_checkpoint(fold["best_checkpoint"])
         assert model.cfg.speaker_norm
         with pytest.raises(SpeakerNormError):
@@ -366,22 +437,22 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
         alone = val_metrics(model, of(test), stats=stats)  # the chosen checkpoint on the held-out speakers, in one process
         assert fold["test_clips"] == of(test).num_rows == alone["val_clips"]
         assert fold["test_accuracy"] == pytest.approx(alone["val_accuracy"], abs=1e-6)
-        assert client().get_run(fold["run_id"]).data.metrics["test_uar"] == pytest.approx(alone["val_uar"], abs=1e-6)
+        assert client().get_run(fold["run_id"]).data.metrics["Test/UAR"] == pytest.approx(alone["val_uar"], abs=1e-6)
         correct += round(alone["val_accuracy"] * alone["val_clips"])
         total += alone["val_clips"]
     accs = [f["test_accuracy"] for f in summary["folds"]]
     metrics = parent.data.metrics
-    assert metrics["cv_pooled_test_accuracy"] == pytest.approx(correct / total, abs=1e-6)
-    assert metrics["cv_pooled_test_clips"] == total == rows.num_rows
-    assert metrics["cv_test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
-    assert metrics["cv_test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
+    assert metrics["CV/pooled_test_accuracy"] == pytest.approx(correct / total, abs=1e-6)
+    assert metrics["CV/pooled_test_clips"] == total == rows.num_rows
+    assert metrics["CV/test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+    assert metrics["CV/test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
     # jobs/evaluate.py --cv-run scores each fold's logged checkpoint on its own held-out speakers
     from raylib.stages.evaluate import EvaluateConfig, evaluate_cv
 
     again = evaluate_cv(EvaluateConfig(store=cv_store, cv_run=summary["run_id"]))
     assert [f["test_speakers"] for f in again["folds"]] == [["a", "b"], ["c", "d"]]
     assert [f["accuracy"] for f in again["folds"]] == pytest.approx(accs, abs=1e-6)
-    assert again["accuracy"] == pytest.approx(metrics["cv_pooled_test_accuracy"], abs=1e-6) and again["clips"] == total
+    assert again["accuracy"] == pytest.approx(metrics["CV/pooled_test_accuracy"], abs=1e-6) and again["clips"] == total
     from raylib.errors import TrackingError
 
     with pytest.raises(TrackingError, match="is not the parent run of a jobs/train.py --folds run"):

@@ -91,6 +91,34 @@ def resolve_checkpoint(ref: str) -> str:
                            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
 
 
+def describe_member(ref: str) -> str:
+    """One ensemble member for the evaluation run's description: an MLflow run by name and link, a
+    checkpoint by its public URI."""
+    from raylib import tracking
+
+    m = _RUN_ID.match(ref.strip())
+    if not m:
+        return f"checkpoint `{tracking.public(ref.strip())}`"
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking.tracking_uri()).get_run(m.group(2))
+    return f"MLflow run [{run.info.run_name}]({tracking.ui_link(run.info.experiment_id, run.info.run_id)}) (its logged checkpoint)"
+
+
+def description(cfg: EvaluateConfig, refs: list[str], clips: int) -> str:
+    """What an evaluation run scored: the members, the ensemble rule, the store and its kind."""
+    from raylib import tracking
+    from raylib.stages.tune import store_description
+
+    rule = ("the mean of the members' class probabilities" if len(refs) > 1 else "one model's class probabilities")
+    if cfg.reweight != "none":
+        rule += f", re-weighted per class ({cfg.reweight} weights)"
+    kind = store_description(cfg.store)["kind"]
+    return (f"Evaluation of {'an ensemble of ' + str(len(refs)) + ' models' if len(refs) > 1 else 'one model'} on "
+            f"the {cfg.split} split of store `{tracking.public(cfg.store)}` ({kind}, {clips} clips). Prediction: {rule}, "
+            f"its arg max.\n\nMembers:\n" + "\n".join(f"{i + 1}. {describe_member(r)}" for i, r in enumerate(refs)))
+
+
 def check_fits(state: dict, ref: str, info: dict, what: str) -> None:
     """WeightsError, before any work, when a checkpoint's model does not take the store's features."""
     from raylib.errors import WeightsError
@@ -294,16 +322,19 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     run_id = tracking.start_run(cfg.experiment, f"evaluate-{cfg.split}-{len(refs)}-models",
                                 tracking.config_params(cfg), {"store": cfg.store, "kind": "evaluation",
-                                                              **tracking.source_tags("jobs/evaluate.py")})
-    summary = {"run_id": run_id, "clips": table.num_rows, "models": len(refs), "split": cfg.split,
+                                                              **tracking.source_tags("jobs/evaluate.py")},
+                                purpose=tracking.PURPOSES["evaluate"])
+    tracking.describe(run_id, description(cfg, refs, table.num_rows))
+    summary = {"run_id": run_id, "link": tracking.run_link(run_id), "clips": table.num_rows, "models": len(refs), "split": cfg.split,
                "skipped_without_frames": skipped,
                "predictions_parquet": parquet_uri, "predictions_csv": csv_uri}
     with tracking.ending_runs(run_id):  # an interrupted evaluation's run ends KILLED
         if metrics:
             summary.update(accuracy=metrics["accuracy"], uar=metrics["uar"],
                            recall={n: (None if not np.isfinite(r) else float(r)) for n, r in zip(EMOTIONS, metrics["recall"])})
-            tracking.log_metrics(run_id, {"accuracy": metrics["accuracy"], "uar": metrics["uar"],
-                                          **{f"recall_{n}": r for n, r in zip(EMOTIONS, metrics["recall"])}}, 0)
+            # the names training logs its scores under (Val/UAR, Val_recall/<class>, ...)
+            tracking.log_metrics(run_id, {f"{cfg.split}_accuracy": metrics["accuracy"], f"{cfg.split}_uar": metrics["uar"],
+                                          **{f"{cfg.split}_recall_{n}": r for n, r in zip(EMOTIONS, metrics["recall"])}}, 0)
             with tempfile.TemporaryDirectory() as d:
                 tracking.log_artifact(run_id, plots.confusion_png(metrics["confusion"], os.path.join(d, "confusion_matrix.png"),
                                                                      f"{cfg.split}: accuracy {metrics['accuracy']:.2f}, UAR {metrics['uar']:.2f}"))

@@ -172,7 +172,8 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
     run_name = cfg.run_name or default_run_name(cfg)
     tags = {"dataset": cfg.input, "kind": "linear-probe" if cfg.linear_probe else "finetune",
             "init_digest": init_digest, "images": listing.summary()}
-    run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id)
+    run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id,
+                                tracking.PURPOSES["pretrain"])
     try:
         t0 = time.perf_counter()
         splits, skipped, dim = build_datasets(cfg, records)

@@ -51,7 +51,8 @@ def run_table1(cfg: PretrainConfig) -> dict:
     features = parse_features(cfg.table1_features)
     datasets = [d.strip() for d in cfg.input.split(",") if d.strip()]
     name = cfg.run_name or time.strftime("table1-%Y%m%d-%H%M%S")
-    parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg), {"kind": "table1"})
+    parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg), {"kind": "table1"},
+                                purpose=tracking.PURPOSES["pretrain"])
     rows = []
     for backbone, weights in features:
         for dataset in datasets:

@@ -52,14 +52,10 @@ class EpochLines(threading.Thread):
         self.print_new()
 
     def print_new(self) -> None:
-        from mlflow.tracking import MlflowClient
-
         from raylib import tracking
 
         try:
-            client = MlflowClient(tracking.tracking_uri())
-            history = {name: {m.step: m.value for m in client.get_metric_history(self.run_id, name)}
-                       for name in ("train_loss", "val_accuracy", "val_uar")}
+            history = {name: tracking.metric_history(self.run_id, name) for name in ("train_loss", "val_accuracy", "val_uar")}
         except Exception:  # the store is busy or unreachable for a moment: try again next poll
             return
         for epoch in sorted(set(history["val_uar"]) - self.seen):
@@ -179,7 +175,8 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
                                                                 "checkpoint with --resume-from")
     tags = {"store": cfg.store, "schema_version": SCHEMA_VERSION, **fold_tags(fold), **{f"store.{k}": v for k, v in info["provenance"].items()},
             "store.skipped_without_frames": str(info["skipped"]), **tracking.source_tags(source)}
-    run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id)
+    run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id,
+                                tracking.PURPOSES["train"])
     fs, _ = storage.filesystem(cfg.store)
     files = data_files(cfg.store, "train" if fold is None else None)
     if not files:
@@ -293,7 +290,8 @@ def run_cv(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list |
         tracking.require_new_run_name(cfg.experiment, run_name, "choose another --run-name")
     tags = {"store": cfg.store, "cv.folds": str(cfg.folds), **tracking.source_tags(source),
             **{f"cv.fold{f.index}.test_speakers": ",".join(f.test) for f in plan}}
-    parent = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id)
+    parent = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id,
+                                tracking.PURPOSES["train"])
     results, pooled = [], None
     with tracking.ending_runs(parent):
         for f in plan:

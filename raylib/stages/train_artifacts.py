@@ -5,6 +5,7 @@ the metrics of the checkpoint it is, and the tensors-only checkpoint evaluation 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -35,6 +36,11 @@ def audio_over_time(weights):
     rows = int(pool5_length(torch.tensor(MIN_FREQ_BINS)))  # the audio CNN sees >= 200 frequency rows
     w = np.asarray(weights)
     return w.reshape(rows, -1).sum(axis=0) if w.size % rows == 0 else w
+
+
+def model_name(run_name: str) -> str:
+    """The logged model's name: its run's name in the characters MLflow allows in one."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-") or "model"
 
 
 def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=None) -> None:
@@ -84,10 +90,11 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
                        "class present: frame weights (dashed: uniform 1/n) and audio weights per time column.")
             tracking.log_artifact(run_id, plots.attention_png(clips, os.path.join(d, "attention_weights.png"), caption))
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    with mlflow.start_run(run_id=run_id):
-        # the MLflow model (pickled module, for mlflow.pytorch.load_model), linked to its epoch's metrics ...
-        mlflow.pytorch.log_model(model, name="model", pip_requirements=["torch"], serialization_format="pickle",
-                                 step=epoch)
+    with mlflow.start_run(run_id=run_id) as run:
+        # the MLflow model (pickled module, for mlflow.pytorch.load_model), linked to its epoch's metrics
+        # and named after its run (transformer-transformer-fbp) ...
+        mlflow.pytorch.log_model(model, name=model_name(run.info.run_name), pip_requirements=["torch"],
+                                 serialization_format="pickle", step=epoch)
     with tempfile.TemporaryDirectory() as d:  # ... and the tensors-only checkpoint evaluate.py loads
         save_checkpoint(d, model, None, epoch, float(state["best"]),
                         model_config_of(state), TrainConfig(**state["train_config"]), state.get("metrics", {}))

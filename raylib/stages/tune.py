@@ -21,6 +21,8 @@ from raylib.models import ATTENTIONS, FUSIONS
 from raylib.stages.train_config import SELECT_METRICS, TrainConfig
 
 METRIC_NAMES = {"val_uar": "UAR", "val_accuracy": "accuracy"}
+# how the sweep names its best trial (raylib.metrics.pick_best over trials sorted by name)
+BEST_RULE = "highest val {metric} at its best epoch; ties: the earlier best epoch, then the first trial name in A-Z order"
 TRIAL_CPUS = 0.01  # a trial only drives its Ray Train run, whose workers hold the CPUs (0 is refused)
 PAPER_TABLE2_FBP = {  # published AFEW val accuracy, speech spectrogram + FBP (docs/method.md, Table 2)
     ("self", "self"): 54.6, ("self", "relation"): 56.9, ("self", "transformer"): 60.3,
@@ -219,12 +221,11 @@ def child_results(parent_run_id: str) -> list[dict]:
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     out = []
-    for r in runs:
-        p, m = r.data.params, r.data.metrics
-        t = r.data.tags
+    for r in sorted(runs, key=lambda r: r.info.run_name):  # a fixed order: ties go to the first name
+        p, t = r.data.params, r.data.tags
         out.append({"visual": p["visual_attention"], "audio": p["audio_attention"], "fusion": p["fusion"],
-                    "lr": float(p["lr"]), "val_accuracy": m.get("best_val_accuracy", float("nan")),
-                    "val_uar": m.get("best_val_uar", float("nan")), "run_id": r.info.run_id,
+                    "lr": float(p["lr"]), "val_accuracy": tracking.run_metric(r, "best_val_accuracy"),
+                    "val_uar": tracking.run_metric(r, "best_val_uar"), "run_id": r.info.run_id, "run_name": r.info.run_name,
                     "status": r.info.status, "best_epoch": int(t.get("best_epoch", 0)),
                     "stopped_at_epoch": int(t["stopped_at_epoch"]) if t.get("stopped_early") == "true" else None})
     return out
@@ -270,7 +271,7 @@ def finish_stopped_trial(run_id: str, run_name: str, metric: str, epochs: int, o
     from raylib.stages.train_artifacts import log_run_artifacts
 
     client = MlflowClient(tracking.tracking_uri())
-    history = {n: {m.step: m.value for m in client.get_metric_history(run_id, n)} for n in SELECT_METRICS}
+    history = {n: tracking.metric_history(run_id, n) for n in SELECT_METRICS}
     logged = [{"epoch": e, **{n: history[n].get(e) for n in SELECT_METRICS}} for e in sorted(history[metric])]
     ran = logged[-1]["epoch"] + 1 if logged else 0
     if ran < epochs:
@@ -327,8 +328,24 @@ def write_report(cfg: TuneConfig, name: str, parent: str, results: list[dict], v
     return text, out_dir
 
 
+def sweep_view(parent: str, lrs: list[float], metric: str) -> str:
+    """Save the sweep's runs-table view (its trials, the grid axes and val scores as columns, the
+    best first) and return the UI link that opens it; the sweep's run page where MLflow's UI would
+    not read a saved view."""
+    from mlflow.tracking import MlflowClient
+
+    from raylib import tracking
+
+    experiment = MlflowClient(tracking.tracking_uri()).get_run(parent).info.experiment_id
+    axes = ["visual_attention", "audio_attention", "fusion"] + (["lr"] if lrs else [])
+    scores = ["best_val_uar", "best_val_accuracy", "val_uar", "val_accuracy"]
+    return (tracking.save_runs_view(experiment, parent, parent, axes, scores, order_by="best_" + metric)
+            or tracking.ui_link(experiment, parent))
+
+
 def run_tune(cfg: TuneConfig) -> dict:
-    """Run the sweep; returns {parent_run_id, results, report_markdown, report_png, ...}."""
+    """Run the sweep; returns {parent_run_id, link, results, report_markdown, report_png, ...}."""
+    from mlflow.tracking import MlflowClient
     from ray import tune
 
     from raylib import tracking
@@ -354,7 +371,9 @@ def run_tune(cfg: TuneConfig) -> dict:
     if cfg.sweep_name:
         tracking.require_new_run_name(cfg.experiment, name, "choose another --sweep-name")
     parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg),
-                                {"store": cfg.store, "kind": "sweep", **tracking.source_tags("jobs/tune.py")})
+                                {"store": cfg.store, "kind": "sweep", **tracking.source_tags("jobs/tune.py")},
+                                purpose=tracking.PURPOSES["train"])
+    link = sweep_view(parent, lrs, cfg.select_metric)
     space = {"visual_attention": tune.grid_search(visual), "audio_attention": tune.grid_search(audio),
              "fusion": tune.grid_search(fusions), "base": asdict(base), "parent_run_id": parent, "sweep": name,
              "tracking_uri": tracking.tracking_uri()}
@@ -393,8 +412,14 @@ def run_tune(cfg: TuneConfig) -> dict:
         best = None if best is None else results[best]
         if best:
             tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
+            client = MlflowClient(tracking.tracking_uri())
+            client.set_tag(parent, "best_trial", best["run_name"])
+            client.set_tag(parent, "best_trial_run_id", best["run_id"])
+            client.set_tag(parent, "best_trial_rule", BEST_RULE.format(metric=METRIC_NAMES[cfg.select_metric]))
+        tracking.describe(parent, f"Sweep {name}" + (f": best trial {best['run_name']} ({BEST_RULE.format(metric=METRIC_NAMES[cfg.select_metric])})."
+                                                      if best else ".") + f"\n\n{text}")
         tracking.end_run(parent, "FAILED" if errors and not results else "FINISHED")
-    return {"parent_run_id": parent, "sweep_name": name, "trials": len(results), "errors": errors,
+    return {"parent_run_id": parent, "sweep_name": name, "trials": len(results), "errors": errors, "link": link,
             "results": results, "report": text, "report_markdown": storage.join(out_dir, "table2.md"),
             "report_png": storage.join(out_dir, "table2.png"), "best": best,
             "elapsed_s": round(time.perf_counter() - t0, 1)}
