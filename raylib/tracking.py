@@ -24,6 +24,8 @@ from raylib.storage import public_uri
 
 # Nothing leaves the machine unasked: MLflow's usage telemetry is off unless a user turns it on.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# a job prints its own lines; MLflow's per-download progress bars would break them up
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 EMBEDDED_DIR = "mlflow"
 # the embedded store of a checkout, which `make mlflow-ui` serves
@@ -54,6 +56,7 @@ EMBEDDED_UI = "http://127.0.0.1:5000"
 # address parameter viewStateShareKey (an undocumented format: written for the versions below only)
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 SHARED_VIEW_VERSIONS = ((3, 17),)
+RUN_NAME_PX = 240  # the saved view's Run Name column
 # an unreachable tracking server is reported within this many seconds, not after MLflow's retries
 PROBE_TIMEOUT_S = 10
 _relocated: set[str] = set()
@@ -175,8 +178,12 @@ def save_runs_view(experiment_id: str, key: str, parent_run_id: str, params: lis
     columns = [f"params.`{p}`" for p in params] + [f"metrics.`{metric_key(m)}`" for m in metrics]
     state = {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
              "orderByKey": f"metrics.`{metric_key(order_by)}`", "orderByAsc": False,
-             "selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns],
-             "columnWidths": {"attributes.`Run Name`": 300}}
+             # the run's name, then these columns: full trial names (transformer/transformer/concat, 30
+             # characters) and narrow value columns, so a row fits beside MLflow's assistant panel
+             # on a 1600-pixel screen
+             "selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns, "runDateAndNestInfo"],
+             "columnWidths": {"attributes.`Run Name`": RUN_NAME_PX, **{c: 90 if c.startswith("params.") else 110
+                                                                       for c in columns}}}
     MlflowClient(tracking_uri()).set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + key, json.dumps(state))
     return ui_link(experiment_id, view=key)
 
@@ -365,6 +372,14 @@ def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = 
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id
+
+
+def set_tags(run_id: str, tags: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(public(value)))
 
 
 def describe(run_id: str, text: str) -> None:

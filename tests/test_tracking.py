@@ -115,7 +115,7 @@ def test_links_open_the_model_training_view_and_saved_views_pick_the_trials(monk
     assert state["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent}'"
     assert state["orderByKey"] == "metrics.`Val/best_UAR`" and state["orderByAsc"] is False
     assert state["selectedColumns"] == ["params.`fusion`", "metrics.`Val/best_UAR`", "metrics.`Val/UAR`"]
-    assert state["columnOrder"][0] == "attributes.`Run Name`" and state["columnWidths"]["attributes.`Run Name`"] >= 300
+    assert state["columnOrder"][0] == "attributes.`Run Name`" and state["columnWidths"]["attributes.`Run Name`"] == tracking.RUN_NAME_PX
     monkeypatch.setattr(tracking, "SHARED_VIEW_VERSIONS", ((0, 1),))  # an MLflow whose UI reads no such view
     assert tracking.save_runs_view(experiment, "k2", parent, [], [], "val_uar") is None
     assert "mlflow.sharedViewState.k2" not in client.get_experiment(experiment).tags

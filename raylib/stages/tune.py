@@ -338,7 +338,7 @@ def sweep_view(parent: str, lrs: list[float], metric: str) -> str:
 
     experiment = MlflowClient(tracking.tracking_uri()).get_run(parent).info.experiment_id
     axes = ["visual_attention", "audio_attention", "fusion"] + (["lr"] if lrs else [])
-    scores = ["best_val_uar", "best_val_accuracy", "val_uar", "val_accuracy"]
+    scores = ["best_val_uar", "best_val_accuracy"]  # Table 2's figures: each trial at its best epoch
     return (tracking.save_runs_view(experiment, parent, parent, axes, scores, order_by="best_" + metric)
             or tracking.ui_link(experiment, parent))
 
