@@ -29,7 +29,7 @@ import numpy as np
 
 from raylib.media.audio import load_audio, speech_spectrogram
 from raylib.media.faces import FaceConfig, align_face, align_frames, detect_face
-from raylib.media.video import decode_video
+from raylib.media.video import DEFAULT_SAMPLING, decode_video
 from raylib.sample import SampleConfig, generate_sample_set
 from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
 
@@ -84,7 +84,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=21, help="generated clips (a multiple of 7)")
     p.add_argument("--naive-clips", type=int, default=6, help="clips timed through the (slow) naive baseline")
-    p.add_argument("--frames", default="uniform:16", help="frame sampling of the CPU stage")
+    p.add_argument("--frames", default=DEFAULT_SAMPLING, help="frame sampling of the CPU stage")
     p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "bench-extract-clips"))
     p.add_argument("--skip-job", action="store_true", help="do not time the whole Ray job")
     p.add_argument("--job-only", action="store_true", help="time only the whole Ray job")

@@ -4,7 +4,7 @@ embeds it frozen, and a logistic regression on standardised features is trained 
 and scored on the others (leave-one-subject-out, or --folds folds of subjects). Accuracy and UAR
 are pooled over every held-out prediction. No Ray: the library's own chip and encoder code.
 
-The data is not part of the repository: give a manifest `uri,label,subject` (README, "Expression
+The data is not part of the repository: give a manifest `uri,label,subject` (docs/backbones.md, "Expression
 features", says where to get JAFFE and CK+48 and how to list them).
 
     python bench/face_probe.py --manifest /data/jaffe/manifest.csv --align --out /tmp/jaffe.json

@@ -3,7 +3,7 @@
     python bench/faces.py --data /path/to/clips [--labels bench/faces_labels.csv] [--detector hog|hog+cnn]
 
 `bench/faces_labels.csv` labels the frames that `--frames uniform:24` samples from four real clips
-(README "Benchmarks on real data" says where to get them; they are not part of the repository):
+(docs/real-data.md says where to get them; they are not part of the repository):
 for each frame whether a face is plainly visible and, if so, a box (fractions of the frame's width
 and height) around the main face. A frame counts as a hit when the job found a face there and
 the centre of the face it chose lies inside that box. The CPU seconds are those of face detection

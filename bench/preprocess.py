@@ -11,6 +11,7 @@ import statistics
 import tempfile
 import time
 
+from raylib.media.video import DEFAULT_SAMPLING
 from raylib.sample import SampleConfig, generate_sample_set
 from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
 
@@ -18,7 +19,7 @@ from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=21, help="clips to generate (rounded to a multiple of 7)")
-    p.add_argument("--frames", default="uniform:16", help="frame sampling policy")
+    p.add_argument("--frames", default=DEFAULT_SAMPLING, help="frame sampling policy")
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--out", default=None, help="folder for the generated clips (default: a temp folder)")

@@ -4,7 +4,7 @@ Table-1 linear probe of three features (dlib's packaged embedding, ResNet18 rand
 fine-tuned here) on a per-class subsample.
 
 The data is not part of the repository (no licence to redistribute): point --data at a folder
-<root>/{train,test}/<class>/<Split>_<n>.jpg (README, "Pretrain the face backbone", says where to get
+<root>/{train,test}/<class>/<Split>_<n>.jpg (docs/backbones.md, "Pretrain the face backbone", says where to get
 one whose splits are alike); the file-name prefix (Training_, PublicTest_, PrivateTest_) gives the
 official split. The defaults are the recipe measured in BENCHMARKS.md (64 px input, 90 minutes).
 

@@ -1,7 +1,7 @@
 """The audio branch on real acted speech, speaker-disjoint: extraction of the audio files with
 jobs/extract.py's stage, then jobs/train.py's stage with --modalities audio per audio attention.
 
-Corpora (not shipped, see README "Benchmarks on real data"):
+Corpora (not shipped, see docs/real-data.md):
   tess     <root>/<SPEAKER>_<emotion>/*.wav, speakers OAF and YAF; two folds: train on one
            speaker, validate on the other, and the reverse
   ravdess  <root>/Actor_NN/03-01-EE-II-SS-RR-NN.wav; calm (EE=02) dropped; one fold: actors

@@ -9,7 +9,6 @@ start-up warnings, and hints about tools that are not installed stay in Ray's lo
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -108,19 +107,19 @@ def autoscaling() -> bool:
     may grow to hold)."""
     if not os.environ.get("RAY_ADDRESS") or os.environ["RAY_ADDRESS"] == os.environ.get(OWN_RAY):
         return False
-    try:
-        from ray._private.state import state
-        from ray.experimental.internal_kv import _internal_kv_get
+    from raylib import ray_compat
 
-        config = state.get_cluster_config()
+    try:
+        config = ray_compat.cluster_config()
         if config is not None and config.node_group_configs:
             return any(g.max_count == -1 or g.max_count > g.min_count for g in config.node_group_configs
                        if g.resources and g.max_count != 0)
         # autoscaler v1: the read-only monitor (no --autoscaling-config) names nodes "node_<id>"
-        status = json.loads(_internal_kv_get(b"__autoscaling_status") or b"{}")
-        active = (status.get("autoscaler_report") or {}).get("active_nodes") or {}
+        active = (ray_compat.autoscaler_status().get("autoscaler_report") or {}).get("active_nodes") or {}
         return not active or not all(name.startswith("node_") for name in active)
-    except Exception:
+    except Exception as e:  # a GCS that does not answer, a Ray whose internals moved (tests/test_ray_compat.py)
+        logging.getLogger(__name__).warning("cannot read the cluster's autoscaling state (%s: %s); assuming an "
+                                            "autoscaler", type(e).__name__, e)
         return True
 
 
@@ -170,27 +169,10 @@ def quiet_logging() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints no tables or hints
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    _drop_raylet_notices()
+    from raylib import ray_compat
 
-
-def _drop_raylet_notices() -> None:
-    """Keep RAYLET_NOTICES (still in raylet.out) off the driver's terminal. Ray prints them from a
-    listener thread through ray._private.worker.print_to_stdstream, which has no switch of its own."""
-    from ray._private import worker
-
-    original = getattr(worker, "print_to_stdstream", None)
-    if original is None or getattr(original, "raylib_filtered", False):
-        return
-
-    def print_to_stdstream(data, *args, **kwargs):
-        if data.get("pid") == "raylet":
-            data = {**data, "lines": [ln for ln in data.get("lines", []) if not any(n in ln for n in RAYLET_NOTICES)]}
-            if not data["lines"]:
-                return None
-        return original(data, *args, **kwargs)
-
-    print_to_stdstream.raylib_filtered = True
-    worker.print_to_stdstream = print_to_stdstream
+    # RAYLET_NOTICES stay in raylet.out; Ray prints them from a listener thread with no switch of its own
+    ray_compat.drop_driver_lines(lambda line: any(n in line for n in RAYLET_NOTICES))
 
 
 def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, quiet: bool = False,

@@ -192,7 +192,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run
     killer.start()
     # batches of 1 (14 steps per worker and epoch): the kill, ~2.6 s after a checkpoint, lands
     # mid-epoch. (A worker lost between an epoch's last step and its checkpoint makes rank 0 log
-    # that epoch to MLflow twice: see README, "Runs that say what went wrong".)
+    # that epoch to MLflow twice: see docs/train.md, "Runs that say what went wrong".)
     s = run_train(TrainConfig(store=path, output=str(out), epochs=5, num_workers=2, max_failures=1, batch_size=1,
                               run_name="worker-fault", quiet=True))
     killer.join(timeout=5)

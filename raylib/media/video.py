@@ -20,6 +20,7 @@ from raylib.errors import ClipError, NoVideoStream, StorageError
 
 # A clip whose decoded length falls short of the container's duration by more than this many
 # frames (and this fraction) is flagged as truncated.
+DEFAULT_SAMPLING = "uniform:16"  # the frames of a clip the jobs keep unless told otherwise (--frames)
 TRUNCATION_SLACK_FRAMES = 3
 TRUNCATION_SLACK_FRACTION = 0.05
 MAX_DECODE_SIDE = 1920  # larger videos are decoded downscaled to this long side (bounds a task's memory)
@@ -166,7 +167,7 @@ def short_cause(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:160]
 
 
-def decode_video(uri: str, sampling: FrameSampling | str = "uniform:16", src=None) -> Video:
+def decode_video(uri: str, sampling: FrameSampling | str = DEFAULT_SAMPLING, src=None) -> Video:
     """Decode one clip sequentially, keeping the sampled frames; ClipError on any failure.
     decord first; PyAV when decord cannot open the file (e.g. an MP4 cut after its index)."""
     import decord

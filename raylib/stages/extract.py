@@ -48,7 +48,7 @@ from dataclasses import asdict
 import numpy as np
 
 import raylib
-from raylib import storage
+from raylib import ray_compat, storage
 from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_ERROR, stored_label
 from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
 from raylib.storage import public_uri, with_retries
@@ -84,6 +84,7 @@ CPU_ACTOR_CPUS = 0.25
 # full pool, on one CPU too; the actor runs one thread, so the reservation does not change its speed.
 ONE_MACHINE_ACTOR_CPUS = 0.5
 WRITER_CPUS = 0.5  # per shard-writing task (Parquet encoding, the upload)
+DECODE_TASK_CPUS = 1.0  # per CPU-stage task of the split graph (decode, faces, audio): one thread, a core
 
 
 # ---- CPU stage ---------------------------------------------------------------------------------
@@ -449,9 +450,7 @@ def clip_dataset(pending: list[dict]):
         # Data gives it a whole CPU, which on a small machine is the CPU a feature actor needed (the
         # second actor of a 2-CPU machine waited for the split to end). It only slices Arrow tables:
         # it reserves none. repartition() takes no resource arguments, so they are set on its operator.
-        split = getattr(getattr(ds, "_logical_plan", None), "dag", None)
-        if split is not None and isinstance(getattr(split, "ray_remote_args", None), dict):
-            object.__setattr__(split, "ray_remote_args", {**split.ray_remote_args, "num_cpus": 0})
+        ray_compat.set_operator_cpus(ds, 0)
         branches.append(ds)
     return branches[0] if len(branches) == 1 else branches[0].union(branches[1])
 
@@ -489,7 +488,7 @@ def check_feature_actors_fit(cfg: ExtractConfig, fused: bool = False) -> None:
             fix[resource] = f"start such nodes, or change {name}"
     per_actor = 1.0 if gpu or cfg.cpu_actors else CPU_ACTOR_CPUS
     check_capacity(f"{flag} {count}", count, {"CPU": per_actor, "GPU": 1.0 if gpu else 0.0, **placement(cfg.feature_resource)},
-                   fix, beside=("one decode task", {"CPU": 1.0, "memory": CPU_TASK_MEMORY, **placement(cfg.cpu_resource)}))
+                   fix, beside=("one decode task", {"CPU": DECODE_TASK_CPUS, "memory": CPU_TASK_MEMORY, **placement(cfg.cpu_resource)}))
 
 
 def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
@@ -521,7 +520,7 @@ def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
     # The memory reservation bounds how many decoded clips a node holds at once; being a resource
     # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
     # would run decoding inside the (few) actors instead of on every CPU.
-    ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=1,
+    ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=DECODE_TASK_CPUS,
                         memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
                         compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
     compute, cpus, gpus = feature_pool(cfg, clips)

@@ -9,7 +9,7 @@ from raylib import storage
 from raylib.errors import RaylibError
 from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import DETECTORS, FaceConfig
-from raylib.media.video import FrameSampling
+from raylib.media.video import DEFAULT_SAMPLING, FrameSampling
 from raylib.models import BACKBONES, ENHANCEMENTS, FIXED_INPUT_SIZES
 from raylib.sources import FORMATS
 from raylib.stages.preprocess import PreprocessConfig
@@ -39,7 +39,7 @@ class ExtractConfig:
     second_weights: str = field(default="", metadata={"help": "weights of the second backbone"})
     enhance: str = field(default="basic", metadata={"help": "feature enhancement (docs/method.md)", "choices": list(ENHANCEMENTS)})
     audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
-    frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
+    frames: str = field(default=DEFAULT_SAMPLING, metadata={"help": "frame sampling: all | every:K | uniform:N"})
     detect_max_side: int = field(default=320, metadata={"help": "downscale frames to this long side for HOG face detection (0: full size)"})
     face_detector: str = field(default="hog+cnn", metadata={"help": "hog: fast, frontal faces; hog+cnn: dlib's CNN detector "
                                                                     "looks where HOG finds no usable face (side views, low "

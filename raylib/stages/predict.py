@@ -36,6 +36,7 @@ from raylib import storage
 from raylib.errors import RaylibError
 from raylib.labels import EMOTIONS
 from raylib.media.audio import AUDIO_MODES
+from raylib.media.video import DEFAULT_SAMPLING
 from raylib.media.faces import DETECTORS
 from raylib.models import BACKBONES, ENHANCEMENTS
 from raylib.sources import FORMATS
@@ -48,6 +49,13 @@ SCORE_COLUMNS = tuple(f"score_{name}" for name in EMOTIONS)
 class PredictError(RaylibError):
     """The prediction job as a whole failed."""
 
+
+# CPUs reserved in the prediction graph: the store's shards are written as extraction writes them
+# (WRITER_CPUS); a predictor reserves none (one holding a share for its lifetime would leave the
+# decode tasks of a small machine without a whole CPU; its models are small); the predictions'
+# writer a quarter
+PREDICTOR_CPUS = 0
+PREDICTIONS_WRITER_CPUS = 0.25
 
 @dataclass(frozen=True)
 class PredictConfig:
@@ -67,7 +75,7 @@ class PredictConfig:
                                                                   "shipped model of mini_xception or dlib_resnet)"})
     enhance: str = field(default="basic", metadata={"help": "feature enhancement", "choices": list(ENHANCEMENTS)})
     audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
-    frames: str = field(default="uniform:16", metadata={"help": "frame sampling: all | every:K | uniform:N"})
+    frames: str = field(default=DEFAULT_SAMPLING, metadata={"help": "frame sampling: all | every:K | uniform:N"})
     face_detector: str = field(default="hog+cnn", metadata={"help": "see jobs/extract.py --help", "choices": list(DETECTORS)})
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (one machine: decode + feature "
                                                           "actors; 0: as many as Ray schedules)"})
@@ -227,7 +235,7 @@ def run_predict(cfg: PredictConfig) -> dict:
     from raylib.metrics import summarize
     from raylib.runtime import init_ray
     from raylib.sources import list_clips
-    from raylib.stages.extract import _check_recipe, _env, _state, feature_graph, provenance
+    from raylib.stages.extract import WRITER_CPUS, _check_recipe, _env, _state, feature_graph, provenance
     from raylib.stages.extract_summary import root_cause
 
     t0 = time.perf_counter()
@@ -253,15 +261,13 @@ def run_predict(cfg: PredictConfig) -> dict:
         refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
         ds = feature_graph(pending, ecfg, env)
         if cfg.store:
-            ds = ds.map_batches(keep_features, batch_size=cfg.batch_size, num_cpus=0.5, **_env(env),
+            ds = ds.map_batches(keep_features, batch_size=cfg.batch_size, num_cpus=WRITER_CPUS, **_env(env),
                                 fn_kwargs={"output": cfg.store, "prov": prov})
         ds = ds.map_batches(Predictor, fn_constructor_kwargs={"checkpoints": refs, "reweight": cfg.reweight,
                                                               "prov": prov},
-                            # no CPU reserved: a predictor holding a share for its lifetime would leave the
-                            # decode tasks of a small machine without a whole CPU (its models are small)
-                            batch_size=cfg.batch_size, num_cpus=0, **_env(env),
+                            batch_size=cfg.batch_size, num_cpus=PREDICTOR_CPUS, **_env(env),
                             compute=ray.data.ActorPoolStrategy(size=cfg.predictor_actors))
-        ds = ds.map_batches(write_predictions, batch_size=cfg.batch_size, num_cpus=0.25, **_env(env),
+        ds = ds.map_batches(write_predictions, batch_size=cfg.batch_size, num_cpus=PREDICTIONS_WRITER_CPUS, **_env(env),
                             fn_kwargs={"output": cfg.output})
         try:
             for _ in ds.iter_rows():

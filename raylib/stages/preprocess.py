@@ -17,7 +17,7 @@ import numpy as np
 from raylib.errors import ClipError, NoVideoStream
 from raylib.media import audio as audio_mod
 from raylib.media.faces import FaceConfig, align_frames
-from raylib.media.video import FrameSampling, decode_video, open_media
+from raylib.media.video import DEFAULT_SAMPLING, FrameSampling, decode_video, open_media
 from raylib.schema import (STATUS_AUDIO_ONLY, STATUS_ERROR, STATUS_NO_AUDIO, STATUS_NO_FACE, STATUS_OK,
                            STATUS_SILENT, STATUS_TRUNCATED)
 from raylib.sources import is_audio_file
@@ -27,7 +27,7 @@ from raylib.sources import is_audio_file
 class PreprocessConfig:
     """Settings of the CPU stage."""
 
-    frames: str = "uniform:16"
+    frames: str = DEFAULT_SAMPLING
     audio_mode: str = "spectrogram"  # or "logmel"
     sample_rate: int = audio_mod.SAMPLE_RATE
     faces: FaceConfig = field(default_factory=FaceConfig)

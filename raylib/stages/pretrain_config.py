@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from raylib.models import PRETRAIN_META
+
 PRETRAIN_BACKBONES = ("ir50", "resnet18", "vggface")
 PROBE_BACKBONES = (*PRETRAIN_BACKBONES, "dlib_resnet", "mini_xception")
 STATE_FILE = "pretrain.pt"  # model + optimizer + epoch + best: what a restart or --resume-from reads
 BACKBONE_FILE = "backbone.pt"  # what jobs/extract.py --weights loads
 HEAD_FILE = "head.pt"
-META_FILE = "backbone.json"  # = raylib.models.backbones.PRETRAIN_META
+META_FILE = PRETRAIN_META  # its recipe, read by extraction
 OPTIMIZERS = ("sgd", "adamw")
 
 
