@@ -82,9 +82,8 @@ def checkpoint_of_epoch(run_folder: str, epoch: int) -> str | None:
     when that epoch's checkpoint was not kept (or not written)."""
     from raylib.errors import WeightsError
 
-    scheme = run_folder.split("://", 1)[0] + "://" if storage.is_remote(run_folder) else ""
     for path in storage.list_files(run_folder, "/" + CHECKPOINT_FILE):
-        uri = scheme + path.lstrip("/") if scheme else path
+        uri = storage.uri_of(path, run_folder)
         try:
             if int(load_checkpoint(uri)["epoch"]) == epoch:
                 return uri.rsplit("/", 1)[0]

@@ -122,7 +122,6 @@ def folder_images(root: str) -> ImageListing:
     if not fs.exists(path) or not fs.isdir(path):
         raise SourceError(f"image folder {root} not found (expected <root>/<split>/<class>/*.jpg|png)")
     remote = storage.is_remote(root)
-    scheme = root.split("://", 1)[0] + "://" if remote else ""
     base = path.rstrip("/")
     listing = ImageListing([])
     problems: list[str] = []
@@ -136,7 +135,7 @@ def folder_images(root: str) -> ImageListing:
         if not name.lower().endswith(IMAGE_EXTENSIONS) or name.startswith("."):
             continue
         parts = p[len(base):].strip("/").split("/")
-        uri = scheme + p if remote else os.path.join(root, *parts)
+        uri = storage.uri_of(p, root) if remote else os.path.join(root, *parts)
         if len(parts) != 3:
             problems.append(f"{uri} (not under <split>/<class>/)")
             continue
@@ -155,7 +154,7 @@ def folder_images(root: str) -> ImageListing:
         listing.records.append(_record(uri, label, split, "folders"))
     if problems:
         raise _unknown(problems)
-    listing.empty_folders = sorted((scheme if remote else "") + d for d in class_dirs
+    listing.empty_folders = sorted(storage.uri_of(d, root) for d in class_dirs
                                    if d.rstrip("/") not in used)
     return listing
 

@@ -134,14 +134,13 @@ def _media_files(root: str) -> list[tuple[str, list[str]]]:
     if not fs.isdir(path):
         raise SourceError(f"input {root} is a file; give a folder, or a .csv/.parquet manifest")
     remote = storage.is_remote(root)
-    scheme = root.split("://", 1)[0] + "://" if remote else ""
     base = path.rstrip("/")
     out = []
     for p in sorted(fs.find(path)):
         if not p.lower().endswith(MEDIA_EXTENSIONS) or posixpath.basename(p).startswith("."):
             continue
         parts = p[len(base):].strip("/").split("/")
-        uri = scheme + p if remote else (os.path.join(root, *parts) if "://" not in root else p)
+        uri = storage.uri_of(p, root) if remote else (os.path.join(root, *parts) if "://" not in root else p)
         out.append((uri, parts))
     return out
 

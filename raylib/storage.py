@@ -37,6 +37,14 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def uri_of(path: str, like: str) -> str:
+    """The URI of `path`, a path inside the filesystem of `like` as fsspec gives it (bucket/key):
+    like's scheme put back when like is remote; the path itself otherwise."""
+    if not is_remote(like) or "://" in path:
+        return path
+    return like.split("://", 1)[0] + "://" + path.lstrip("/")
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a local path or URI."""
     kwargs = {}

@@ -209,6 +209,4 @@ def drop_rows(output: str, clip_ids_by_file: dict[str, set[str]], retries: int =
 
 def _uri_of(output: str, path: str) -> str:
     """The URI of a path inside the store's filesystem (as listed by data_files)."""
-    if storage.is_remote(output):
-        return output.split("://", 1)[0] + "://" + path
-    return path
+    return storage.uri_of(path, output)

@@ -72,6 +72,13 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
 
 
+def client():
+    """An MLflow client of the store in use."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri())
+
+
 def check_reachable(uri: str | None = None) -> None:
     """TrackingError, within PROBE_TIMEOUT_S, when an http(s) tracking server does not answer (MLflow's
     own client would retry for minutes); any HTTP answer counts. Once per URI and process."""
@@ -143,9 +150,7 @@ def store_links(uri: str, base: str) -> list[str]:
 
 def run_link(run_id: str) -> str:
     """ui_link of a run of the store in use."""
-    from mlflow.tracking import MlflowClient
-
-    return ui_link(MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id, run_id)
+    return ui_link(client().get_run(run_id).info.experiment_id, run_id)
 
 
 def open_line(link: str) -> str:
@@ -171,8 +176,6 @@ def save_runs_view(experiment_id: str, key: str, parent_run_id: str, params: lis
     the UI link that opens it, or None where this MLflow's UI would not read it."""
     import json
 
-    from mlflow.tracking import MlflowClient
-
     if not shared_views_supported():
         return None
     columns = [f"params.`{p}`" for p in params] + [f"metrics.`{metric_key(m)}`" for m in metrics]
@@ -184,7 +187,7 @@ def save_runs_view(experiment_id: str, key: str, parent_run_id: str, params: lis
              "selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns, "runDateAndNestInfo"],
              "columnWidths": {"attributes.`Run Name`": RUN_NAME_PX, **{c: 90 if c.startswith("params.") else 110
                                                                        for c in columns}}}
-    MlflowClient(tracking_uri()).set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + key, json.dumps(state))
+    client().set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + key, json.dumps(state))
     return ui_link(experiment_id, view=key)
 
 
@@ -211,9 +214,7 @@ def metric_key(name: str) -> str:
 
 def metric_history(run_id: str, name: str) -> dict[int, float]:
     """{step: value} of a metric (by the jobs' name, see metric_key) of an MLflow run."""
-    from mlflow.tracking import MlflowClient
-
-    return {m.step: m.value for m in MlflowClient(tracking_uri()).get_metric_history(run_id, metric_key(name))}
+    return {m.step: m.value for m in client().get_metric_history(run_id, metric_key(name))}
 
 
 def run_metric(run, name: str, default: float = float("nan")) -> float:
@@ -340,8 +341,6 @@ def require_new_run_name(experiment: str, run_name: str, fix: str) -> None:
     """TrackingError when `experiment` already holds a run named run_name: a second run of that name
     would pass for the first one continued. `fix` says what to do instead."""
     import mlflow
-    from mlflow.tracking import MlflowClient
-
     from raylib.errors import TrackingError
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -349,7 +348,7 @@ def require_new_run_name(experiment: str, run_name: str, fix: str) -> None:
     if found is None:
         return
     quote = '"' if "'" in run_name else "'"
-    runs = MlflowClient(tracking_uri()).search_runs([found.experiment_id], f"attributes.run_name = {quote}{run_name}{quote}",
+    runs = client().search_runs([found.experiment_id], f"attributes.run_name = {quote}{run_name}{quote}",
                                                     max_results=1)
     if runs:
         info, ckpt = runs[0].info, runs[0].data.tags.get("best_checkpoint")
@@ -361,50 +360,41 @@ def start_run(experiment: str, run_name: str, params: dict, tags: dict | None = 
               parent_run_id: str | None = None, purpose: str | None = None) -> str:
     """Create a run (child of parent_run_id if given) with params and tags; returns its id.
     `purpose` describes the experiment when it has no description yet."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri())
+    mlflow_client = client()
     all_tags = {k: str(public(v)) for k, v in (tags or {}).items()}
     all_tags["mlflow.runName"] = run_name
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id(experiment, purpose), tags=all_tags, run_name=run_name)
+    run = mlflow_client.create_run(experiment_id(experiment, purpose), tags=all_tags, run_name=run_name)
     for key, value in params.items():
-        client.log_param(run.info.run_id, key, value)
+        mlflow_client.log_param(run.info.run_id, key, value)
     return run.info.run_id
 
 
 def set_tags(run_id: str, tags: dict) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri())
+    mlflow_client = client()
     for key, value in tags.items():
-        client.set_tag(run_id, key, str(public(value)))
+        mlflow_client.set_tag(run_id, key, str(public(value)))
 
 
 def describe(run_id: str, text: str) -> None:
     """The run's description (markdown) in the UI."""
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri()).set_tag(run_id, NOTE_TAG, text)
+    client().set_tag(run_id, NOTE_TAG, text)
 
 
 def log_metrics(run_id: str, metrics: dict, step: int) -> None:
     """Log finite scalar metrics at step, under their MLflow names (metric_key)."""
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
     import time
 
     now = int(time.time() * 1000)
     items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
     if items:
-        MlflowClient(tracking_uri()).log_batch(run_id, metrics=items)
+        client().log_batch(run_id, metrics=items)
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri()).set_terminated(run_id, status)
+    client().set_terminated(run_id, status)
 
 
 @contextlib.contextmanager
@@ -428,6 +418,4 @@ def ending_runs(*run_ids: str):
 
 
 def log_artifact(run_id: str, path: str, artifact_path: str | None = None) -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri()).log_artifact(run_id, path, artifact_path)
+    client().log_artifact(run_id, path, artifact_path)

@@ -1,5 +1,6 @@
-"""Storage faults and secrets, with real processes on 127.0.0.1: the moto S3 server stopped mid-write
-and restarted (same port, same objects), and a secret key that must not leak into any output."""
+"""Storage faults and secrets, with real processes on 127.0.0.1: the moto S3 server out of service
+mid-write from the moment a given number of shards is stored (503 to every request, as a store in
+an outage answers) until the test lets it back, and a secret key that must not leak into any output."""
 
 import json
 import os
@@ -18,8 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class RestartableS3:
-    """moto's S3 server in this process; stop() closes the port, start() reopens it. Objects live
-    in this process, so they survive a restart, as they would on a real store."""
+    """moto's S3 server in this process, behind an OutageGate (gate) that puts it out of service on
+    an event; stop() closes the port, start() reopens it (objects live in this process, so they
+    survive a restart, as they would on a real store)."""
 
     def __init__(self):
         from conftest import _free_port
@@ -33,6 +35,7 @@ class RestartableS3:
 
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
+        self.server._server.app = self.gate = OutageGate(self.server._server.app)
 
     def stop(self):
         self.server.stop()
@@ -41,6 +44,40 @@ class RestartableS3:
         import s3fs
 
         return s3fs.S3FileSystem(endpoint_url=self.endpoint, key="testing", secret=secret, skip_instance_cache=True)
+
+
+class OutageGate:
+    """WSGI middleware in front of moto: after `close_after(prefix, n)`, the n-th stored .parquet
+    object under prefix closes the gate, and from then on every request gets 503 until reopen().
+    The outage starts on an event (a shard stored), never on a timer."""
+
+    def __init__(self, app):
+        import threading
+
+        self.app, self.lock = app, threading.Lock()
+        self.prefix, self.remaining, self.closed = None, 0, False
+
+    def close_after(self, prefix: str, n: int) -> None:
+        with self.lock:
+            self.prefix, self.remaining, self.closed = "/" + prefix.strip("/") + "/", n, False
+
+    def reopen(self) -> None:
+        with self.lock:
+            self.prefix, self.closed = None, False
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            closed = self.closed
+        if closed:
+            start_response("503 Service Unavailable", [("Content-Type", "application/xml")])
+            return [b"<Error><Code>ServiceUnavailable</Code><Message>outage</Message></Error>"]
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
+        out = self.app(environ, start_response)
+        if method == "PUT" and path.endswith(".parquet") and self.prefix and path.startswith(self.prefix):
+            with self.lock:
+                self.remaining -= 1
+                self.closed = self.remaining <= 0
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +116,6 @@ def stored_ids(s3, prefix):
     return ids
 
 
-def wait_for_shards(proc, s3, prefix, count):
-    """Until `count` shards are stored (the job still running); returns how many are."""
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and len(shards(s3, prefix)) < count:
-        time.sleep(0.3)
-    assert proc.poll() is None, "the job ended before the outage"
-    return len(shards(s3, prefix))
-
-
 def logged(ray_tmp: str, text: str) -> bool:
     """Whether a log file of the Ray session under ray_tmp (the job's own) holds text."""
     for d, _, files in os.walk(ray_tmp):
@@ -109,18 +137,19 @@ def test_s3_outage_mid_write_retried_through_or_failed_clearly_then_rerun(s3, sa
     s3.fs().mkdir("faults")
     ray_tmp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     try:
-        # 1. the server stops after 2 shards and comes back once a shard write has failed and is
-        # being retried (botocore's own retries, then ours): the job finishes with every clip once
+        # 1. the store goes out of service once 2 shards are stored and comes back once a shard write
+        # has failed and is being retried (botocore's own retries, then ours): the job finishes with
+        # every clip once
         prefix = "faults/retried"
+        s3.gate.close_after(prefix, 2)
         proc = subprocess.Popen(extract(videos, f"s3://{prefix}", "--quiet"), cwd=ROOT,
                                 env=job_env(s3, RAY_TMPDIR=ray_tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        before = wait_for_shards(proc, s3, prefix, 2)
-        s3.stop()
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and not logged(ray_tmp, "retrying in"):
             time.sleep(0.3)
-        s3.start()
+        s3.gate.reopen()
+        before = 2
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-3000:]
         summary = json.loads(s3.fs().cat(f"{prefix}/_summary.json"))
@@ -135,20 +164,21 @@ def test_s3_outage_mid_write_retried_through_or_failed_clearly_then_rerun(s3, sa
     # 2. no retries allowed, the server down until the job has ended: it stops with one clear line;
     # after the restart a re-run completes
     prefix = "faults/failed"
+    s3.gate.close_after(prefix, 2)
     proc = subprocess.Popen(extract(videos, f"s3://{prefix}", "--quiet", "--write-retries", "0"), cwd=ROOT,
                             env=job_env(s3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    before = wait_for_shards(proc, s3, prefix, 2)
-    s3.stop()
+    before = 2
     try:
         stdout, stderr = proc.communicate(timeout=300)
     finally:
-        s3.start()
+        s3.gate.reopen()
     assert proc.returncode == 1, stdout[-2000:] + stderr[-2000:]
     error = stderr.strip().splitlines()[-1]
     assert error.startswith("extract: error: extraction failed: StorageError: writing s3://faults/failed/"), error
     assert "failed after 1 attempt(s)" in error and "Traceback" not in stderr
     partial = stored_ids(s3, prefix)
-    assert len(partial) == len(set(partial)) < n
+    # the shards stored before the outage (a write already under way when it began may land too)
+    assert len(partial) == len(set(partial)) and 2 <= len(partial) < n
     rerun = subprocess.run(extract(videos, f"s3://{prefix}", "--quiet"), cwd=ROOT, env=job_env(s3),
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

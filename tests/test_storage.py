@@ -47,3 +47,13 @@ def test_botocore_connection_errors_count_as_transient():
     assert storage.transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
     assert storage.transient(ReadTimeoutError(endpoint_url="http://127.0.0.1:1"))
     assert not storage.transient(NoCredentialsError())
+
+
+def test_a_listed_path_gets_back_the_scheme_of_its_root():
+    from raylib import storage
+
+    assert storage.uri_of("bucket/runs/a/model.pt", "s3://bucket/runs") == "s3://bucket/runs/a/model.pt"
+    assert storage.uri_of("/bucket/x", "gs://bucket") == "gs://bucket/x"
+    assert storage.uri_of("s3://bucket/x", "s3://bucket") == "s3://bucket/x"  # already a URI
+    assert storage.uri_of("/data/runs/a", "/data/runs") == "/data/runs/a"  # local: the path itself
+    assert storage.uri_of("/data/runs/a", "file:///data/runs") == "/data/runs/a"

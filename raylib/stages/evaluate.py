@@ -99,9 +99,7 @@ def describe_member(ref: str) -> str:
     m = _RUN_ID.match(ref.strip())
     if not m:
         return f"checkpoint `{tracking.public(ref.strip())}`"
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient(tracking.tracking_uri()).get_run(m.group(2))
+    run = tracking.client().get_run(m.group(2))
     return f"MLflow run [{run.info.run_name}]({tracking.ui_link(run.info.experiment_id, run.info.run_id)}) (its logged checkpoint)"
 
 
@@ -256,8 +254,6 @@ def evaluate_cv(cfg: EvaluateConfig) -> dict:
     checkpoint on its own held-out speakers (its tag cv.test_speakers) of cfg.store, in this
     process: {folds: [{fold, run_id, test_speakers, accuracy, uar, clips}], accuracy, uar, clips
     (pooled)}. StoreError / TrackingError in one line when the run is not such a parent."""
-    from mlflow.tracking import MlflowClient
-
     from raylib import tracking
     from raylib.checkpoints import model_from_checkpoint
     from raylib.errors import TrackingError
@@ -265,7 +261,7 @@ def evaluate_cv(cfg: EvaluateConfig) -> dict:
     from raylib.speaker_norm import stats_for
 
     tracking.check_reachable()
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client()
     try:
         parent = client.get_run(cfg.cv_run)
     except Exception as e:  # MlflowException: no such run

@@ -208,8 +208,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
         raise
     best_ckpt, best = max(result.best_checkpoints, key=lambda cm: cm[1].get(cfg.select_metric, -1))
     path = best_ckpt.path
-    if storage.is_remote(cfg.output) and "://" not in path:
-        path = cfg.output.split("://", 1)[0] + "://" + path.lstrip("/")
+    path = storage.uri_of(path, cfg.output)
     weights = cfg.init if cfg.linear_probe else storage.join(path, BACKBONE_FILE)
     digest = weights_digest(cfg.backbone, weights)
     summary = {"run_id": run_id, "run_name": run_name, "best_checkpoint": path, "backbone_weights": weights,
@@ -225,11 +224,9 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
 
 def _log_outcome(run_id: str, summary: dict, checkpoint) -> None:
     """Best metrics, confusion matrices (PNG), the backbone file and its digest to the MLflow run."""
-    from mlflow.tracking import MlflowClient
-
     from raylib import plots, tracking
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client()
     tracking.log_metrics(run_id, {f"best_{k}": v for k, v in summary.items()
                                   if k.startswith(("val_accuracy", "val_uar", "test_accuracy", "test_uar"))},
                          summary["best_epoch"])

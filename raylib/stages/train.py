@@ -316,14 +316,11 @@ def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: 
                fold=None) -> dict:
     """The summary of a fitted run; logs its best checkpoint's metrics (and artifacts) and ends it;
     with a fold, also its scores on the fold's held-out speakers (test_*)."""
-    from mlflow.tracking import MlflowClient
-
     from raylib import tracking
 
     best_ckpt, best_metrics = best_checkpoint(result.best_checkpoints, cfg.select_metric)
     path = best_ckpt.path  # a path inside the storage filesystem: give it back its scheme
-    if storage.is_remote(cfg.output) and "://" not in path:
-        path = cfg.output.split("://", 1)[0] + "://" + path.lstrip("/")
+    path = storage.uri_of(path, cfg.output)
     summary = {"run_id": run_id, "run_name": run_name, "best_checkpoint": path,
                "best_epoch": int(best_metrics["epoch"]), "elapsed_s": round(elapsed_s, 1),
                **{k: v for k, v in best_metrics.items() if k.startswith(("val_", "train_"))}}
@@ -337,7 +334,7 @@ def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: 
                                       and isinstance(v, (int, float))}, summary["best_epoch"])
     if log_artifacts:
         log_run_artifacts(run_id, summary["best_checkpoint"], cfg.store, best_ckpt)
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client()
     client.set_tag(run_id, "best_checkpoint", tracking.public(summary["best_checkpoint"]))
     client.set_tag(run_id, "best_epoch", str(summary["best_epoch"]))
     tracking.end_run(run_id)

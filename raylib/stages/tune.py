@@ -213,11 +213,9 @@ def report(cells: list[dict], visual: list[str], audio: list[str], fusions: list
 
 def child_results(parent_run_id: str) -> list[dict]:
     """Per trial (from MLflow): visual, audio, fusion, lr, best val accuracy and UAR, run id."""
-    from mlflow.tracking import MlflowClient
-
     from raylib import tracking
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client()
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     out = []
@@ -238,11 +236,9 @@ def end_open_trials(parent_run_id: str, metric: str, epochs: int, output: str, s
     fail) end FAILED, and the others still RUNNING, or FAILED by the stop itself (the trial's Ray
     Train run lost its controller), were stopped by ASHA (at a rung, or at max_t: the last epoch)
     and end as finish_stopped_trial says. Returns how many runs it ended."""
-    from mlflow.tracking import MlflowClient
-
     from raylib import tracking
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client()
     experiment = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     ended = 0
@@ -262,15 +258,13 @@ def finish_stopped_trial(run_id: str, run_name: str, metric: str, epochs: int, o
     best_epoch (best metric, then the earliest epoch), its checkpoint and artifacts where that
     checkpoint was kept; stopped_early=true and stopped_at_epoch when it ran fewer than `epochs`.
     The run ends FINISHED."""
-    from mlflow.tracking import MlflowClient
-
     from raylib import tracking
     from raylib.checkpoints import checkpoint_of_epoch
     from raylib.metrics import pick_best
     from raylib.stages.train import storage_name
     from raylib.stages.train_artifacts import log_run_artifacts
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client()
     history = {n: tracking.metric_history(run_id, n) for n in SELECT_METRICS}
     logged = [{"epoch": e, **{n: history[n].get(e) for n in SELECT_METRICS}} for e in sorted(history[metric])]
     ran = logged[-1]["epoch"] + 1 if logged else 0
@@ -332,11 +326,9 @@ def sweep_view(parent: str, lrs: list[float], metric: str) -> str:
     """Save the sweep's runs-table view (its trials, the grid axes and val scores as columns, the
     best first) and return the UI link that opens it; the sweep's run page where MLflow's UI would
     not read a saved view."""
-    from mlflow.tracking import MlflowClient
-
     from raylib import tracking
 
-    experiment = MlflowClient(tracking.tracking_uri()).get_run(parent).info.experiment_id
+    experiment = tracking.client().get_run(parent).info.experiment_id
     axes = ["visual_attention", "audio_attention", "fusion"] + (["lr"] if lrs else [])
     scores = ["best_val_uar", "best_val_accuracy"]  # Table 2's figures: each trial at its best epoch
     return (tracking.save_runs_view(experiment, parent, parent, axes, scores, order_by="best_" + metric)
@@ -345,7 +337,6 @@ def sweep_view(parent: str, lrs: list[float], metric: str) -> str:
 
 def run_tune(cfg: TuneConfig) -> dict:
     """Run the sweep; returns {parent_run_id, link, results, report_markdown, report_png, ...}."""
-    from mlflow.tracking import MlflowClient
     from ray import tune
 
     from raylib import tracking
@@ -412,7 +403,7 @@ def run_tune(cfg: TuneConfig) -> dict:
         best = None if best is None else results[best]
         if best:
             tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
-            client = MlflowClient(tracking.tracking_uri())
+            client = tracking.client()
             client.set_tag(parent, "best_trial", best["run_name"])
             client.set_tag(parent, "best_trial_run_id", best["run_id"])
             client.set_tag(parent, "best_trial_rule", BEST_RULE.format(metric=METRIC_NAMES[cfg.select_metric]))
