@@ -21,6 +21,11 @@ import sys
 # Ray's fake provider names its head node type this way (ray.autoscaler._private.fake_multi_node)
 HEAD_TYPE = "ray.head.default"
 CPUS_PER_NODE = 1  # each twin worker node: one CPU, beside its custom resources
+# and this much memory in the autoscaler's view of a node type (a cloud provider infers it from the
+# instance type; without it the autoscaler never launches a node for a task that asks for memory,
+# as extraction's decode tasks do); the node itself reports the machine's
+MEMORY_PER_NODE = 4 * 2**30
+PROVIDER = "raylib.cluster_twin.TwinNodeProvider"
 MAX_WORKERS_PER_TYPE = 2  # a node type's max_workers, scaled down to one machine
 IDLE_TIMEOUT_MINUTES = 0.1  # the autoscaler removes a worker idle this long (cluster.yaml: minutes)
 
@@ -39,7 +44,7 @@ def twin_config(cluster: dict, port: int = 6379, max_per_type: int = MAX_WORKERS
             continue
         custom = {k: v for k, v in (t.get("resources") or {}).items() if k not in ("CPU", "GPU", "memory")}
         most = min(int(t.get("max_workers", cluster.get("max_workers", 1))), max_per_type)
-        workers[name] = {"resources": {"CPU": cpus, **custom}, "node_config": {},
+        workers[name] = {"resources": {"CPU": cpus, "memory": MEMORY_PER_NODE, **custom}, "node_config": {},
                          "min_workers": min(int(t.get("min_workers", 0)), most), "max_workers": most}
     head_resources = {k: v for k, v in (types[head].get("resources") or {}).items() if k not in ("GPU",)}
     head_resources["CPU"] = 0  # the head schedules; work goes to the worker types
@@ -48,8 +53,8 @@ def twin_config(cluster: dict, port: int = 6379, max_per_type: int = MAX_WORKERS
         "max_workers": sum(w["max_workers"] for w in workers.values()),
         "upscaling_speed": cluster.get("upscaling_speed", 1.0),
         "idle_timeout_minutes": idle_timeout_minutes,
-        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "provider": {"type": "external", "module": PROVIDER, "gcs_address": f"127.0.0.1:{port}",
+                     "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True},
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {HEAD_TYPE: {"resources": head_resources, "node_config": {}, "max_workers": 0},
                                  **workers},
@@ -58,6 +63,30 @@ def twin_config(cluster: dict, port: int = 6379, max_per_type: int = MAX_WORKERS
         "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
         "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
     }
+
+
+def _fake_provider():
+    from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+
+    return FakeMultiNodeProvider
+
+
+def __getattr__(name):
+    """TwinNodeProvider, built on first use: Ray's fake provider is imported only by the autoscaler
+    that loads it (provider type external, module raylib.cluster_twin.TwinNodeProvider)."""
+    if name != "TwinNodeProvider":
+        raise AttributeError(name)
+
+    class TwinNodeProvider(_fake_provider()):
+        """Ray's fake multi-node provider, given node types that declare memory: it starts the node
+        without it (Ray refuses memory as a custom resource; the node reports the machine's)."""
+
+        def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
+            resources = {k: v for k, v in resources.items() if k != "memory"}
+            return super().create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
+
+    globals()["TwinNodeProvider"] = TwinNodeProvider
+    return TwinNodeProvider
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -37,18 +36,20 @@ def test_the_twin_keeps_the_node_types_and_their_resources_and_validates():
     twins = {k: v for k, v in twin["available_node_types"].items() if k != twin["head_node_type"]}
     assert set(twins) == set(workers) == {"cpu_worker", "gpu_worker"}
     for name, t in workers.items():
-        assert twins[name]["resources"] == {"CPU": 1, **t["resources"]}  # decode_node / gpu_node kept
+        assert twins[name]["resources"] == {"CPU": 1, "memory": cluster_twin.MEMORY_PER_NODE, **t["resources"]}  # decode_node / gpu_node kept
         assert twins[name]["min_workers"] == t["min_workers"] == 0
         assert twins[name]["max_workers"] == min(t["max_workers"], 2)
     assert twin["available_node_types"][twin["head_node_type"]]["resources"]["CPU"] == 0
-    assert twin["provider"]["type"] == "fake_multinode" and twin["provider"]["gcs_address"] == "127.0.0.1:6390"
+    assert twin["provider"]["module"] == "raylib.cluster_twin.TwinNodeProvider" and twin["provider"]["gcs_address"] == "127.0.0.1:6390"
     assert twin["max_workers"] == 4
 
 
 def test_the_twin_command_prints_yaml_or_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "raylib.cluster_twin", os.path.join(ROOT, "cluster.yaml"), "--port",
                           "6400"], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0 and yaml.safe_load(out.stdout)["provider"]["gcs_address"] == "127.0.0.1:6400"
+    provider = yaml.safe_load(out.stdout)["provider"]
+    assert out.returncode == 0 and provider["gcs_address"] == "127.0.0.1:6400"
+    assert provider["module"] == "raylib.cluster_twin.TwinNodeProvider"  # importable by the autoscaler
     bad = subprocess.run([sys.executable, "-m", "raylib.cluster_twin", str(tmp_path / "none.yaml")],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "cluster_twin: error:" in bad.stderr
@@ -66,47 +67,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class NodeWatch(threading.Thread):
-    """Polls the twin's alive nodes (Ray's state API through the CLI) and keeps a timeline: seconds
-    since start, and the worker node types alive then, named by their custom resource."""
+def autoscaler_events(ray_tmp: str) -> list[tuple[str, str, str]]:
+    """(time, "Adding" | "Removing", node type) of each launch and removal the twin's autoscaler
+    logged (its monitor.log, in the twin's own temp dir), in order."""
+    import glob
+    import re
 
-    def __init__(self, env: dict, address: str):
-        super().__init__(daemon=True)
-        self.env, self.address = env, address
-        self.t0 = time.monotonic()
-        self.timeline: list[tuple[float, tuple[str, ...]]] = []
-        self.done = threading.Event()
+    out = []
+    for path in sorted({os.path.realpath(p) for p in glob.glob(os.path.join(ray_tmp, "ray", "session_*", "logs",
+                                                                             "monitor.log"))}):
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = re.search(r"^\S+ (\S+?),\d+.*:event_summary:(Adding|Removing) \d+ nodes?(?:\(s\))? of type (\S+?)[ .]",
+                              line)
+                if m:
+                    out.append(m.groups())
+    return out
 
-    def alive(self) -> tuple[str, ...] | None:
-        out = subprocess.run([f"{BIN}/ray", "list", "nodes", "--address", self.address, "--format", "json",
-                              "--filter", "state=ALIVE", "--detail"], env=self.env, capture_output=True, text=True,
-                             timeout=60)
-        if out.returncode != 0:
-            return None
-        kinds = []
-        for node in json.loads(out.stdout):
-            total = node.get("resources_total") or {}
-            kinds += [k for k in ("decode_node", "gpu_node") if k in total]
-        return tuple(sorted(kinds))
 
-    def run(self):
-        while not self.done.is_set():
-            now = self.alive()
-            if now is not None and (not self.timeline or self.timeline[-1][1] != now):
-                self.timeline.append((round(time.monotonic() - self.t0, 1), now))
-                print(f"twin: {self.timeline[-1][0]:6.1f} s  worker nodes alive: {', '.join(now) or 'none'}", flush=True)
-            self.done.wait(0.5)
+def _answers(url: str) -> bool:
+    import urllib.request
 
-    def seen(self, kind: str) -> bool:
-        return any(kind in kinds for _, kinds in self.timeline)
-
-    def wait_for(self, kinds: tuple[str, ...], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.timeline and self.timeline[-1][1] == kinds:
-                return True
-            time.sleep(0.5)
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
         return False
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return condition()
 
 
 @pytest.fixture
@@ -124,13 +118,15 @@ def twin(tmp_path):
     proc = subprocess.Popen([f"{BIN}/ray", "start", "--head", f"--port={port}", "--num-cpus=0", "--block",
                              f"--autoscaling-config={config}", "--node-ip-address=127.0.0.1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-                             "--disable-usage-stats"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             # its own agent ports: another Ray on the machine holds the defaults
+                             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                             f"--metrics-export-port={free_port()}", "--disable-usage-stats"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
         from test_job_submit import wait_until_up
 
         wait_until_up(f"http://127.0.0.1:{dash}", proc)
-        yield env, f"http://127.0.0.1:{dash}"
+        yield env, f"http://127.0.0.1:{dash}", ray_tmp
     finally:
         stop_head(proc, ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -138,35 +134,66 @@ def twin(tmp_path):
 
 @pytest.mark.slow
 def test_the_twin_autoscales_from_zero_to_the_node_types_the_jobs_ask_for_and_back(twin, tmp_path):
-    from test_job_submit import submit
-
     from raylib.sample import SampleConfig, generate_sample_set
-    from raylib.store import read_store
 
-    env, address = twin
+    env, address, ray_tmp = twin
     videos, store = str(tmp_path / "videos"), str(tmp_path / "store")
     n = len(generate_sample_set(SampleConfig(out_dir=videos, train_per_class=1, val_per_class=1)))
-    jobs_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    watch = NodeWatch(env, address)
-    watch.start()
+    # the team server's script on its own store: the training's processes on several nodes log
+    # through it, as on a real cluster
+    port = free_port()
+    server = subprocess.Popen(["bash", "mlflow/server.sh"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**env, "MLFLOW_PORT": str(port), "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/server.db",
+                                   "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")})
     try:
-        assert watch.wait_for((), 60), watch.timeline  # from zero: the head alone
-        extract = submit(jobs_env, address, "jobs/extract.py", "--input", videos, "--output", store, "--frames",
-                         "uniform:2", "--cpu-resource", "decode_node", "--feature-resource", "gpu_node", "--quiet")
-        assert extract.returncode == 0, (extract.stdout + extract.stderr)[-3000:]
-        extracted = watch.timeline[-1][0]
-        assert watch.seen("decode_node") and watch.seen("gpu_node"), watch.timeline
-        ids = read_store(store, ["clip_id", "status"]).column("clip_id").to_pylist()
-        assert len(ids) == len(set(ids)) == n  # every clip stored once
-        train = submit(jobs_env, address, "jobs/train.py", "--store", store, "--output", str(tmp_path / "runs"),
-                       "--epochs", "1", "--num-workers", "1", "--cpus-per-worker", "1", "--worker-resource",
-                       "gpu_node", "--quiet")
-        assert train.returncode == 0, (train.stdout + train.stderr)[-3000:]
-        assert "train: best epoch 1/1" in train.stdout
-        # idle workers go (twin idle timeout: 6 s)
-        assert watch.wait_for((), 120), watch.timeline
+        run_jobs(env, address, ray_tmp, tmp_path, videos, store, n, f"http://127.0.0.1:{port}")
     finally:
-        watch.done.set()
-        watch.join(timeout=70)
-    print("twin timeline (s, worker nodes alive): " + "; ".join(f"{t} {'+'.join(k) or 'none'}"
-                                                                for t, k in watch.timeline) + f"; extraction done by {extracted} s")
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def submit(env, address, tracking, *args):
+    """`ray job submit` of a job of this checkout (by its path: the twin's nodes share this disk,
+    and Ray deletes a working_dir package when a node that unpacked it is removed, from under the
+    jobs still running in it) whose driver logs to the MLflow server at `tracking` (a job's driver
+    gets the head's environment, not the submitter's: it goes in the runtime env)."""
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": tracking}})
+    for _ in range(30):
+        job = subprocess.run([f"{BIN}/ray", "job", "submit", "--address", address, "--runtime-env-json", runtime_env,
+                              "--", "python", os.path.join(ROOT, args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=600)
+        if job.returncode == 0 or "No available agent to submit job" not in job.stderr + job.stdout:
+            return job
+        time.sleep(1)
+    return job
+
+
+def run_jobs(env, address, ray_tmp, tmp_path, videos, store, n, tracking):
+    from mlflow.tracking import MlflowClient
+
+    from raylib.store import read_store
+
+    assert wait_for(lambda: _answers(f"{tracking}/health"), 90), "the MLflow server did not start"
+    assert autoscaler_events(ray_tmp) == []  # from zero: the head alone, nothing launched
+    extract = submit(env, address, tracking, "jobs/extract.py", "--input", videos, "--output", store, "--frames",
+                     "uniform:2", "--cpu-resource", "decode_node", "--feature-resource", "gpu_node", "--quiet")
+    assert extract.returncode == 0, (extract.stdout + extract.stderr)[-3000:]
+    launched = {kind for _, what, kind in autoscaler_events(ray_tmp) if what == "Adding"}
+    assert launched == {"cpu_worker", "gpu_worker"}, autoscaler_events(ray_tmp)  # decode_node, gpu_node
+    ids = read_store(store, ["clip_id"]).column("clip_id").to_pylist()
+    assert len(ids) == len(set(ids)) == n  # every clip stored once
+    train = submit(env, address, tracking, "jobs/train.py", "--store", store, "--output", str(tmp_path / "runs"),
+                   "--epochs", "1", "--num-workers", "1", "--cpus-per-worker", "1", "--worker-resource", "gpu_node",
+                   "--quiet")
+    assert train.returncode == 0, (train.stdout + train.stderr)[-3000:]
+    assert "train: best epoch 1/1" in train.stdout
+    runs = MlflowClient(tracking).search_runs([e.experiment_id for e in MlflowClient(tracking).search_experiments()])
+    assert [r.info.status for r in runs] == ["FINISHED"]  # logged through the server from the twin's nodes
+
+    def all_removed():
+        events = autoscaler_events(ray_tmp)
+        return all(sum(1 for _, w, k in events if k == kind and w == "Adding")
+                   == sum(1 for _, w, k in events if k == kind and w == "Removing") for kind in launched)
+
+    assert wait_for(all_removed, 120), autoscaler_events(ray_tmp)  # idle workers go (twin: after 6 s)
+    print("twin autoscaler timeline: " + "; ".join(f"{t} {w} {k}" for t, w, k in autoscaler_events(ray_tmp)))

@@ -59,7 +59,10 @@ def head(tmp_path):
     port, dash = free_port(), free_port()
     proc = subprocess.Popen([f"{BIN}/ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
                              "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             "--include-dashboard=true", "--disable-usage-stats"],
+                             "--include-dashboard=true", "--disable-usage-stats",
+                             # its own agent ports: another Ray on the machine holds the defaults
+                             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                             f"--metrics-export-port={free_port()}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until_up(f"http://127.0.0.1:{dash}", proc)
