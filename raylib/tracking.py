@@ -115,11 +115,13 @@ def ui_base(uri: str | None = None) -> str:
     return public_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else EMBEDDED_UI
 
 
-def ui_link(experiment_id: str, run_id: str | None = None, view: str | None = None, tab: str | None = None) -> str:
+def ui_link(experiment_id: str, run_id: str | None = None, view: str | None = None, tab: str | None = None,
+            base: str | None = None) -> str:
     """The direct UI address of a run's page (its `tab`: model-metrics, artifacts, ...), or of an
     experiment's runs table (opened on the saved view `view` when given), in MLflow's
-    model-training view (without ?workflowType= MLflow 3.17 shows its GenAI pages)."""
-    base = f"{ui_base()}/#/experiments/{experiment_id}/runs"
+    model-training view (without ?workflowType= MLflow 3.17 shows its GenAI pages); `base`: the
+    UI's address, by default that of the store in use (ui_base)."""
+    base = f"{base or ui_base()}/#/experiments/{experiment_id}/runs"
     if run_id:
         return f"{base}/{run_id}" + (f"/{tab}" if tab else "") + "?workflowType=machine_learning"
     return f"{base}?workflowType=machine_learning" + (f"&viewStateShareKey={view}" if view else "")
@@ -136,14 +138,13 @@ def store_links(uri: str, base: str) -> list[str]:
         runs = client.search_runs([e.experiment_id], max_results=1)
         if not runs:
             continue
-        lines.append(f"experiment {e.name}: {base}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning")
+        lines.append(f"experiment {e.name}: {ui_link(e.experiment_id, base=base)}")
         sweeps += client.search_runs([e.experiment_id], "tags.kind = 'sweep'", max_results=1, order_by=["start_time DESC"])
     if sweeps:
         newest = max(sweeps, key=lambda r: r.info.start_time)
         eid, rid = newest.info.experiment_id, newest.info.run_id
         viewed = SHARED_VIEW_PREFIX + rid in client.get_experiment(eid).tags
-        link = (f"{base}/#/experiments/{eid}/runs?workflowType=machine_learning&viewStateShareKey={rid}" if viewed
-                else f"{base}/#/experiments/{eid}/runs/{rid}?workflowType=machine_learning")
+        link = ui_link(eid, view=rid, base=base) if viewed else ui_link(eid, rid, base=base)
         lines.insert(0, f"newest sweep {newest.info.run_name}: {link}")
     return lines
 
