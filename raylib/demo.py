@@ -102,7 +102,8 @@ def train_sweep_evaluate(cfg: DemoConfig, store: str) -> dict:
                                 visual_attentions=cfg.sweep_visual, audio_attentions=cfg.sweep_audio,
                                 fusions=cfg.sweep_fusions, quiet=cfg.quiet))
     print(f"sweep: {sweep['trials']} trials in {time.perf_counter() - t0:.0f} s")
-    ensemble = [trained["best_checkpoint"]] + ([sweep["best"]["run_id"]] if sweep["best"] else [])
+    # both members by their MLflow runs (the checkpoint each logged), as a teammate would name them
+    ensemble = [f"runs:/{trained['run_id']}"] + ([f"runs:/{sweep['best']['run_id']}"] if sweep["best"] else [])
     ev = run_evaluate(EvaluateConfig(checkpoints=",".join(ensemble), store=store, split="val",
                                      output=os.path.join(cfg.data_dir, "predictions")))
     print(f"evaluate: ensemble of {ev['models']} on {ev['clips']} val clips: accuracy {ev['accuracy']:.3f}, "
