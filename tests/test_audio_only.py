@@ -225,7 +225,7 @@ def test_predictions_of_an_audio_file_need_models_without_a_visual_branch(tmp_pa
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -66,7 +66,7 @@ def local_ray(s3_server):
     """One local Ray with 2 CPUs for the module (started after the S3 env is in place)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

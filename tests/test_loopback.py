@@ -9,7 +9,7 @@ import pytest
 SCRIPT = """
 import ray, psutil, json, os
 before = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == "LISTEN"}
-ray.init(num_cpus=1, include_dashboard=False)
+ray.init(address="local", num_cpus=1, include_dashboard=False)  # a new Ray, even beside a user's
 ray.get(ray.remote(lambda: 1).remote())
 after = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet") if c.status == "LISTEN"}
 ray.shutdown()

@@ -81,7 +81,7 @@ def class_sorted_store(tmp_path_factory, mlflow_uri):
     root = tmp_path_factory.mktemp("shuffle")
     generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=PER_CLASS, val_per_class=1,
                                      width=160, height=120, seconds=1.0))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), frames="uniform:2",
                               face_detector="hog", shard_size=SHARD, quiet=True))
     yield str(root / "features"), root

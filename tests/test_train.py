@@ -34,7 +34,7 @@ def store(tmp_path_factory, mlflow_uri):
 
     root = tmp_path_factory.mktemp("train")
     generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=4, val_per_class=2))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), frames="uniform:4", quiet=True))
     yield str(root / "features"), root
     ray.shutdown()
