@@ -98,14 +98,20 @@ def check_reachable(uri: str | None = None) -> None:
     _reachable.add(uri)
 
 
-def ui_command() -> str:
-    """The command that shows the runs of the store in use."""
+def serve_command() -> str | None:
+    """The command that serves the local store in use on EMBEDDED_UI; None for a tracking server."""
     uri = tracking_uri()
     if uri == f"sqlite:///{REPO_STORE}":
-        return "make mlflow-ui   (then open http://127.0.0.1:5000)"
+        return "make mlflow-ui"
     if uri.startswith("sqlite:"):
-        return f"MLFLOW_BACKEND_STORE_URI={uri} bash mlflow/server.sh   (then open http://127.0.0.1:5000)"
-    return f"open {uri} in a browser"
+        return f"MLFLOW_BACKEND_STORE_URI={uri} bash mlflow/server.sh"
+    return None
+
+
+def ui_command() -> str:
+    """The command that shows the runs of the store in use."""
+    command = serve_command()
+    return f"{command}   (then open {EMBEDDED_UI})" if command else f"open {tracking_uri()} in a browser"
 
 
 def ui_base(uri: str | None = None) -> str:
@@ -156,9 +162,8 @@ def run_link(run_id: str) -> str:
 
 def open_line(link: str) -> str:
     """A UI link and, for a local store, the command that serves it first."""
-    if tracking_uri().startswith(("http://", "https://")):
-        return link
-    return f"{link}  (serve the store first: {ui_command().split('   (')[0]})"
+    command = serve_command()
+    return f"{link}  (serve the store first: {command})" if command else link
 
 
 def shared_views_supported() -> bool:
