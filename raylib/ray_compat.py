@@ -10,13 +10,19 @@ that meets such a Ray says so in its log rather than silently losing what the in
   takes no resource arguments; extraction's split must reserve none, or on a 2-CPU machine the
   second feature actor waits for it to end);
 - drop_driver_lines(drop): lines the driver's log listener (ray._private.worker.print_to_stdstream)
-  leaves off the terminal (raylet notices that are no news on one machine).
+  leaves off the terminal (raylet notices that are no news on one machine);
+- drop_native_lines(texts): lines of Ray's C++ core (its log format, written straight to fd 2)
+  that the job's stderr leaves out (raylib/line_filter.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import subprocess
+import sys
 
 log = logging.getLogger(__name__)
 AUTOSCALING_STATUS_KEY = b"__autoscaling_status"
@@ -71,4 +77,46 @@ def drop_driver_lines(drop) -> bool:
 
     print_to_stdstream.raylib_filtered = True
     worker.print_to_stdstream = print_to_stdstream
+    return True
+
+
+_native_filter: subprocess.Popen | None = None
+
+
+def drop_native_lines(*texts: str) -> bool:
+    """Leave the lines Ray's C++ core writes to this process's stderr that contain one of texts off
+    it, for the rest of the process: fd 2 becomes a pipe to raylib/line_filter.py, which writes
+    everything else on to the real stderr and drains it when this process ends or crashes. Once per
+    process; False (nothing changed) when sys.stderr is not fd 2 (a test's captured output)."""
+    global _native_filter
+    if _native_filter is not None:
+        return True
+    try:
+        if sys.stderr is None or sys.stderr.fileno() != 2:
+            return False
+    except (AttributeError, OSError, ValueError):
+        return False
+    sys.stderr.flush()
+    real = os.dup(2)
+    read, write = os.pipe()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "line_filter.py")
+    # a session of its own: Ctrl-C or `ray job stop` on the job's process group leaves it to drain
+    _native_filter = subprocess.Popen([sys.executable, "-S", script, *texts], stdin=read, stdout=real,
+                                      start_new_session=True)
+    os.dup2(write, 2)
+    for fd in (read, write):
+        os.close(fd)
+
+    def restore():
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(real, 2)  # the filter's input closes here: it writes what it holds and ends
+        try:  # unless a child of this process still holds the pipe
+            _native_filter.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+
+    atexit.register(restore)
     return True

@@ -15,6 +15,8 @@ import os
 import signal
 import threading
 
+from raylib import ray_compat
+
 # Share of a node's custom resource (cluster.yaml: decode_node, gpu_node) one task, actor or
 # training worker asks for: the resource picks the node type, CPUs and GPUs bound concurrency.
 RESOURCE_SHARE = 0.001
@@ -28,6 +30,10 @@ QUIET_LOGGERS = (
 )
 # raylet notices the driver prints whatever log_to_driver says; on one machine they are expected
 RAYLET_NOTICES = ("PYTHON worker processes have been started on node",)
+# lines of Ray's C++ core a job's driver writes to its stderr that are no news: Ray Data starts every
+# actor of a pool with its plan in the object store (owned by the driver for the whole run) and
+# restarts allowed, and the core logs that at ERROR on each actor's start
+NATIVE_NOTICES = ("has constructor arguments in the object store and max_restarts > 0",)
 
 
 def placement(resource: str) -> dict[str, float]:
@@ -107,7 +113,6 @@ def autoscaling() -> bool:
     may grow to hold)."""
     if not os.environ.get("RAY_ADDRESS") or os.environ["RAY_ADDRESS"] == os.environ.get(OWN_RAY):
         return False
-    from raylib import ray_compat
 
     try:
         config = ray_compat.cluster_config()
@@ -169,8 +174,6 @@ def quiet_logging() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints no tables or hints
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    from raylib import ray_compat
-
     # RAYLET_NOTICES stay in raylet.out; Ray prints them from a listener thread with no switch of its own
     ray_compat.drop_driver_lines(lambda line: any(n in line for n in RAYLET_NOTICES))
 
@@ -193,6 +196,7 @@ def init_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None
 
     if ray.is_initialized():
         return ray
+    ray_compat.drop_native_lines(*NATIVE_NOTICES)
     runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=not quiet)

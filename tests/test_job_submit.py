@@ -95,6 +95,7 @@ def test_extract_job_submitted_to_a_token_authenticated_head(head, tmp_path):
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert f"extract: {n} clips processed (ok {n})" in job.stdout
     assert "succeeded" in job.stdout
+    assert "constructor arguments in the object store" not in job.stdout + job.stderr  # Ray's C++ notice, per actor
     table = read_store(out, ["clip_id", "status"])
     assert table.num_rows == n and set(table.column("status").to_pylist()) == {"ok"}
 

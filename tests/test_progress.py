@@ -43,5 +43,6 @@ def test_extraction_in_a_terminal_shows_progress_bars_and_no_ray_chatter(sample_
     assert "%|" in out and "\x1b[A" in out  # tqdm bars, redrawn in place
     assert f"extract: {n} clips processed" in out
     for chatter in ("INFO worker.py", "Started a local Ray instance", "(raylet)", "TensorboardX",
-                    "Token authentication is enabled", "Progress bars disabled"):
+                    "Token authentication is enabled", "Progress bars disabled",
+                    "constructor arguments in the object store"):
         assert chatter not in out, chatter

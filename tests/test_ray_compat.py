@@ -1,8 +1,15 @@
 """The Ray internals of raylib/ray_compat.py against the installed Ray: an upgrade that moves or
 changes one fails here, not silently in a job."""
 
+import glob
 import io
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
 
 import pytest
 
@@ -95,3 +102,73 @@ def test_a_ray_without_the_field_is_a_warning_in_the_log():
     finally:
         ray_compat.log.removeHandler(handler)
     assert "keep Ray Data's CPU reservation" in stream.getvalue()
+
+
+FILTER = os.path.join(os.path.dirname(ray_compat.__file__), "line_filter.py")
+NATIVE = b"[2026-12-06 19:28:04,318 E 26289 26289] core_worker.cc:2465: Actor with class name: 'A' and ID: 'ab' "
+
+
+def test_the_line_filter_drops_only_native_lines_that_name_a_text_and_passes_the_rest_as_written():
+    bar = b"\rMap 40%|####      | 4/10 [00:01<00:02, 2.3it/s]"
+    stream = (b"extract: start\n" + NATIVE + b"has NOISE in it.\n" + bar + NATIVE + b"NOISE again\n"
+              + b"[2026-12-06 19:28:05,001 W 1 2] raylet.cc:1: disk is full\n" + b"[not a log line] NOISE\n"
+              + b"[2026-12-06 19:28:05,002 E 1 2] no newline at the end: NOISE")
+    out = subprocess.run([sys.executable, "-S", FILTER, "NOISE"], input=stream, capture_output=True, timeout=30).stdout
+    assert out == (b"extract: start\n" + bar + b"[2026-12-06 19:28:05,001 W 1 2] raylet.cc:1: disk is full\n"
+                   + b"[not a log line] NOISE\n" + b"[2026-12-06 19:28:05,002 E 1 2] no newline at the end: NOISE")
+
+
+def test_the_line_filter_holds_back_only_a_tail_that_may_become_a_native_line():
+    from raylib import line_filter
+
+    bar = b"x\n\rMap 40%|####      | 4/10 [00:01<00:02, 2.3it/s]"
+    assert line_filter.held_from(bar) == len(bar)  # a progress bar is never held
+    assert line_filter.held_from(b"done\n[2026-12-06 19:2") == 5
+    assert line_filter.held_from(b"done\n" + NATIVE) == 5
+    assert line_filter.held_from(b"[2026-1x") == 8  # not a date
+    assert line_filter.held_from(b"a [b [2026") == 5
+
+
+def run_python(code: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run code in a fresh Python whose stderr is a pipe (fd 2, as a job's under `ray job submit`)."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(ray_compat.__file__))}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=240)
+
+
+def test_what_a_job_writes_to_stderr_before_it_crashes_still_arrives(tmp_path):
+    done = run_python("""
+        import os, sys
+        from raylib import ray_compat
+        assert ray_compat.drop_native_lines("NOISE")
+        print("python line", file=sys.stderr, flush=True)
+        os.write(2, b"[2026-12-06 19:28:04,318 E 1 1] core_worker.cc:1: NOISE\\n")
+        os.write(2, b"native line, unfinished")
+        os.abort()
+    """, tmp_path)
+    assert done.returncode < 0
+    assert done.stderr == b"python line\nnative line, unfinished"
+
+
+def test_the_object_store_notice_of_ray_data_actors_stays_off_stderr_and_in_the_drivers_log(tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    done = run_python("""
+        import ray
+        from raylib import ray_compat, runtime
+        assert ray_compat.drop_native_lines(*runtime.NATIVE_NOTICES)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir="%s", log_to_driver=False)
+
+        class Same:
+            def __call__(self, batch):
+                return batch
+
+        print(ray.data.range(4, override_num_blocks=2).map_batches(Same, concurrency=1).count())
+    """ % ray_tmp, tmp_path)
+    logs = glob.glob(os.path.join(ray_tmp, "session_*", "logs", "python-core-driver-*.log"))
+    driver_log = "".join(open(p).read() for p in logs)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert done.stdout.strip().endswith(b"4")
+    assert runtime.NATIVE_NOTICES[0] in driver_log  # this Ray still logs it
+    assert b"constructor arguments" not in done.stderr
