@@ -31,7 +31,7 @@ from raylib.media.audio import load_audio, speech_spectrogram
 from raylib.media.faces import FaceConfig, align_face, align_frames, detect_face
 from raylib.media.video import DEFAULT_SAMPLING, decode_video
 from raylib.sample import SampleConfig, generate_sample_set
-from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
+from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 
 FULL = FaceConfig(detect_max_side=0)
 
@@ -177,7 +177,8 @@ def write_wavs(root: str, n: int) -> None:
 def job(args) -> None:
     """The whole extraction job on a local Ray, with the efficiency it reports of itself."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from raylib.stages.extract import ExtractConfig, run_extract
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.job import run_extract
 
     backbone = args.backbone or ExtractConfig().backbone
     with tempfile.TemporaryDirectory() as store:

@@ -16,7 +16,7 @@ import torch
 
 from raylib.models.backbones import build_backbone
 from raylib.models.fusion import build_model
-from raylib.stages.train_config import TrainConfig
+from raylib.train.config import TrainConfig
 
 
 def timed(fn, repeats):

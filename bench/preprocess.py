@@ -13,7 +13,7 @@ import time
 
 from raylib.media.video import DEFAULT_SAMPLING
 from raylib.sample import SampleConfig, generate_sample_set
-from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
+from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 
 
 def main():

@@ -22,8 +22,8 @@ from dataclasses import asdict, replace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.runtime import init_ray  # noqa: E402
-from raylib.stages.pretrain import PretrainConfig, run_pretrain  # noqa: E402
-from raylib.stages.table1 import run_table1  # noqa: E402
+from raylib.pretrain.job import PretrainConfig, run_pretrain  # noqa: E402
+from raylib.pretrain.table1 import run_table1  # noqa: E402
 
 
 def main() -> int:

@@ -139,8 +139,8 @@ def step_speed(cfg, data, device, steps: int, nchw: bool = False) -> dict:
     batches after a warm-up, and the GPU's busy share meanwhile."""
     import torch
 
-    from raylib.stages import pretrain_loop
-    from raylib.stages.pretrain_loop import build_classifier, channels_last, make_optimizer, train_epoch
+    from raylib.pretrain import loop as pretrain_loop
+    from raylib.pretrain.loop import build_classifier, channels_last, make_optimizer, train_epoch
 
     x, y = data["train"]
     model = channels_last(build_classifier(cfg).to(device), device)
@@ -185,8 +185,8 @@ def run(a) -> dict:
     import torch
 
     from raylib.models.backbones import SPECS
-    from raylib.stages.pretrain_config import PretrainConfig
-    from raylib.stages.pretrain_loop import build_classifier, channels_last, evaluate, make_optimizer, train_epoch
+    from raylib.pretrain.config import PretrainConfig
+    from raylib.pretrain.loop import build_classifier, channels_last, evaluate, make_optimizer, train_epoch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__}

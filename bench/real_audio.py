@@ -89,8 +89,9 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     from raylib.runtime import init_ray
-    from raylib.stages.extract import ExtractConfig, run_extract
-    from raylib.stages.train import TrainConfig, run_train
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.job import run_extract
+    from raylib.train.job import TrainConfig, run_train
 
     init_ray(quiet=True)
     root = Path(args.root)

@@ -9,7 +9,7 @@ Extract once per feature with jobs/extract.py (a manifest with a speaker column)
 Folds are raylib.folds' plan over the store's speakers (the same as jobs/train.py --folds): in
 each fold the test speakers are scored once by the epoch the inner selection speakers picked.
 Each configuration is trained in this process with the training loop's own pieces
-(raylib.stages.train_loop: train_epoch, set_lr; batch-norm recalibration; val_metrics), one
+(raylib.train.loop: train_epoch, set_lr; batch-norm recalibration; val_metrics), one
 worker, so a grid of folds x configurations runs in minutes on 2 cores; jobs/train.py --folds
 runs the same plan through Ray Train and MLflow.
 
@@ -40,7 +40,7 @@ BOOTSTRAP = 2000
 
 def read_rows(store: str):
     """The store's labelled rows with features (and frames), with their speaker."""
-    from raylib.batches import COLUMNS, usable
+    from raylib.store import COLUMNS, usable
     from raylib.prediction import rows_for
     from raylib.store import read_store
 
@@ -73,8 +73,8 @@ def fit_fold(table, roles: np.ndarray, model_cfg, a) -> tuple[np.ndarray, dict]:
     from raylib.models.audio_cnn import recalibrate_norms
     from raylib.models.fusion import build_model
     from raylib.prediction import predict, val_metrics
-    from raylib.stages.train_config import TrainConfig
-    from raylib.stages.train_loop import make_optimizer, set_lr, train_epoch
+    from raylib.train.config import TrainConfig
+    from raylib.train.loop import make_optimizer, set_lr, train_epoch
 
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, visual_lr_scale=a.visual_lr_scale,
                       weight_decay=a.weight_decay)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     from raylib.folds import fold_plan, speaker_split
     from raylib.models import POOLINGS
     from raylib.models.model_config import ModelConfig
-    from raylib.stages.train_config import TrainConfig
+    from raylib.train.config import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="feature store with a speaker column (jobs/extract.py)")

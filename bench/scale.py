@@ -84,8 +84,8 @@ def write_store(store: str, shards: int, rows: int) -> None:
 
 def time_state(store: str, env: dict | None = None) -> tuple[float, float, int]:
     """(wall s, peak RSS GiB, clips) of reading the store's state in a fresh process, as a resumed run does."""
-    code = ("import sys, time; from raylib.stages.extract import _state; t = time.perf_counter(); "
-            "s = _state(sys.argv[1]); print(len(s.usable) + len(s.failed), time.perf_counter() - t)")
+    code = ("import sys, time; from raylib.store import writable_state; t = time.perf_counter(); "
+            "s = writable_state(sys.argv[1]); print(len(s.usable) + len(s.failed), time.perf_counter() - t)")
     wall, rss, rc, tail = run_measured([sys.executable, "-c", code, store], env)
     if rc != 0:
         raise SystemExit(f"reading the store failed:\n{tail}")

@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import RaylibError
-from raylib.stages.extract import ExtractConfig, run_extract
+from raylib.extract.config import ExtractConfig
+from raylib.extract.job import run_extract
 
 
 def main(argv=None) -> int:

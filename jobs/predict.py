@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import RaylibError
-from raylib.stages.predict import PredictConfig, main_line, run_predict
+from raylib.ensemble.predict import PredictConfig, main_line, run_predict
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
-from raylib.stages.train import TrainConfig, run_train
+from raylib.train.job import TrainConfig, run_train
 from raylib.tracking import open_line, run_link
 
 

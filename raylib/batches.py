@@ -10,22 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from raylib.media.audio import input_shape
-from raylib.schema import USABLE_STATUSES
-
-USABLE = USABLE_STATUSES  # "error" rows carry no features
-COLUMNS = ["clip_id", "uri", "label_index", "status", "visual_dim", "visual_features", "audio_shape", "audio"]
-
-
-def usable(table: pa.Table, labelled: bool = True) -> pa.Table:
-    """Rows with features (and a label when labelled)."""
-    keep = pc.is_in(table.column("status"), pa.array(USABLE))
-    if labelled:
-        keep = pc.and_(keep, pc.greater_equal(table.column("label_index"), 0))
-    return table.filter(keep)
 
 
 def collate(table: pa.Table, audio_channels: int = 1) -> dict:

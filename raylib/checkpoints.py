@@ -5,10 +5,12 @@ and by evaluation; local paths or URIs."""
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict
 
 from raylib import storage
+from raylib.errors import WeightsError
 
 CHECKPOINT_FILE = "model.pt"
 
@@ -26,11 +28,7 @@ def save_checkpoint(directory: str, model, optimizer, epoch: int, best: float, m
 
 def load_checkpoint(uri: str) -> dict:
     """A checkpoint written by save_checkpoint, from a folder or model.pt (local or URI)."""
-    import io
-
     import torch
-
-    from raylib.errors import WeightsError
 
     if not uri.endswith(".pt"):
         uri = storage.join(uri, CHECKPOINT_FILE)
@@ -50,8 +48,6 @@ def load_checkpoint(uri: str) -> dict:
 def load_model_state(model, state: dict, uri: str) -> None:
     """Load a checkpoint's model tensors strictly; WeightsError in one line when the checkpoint
     was written for another layout of the model (e.g. the audio CNN before batch norm)."""
-    from raylib.errors import WeightsError
-
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
@@ -80,8 +76,6 @@ def model_config_of(state: dict):
 def checkpoint_of_epoch(run_folder: str, epoch: int) -> str | None:
     """The checkpoint folder under a training run's folder (local or URI) that holds `epoch`; None
     when that epoch's checkpoint was not kept (or not written)."""
-    from raylib.errors import WeightsError
-
     for path in storage.list_files(run_folder, "/" + CHECKPOINT_FILE):
         uri = storage.uri_of(path, run_folder)
         try:

@@ -11,10 +11,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from raylib.ensemble.evaluate import EvaluateConfig, run_evaluate
+from raylib.extract.config import ExtractConfig
+from raylib.extract.job import run_extract
+from raylib.extract.preprocess import PreprocessConfig
+from raylib.runtime import init_ray
 from raylib.sample import SampleConfig, generate_sample_set
 from raylib.store import read_store
-from raylib.stages.extract import ExtractConfig, run_extract
-from raylib.stages.preprocess import PreprocessConfig
+from raylib.tracking import open_line
+from raylib.train.job import TrainConfig, run_train
+from raylib.train.sweep import TuneConfig, run_tune
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,6 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     paths = generate_sample_set(SampleConfig(out_dir=videos, train_per_class=cfg.train_per_class,
                                              val_per_class=cfg.val_per_class))
     print(f"sample set: {len(paths)} synthetic clips under {videos} ({time.perf_counter() - t0:.1f} s)")
-    from raylib.runtime import init_ray
 
     init_ray(cfg.num_cpus, quiet=True)  # worker logs stay in /tmp/ray; errors still surface here
     summary = run_extract(ExtractConfig(input=videos, dataset_format="afew", output=store, frames=cfg.frames,
@@ -86,11 +91,6 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
 
 def train_sweep_evaluate(cfg: DemoConfig, store: str) -> dict:
     """Train one model, sweep a small grid, evaluate an ensemble of the two best; print all."""
-    from raylib.stages.evaluate import EvaluateConfig, run_evaluate
-    from raylib.stages.train import TrainConfig, run_train
-    from raylib.stages.tune import TuneConfig, run_tune
-    from raylib.tracking import open_line
-
     runs = os.path.join(cfg.data_dir, "runs")
     t0 = time.perf_counter()
     trained = run_train(TrainConfig(store=store, output=runs, epochs=cfg.epochs, quiet=cfg.quiet), source="jobs/demo.py")

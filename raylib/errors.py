@@ -1,6 +1,12 @@
 """Project exception types: each names the thing that failed and, where one exists, the fix."""
 
 
+def exception_line(e: BaseException) -> str:
+    """'TypeName: first line of the message', short enough for the store's error column."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
 class RaylibError(Exception):
     """Base class of every error this package raises on purpose."""
 

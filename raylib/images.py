@@ -32,7 +32,8 @@ import numpy as np
 from raylib import storage
 from raylib.errors import SourceError
 from raylib.labels import EMOTIONS, SPLITS
-from raylib.media.faces import FaceConfig
+from raylib.media.faces import FaceConfig, align_frames
+from raylib.media.image import resize
 from raylib.sources import canonical_uri, clip_id, collapse_duplicates, read_manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -217,8 +218,6 @@ def decode_image(blob: bytes) -> np.ndarray:
 
 def image_chip(image: np.ndarray, align: bool = False, faces: FaceConfig = FaceConfig()) -> tuple[np.ndarray, bool]:
     """[H, W, 3] uint8 -> (chip [224, 224, 3] uint8, face found), framed like extraction's chips."""
-    from raylib.media.faces import align_frames, resize
-
     if align:
         out = align_frames(image[None], faces)
         return out.chips[0], bool(out.found[0])

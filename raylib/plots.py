@@ -7,6 +7,8 @@ names what it shows, and each figure carries a one-line caption.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from raylib.labels import EMOTIONS
@@ -155,8 +157,6 @@ def heatmap_png(cells: list[dict], visual: list[str], audio: list[str], fusions:
 
 def table1_png(rows: list[dict], path: str, metric: str = "test_accuracy") -> str:
     """Table 1 as a heat map: linear-probe score (%) per feature x dataset."""
-    import os
-
     plt = _pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     features = list(dict.fromkeys(r["feature"] for r in rows))

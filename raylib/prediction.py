@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from raylib.labels import EMOTIONS
+from raylib.metrics import confusion_matrix, summarize_confusion
 from raylib.models import VISUAL_MODALITIES
+from raylib.speaker_norm import SpeakerNormError, normalize
+from raylib.store import COLUMNS, read_store, usable
 
 # Rows without frames (audio files, status "audio_only"; visual_dim 0) give a visual branch
 # nothing to attend to: models with one skip them rather than read an empty input.
@@ -41,9 +44,6 @@ def speaker_rows(store: str, speakers, *modalities: str):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from raylib.batches import COLUMNS, usable
-    from raylib.store import read_store
-
     table = usable(read_store(store, [*COLUMNS, "speaker"]))
     table = table.filter(pc.is_in(table.column("speaker"), pa.array([str(s) for s in speakers], pa.string())))
     return rows_for(table, *modalities).select([*COLUMNS, "speaker"])
@@ -54,7 +54,6 @@ def model_rows(model, table, stats):
     the model was trained so, as they are otherwise."""
     if not model.cfg.speaker_norm:
         return table
-    from raylib.speaker_norm import SpeakerNormError, normalize
 
     if stats is None:
         raise SpeakerNormError("the model reads speaker-normalised features (trained with --speaker-norm) and was "
@@ -86,8 +85,6 @@ def predict(model, table, batch_size: int = 32, device="cpu", keep_weights: int 
 def val_counts(model, table, device="cpu", stats: dict | None = None) -> np.ndarray:
     """What val metrics are made of, summable over shards scored apart: the confusion matrix
     (7 x 7, flattened) then the summed log loss and the number of rows (stats: see predict)."""
-    from raylib.metrics import confusion_matrix
-
     probs, _ = predict(model, table, device=device, stats=stats)
     labels = table.column("label_index").to_numpy().astype(np.int64)
     cm = confusion_matrix(labels, probs.argmax(1)) if len(labels) else np.zeros((len(EMOTIONS),) * 2, np.int64)
@@ -97,8 +94,6 @@ def val_counts(model, table, device="cpu", stats: dict | None = None) -> np.ndar
 
 def metrics_from_counts(counts: np.ndarray) -> dict:
     """val_loss, val_accuracy, val_uar, val_recall_<label> and val_clips from (summed) val_counts."""
-    from raylib.metrics import summarize_confusion
-
     k = len(EMOTIONS)
     n = float(counts[k * k + 1])
     if not n:

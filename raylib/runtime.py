@@ -16,6 +16,7 @@ import signal
 import threading
 
 from raylib import ray_compat
+from raylib.errors import ClusterError
 
 # Share of a node's custom resource (cluster.yaml: decode_node, gpu_node) one task, actor or
 # training worker asks for: the resource picks the node type, CPUs and GPUs bound concurrency.
@@ -134,8 +135,6 @@ def check_capacity(what: str, count: int, each: dict[str, float], fix: str | dic
     `each` at once (with `beside` next to them; capacity_error) and no autoscaler can add nodes:
     Ray would wait, or retry, forever."""
     import ray
-
-    from raylib.errors import ClusterError
 
     if not ray.is_initialized() or autoscaling():
         return

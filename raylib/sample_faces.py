@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from raylib.labels import EMOTIONS
+from raylib.sample import face_photo
 
 MOUTH_CURVES = tuple(np.linspace(-1.0, 1.0, len(EMOTIONS)))  # -1 frown ... +1 smile
 MOUTH_CENTRE = (0.5, 0.74)  # of the face crop (x, y)
@@ -23,8 +24,6 @@ MOUTH_CENTRE = (0.5, 0.74)  # of the face crop (x, y)
 def render_face(label_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """[size, size, 3] uint8: the face with the label's mouth, randomly placed, lit and noised."""
     from PIL import Image, ImageDraw
-
-    from raylib.sample import face_photo
 
     face = Image.fromarray(face_photo())
     w, h = face.size

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 
 import raylib
-from raylib import storage
 from raylib.labels import LABEL_INDEX
 
 SCHEMA_VERSION = "3"  # 2: face_count; 3: speaker

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raylib.errors import RaylibError
+from raylib.store import data_files, read_files
 
 STAT_COLUMNS = ["status", "speaker", "visual_features", "audio_shape", "audio"]
 MIN_STD = 1e-3  # a constant dimension (a silent bin) stays 0 instead of being divided by ~0
@@ -118,8 +119,6 @@ def table_stats(table: pa.Table) -> dict[str, dict]:
 def store_stats(store: str) -> dict[str, dict]:
     """Each speaker's feature statistics over every row with features of a store (all splits,
     labelled or not), read one shard at a time."""
-    from raylib.store import data_files, read_files
-
     acc = Accumulator()
     try:
         for path in data_files(store):

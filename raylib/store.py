@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raylib import storage
 from raylib.errors import StoreError
-from raylib.schema import METADATA_KEY, SCHEMA, STATUS_ERROR
+from raylib.sample import is_sample_clip
+from raylib.schema import METADATA_KEY, SCHEMA, STATUS_ERROR, USABLE_STATUSES
 
 # What makes two rows' features comparable. The weights URI is not part of it (the digest is):
 # a checkpoint moved to another bucket is the same recipe.
@@ -136,6 +138,18 @@ class StoreState:
         return self.usable | set(self.failed)
 
 
+# the columns a model reads from a store row (raylib.batches.collate)
+COLUMNS = ["clip_id", "uri", "label_index", "status", "visual_dim", "visual_features", "audio_shape", "audio"]
+
+
+def usable(table: pa.Table, labelled: bool = True) -> pa.Table:
+    """Rows with features ("error" rows carry none), and a label when labelled."""
+    keep = pc.is_in(table.column("status"), pa.array(USABLE_STATUSES))
+    if labelled:
+        keep = pc.and_(keep, pc.greater_equal(table.column("label_index"), 0))
+    return table.filter(keep)
+
+
 STATE_COLUMNS = ["clip_id", "uri", "status", "error", *RECIPE_KEYS]
 
 
@@ -143,8 +157,6 @@ def store_state(output: str) -> StoreState:
     """Read the small columns of every shard into a StoreState, with Arrow compute rather than a
     Python loop per row. StoreError when a clip has two rows (a store written by hand or by an
     older version)."""
-    import pyarrow.compute as pc
-
     files = data_files(output)
     tables = read_files(output, files, STATE_COLUMNS)
     state = StoreState(files=len(files))
@@ -210,3 +222,22 @@ def drop_rows(output: str, clip_ids_by_file: dict[str, set[str]], retries: int =
 def _uri_of(output: str, path: str) -> str:
     """The URI of a path inside the store's filesystem (as listed by data_files)."""
     return storage.uri_of(path, output)
+
+
+def writable_state(output: str) -> StoreState:
+    """The store's state once the temporaries of interrupted writes are removed: what a job that
+    adds to the store starts from."""
+    storage.remove_stale_temporaries(output)
+    return store_state(output)
+
+
+def store_description(store: str) -> dict:
+    """What the numbers of a report come from: kind ("synthetic sample set" or "real data"), the
+    number of usable val clips, the datasets named in the store."""
+    from raylib.store import usable
+
+    val = usable(read_store(store, ["uri", "dataset", "label_index", "status"], split="val"))
+    uris = val.column("uri").to_pylist()
+    synthetic = bool(uris) and all(is_sample_clip(u) for u in {uris[0], uris[-1]})
+    return {"store": store, "kind": "synthetic sample set" if synthetic else "real data",
+            "val_clips": val.num_rows, "datasets": sorted(set(val.column("dataset").to_pylist()) - {None})}

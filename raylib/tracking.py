@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import sqlite3
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 
+from raylib.errors import Interrupted, TrackingError
 from raylib.storage import public_uri
 
 # Nothing leaves the machine unasked: MLflow's usage telemetry is off unless a user turns it on.
@@ -82,8 +85,6 @@ def client():
 def check_reachable(uri: str | None = None) -> None:
     """TrackingError, within PROBE_TIMEOUT_S, when an http(s) tracking server does not answer (MLflow's
     own client would retry for minutes); any HTTP answer counts. Once per URI and process."""
-    from raylib.errors import TrackingError
-
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")) or uri in _reachable:
         return
@@ -180,8 +181,6 @@ def save_runs_view(experiment_id: str, key: str, parent_run_id: str, params: lis
     those runs only, sorted by metric order_by (highest first), with the given params and metrics
     (jobs' names) as columns after a Run Name column wide enough for full trial names. Returns
     the UI link that opens it, or None where this MLflow's UI would not read it."""
-    import json
-
     if not shared_views_supported():
         return None
     columns = [f"params.`{p}`" for p in params] + [f"metrics.`{metric_key(m)}`" for m in metrics]
@@ -265,8 +264,9 @@ def relocate_artifacts(db_path: str) -> int:
 def experiment_id(name: str, description: str | None = None) -> str:
     """Id of experiment `name` in the store in use, created (with its artifact folder) if needed and
     marked for MLflow's model-training view; `description` becomes its description where it has none."""
-    import mlflow
     from mlflow.tracking import MlflowClient
+
+    import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -347,7 +347,6 @@ def require_new_run_name(experiment: str, run_name: str, fix: str) -> None:
     """TrackingError when `experiment` already holds a run named run_name: a second run of that name
     would pass for the first one continued. `fix` says what to do instead."""
     import mlflow
-    from raylib.errors import TrackingError
 
     mlflow.set_tracking_uri(tracking_uri())
     found = mlflow.get_experiment_by_name(experiment)
@@ -391,7 +390,6 @@ def describe(run_id: str, text: str) -> None:
 def log_metrics(run_id: str, metrics: dict, step: int) -> None:
     """Log finite scalar metrics at step, under their MLflow names (metric_key)."""
     from mlflow.entities import Metric
-    import time
 
     now = int(time.time() * 1000)
     items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items() if v is not None and np.isfinite(v)]
@@ -407,8 +405,6 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 def ending_runs(*run_ids: str):
     """Inside the block, Ctrl-C (KeyboardInterrupt, or the SystemExit Ray Train turns it into) ends
     these runs as KILLED and becomes Interrupted; any other exception ends them as FAILED."""
-    from raylib.errors import Interrupted
-
     try:
         yield
     except Interrupted:  # the block ended its runs itself

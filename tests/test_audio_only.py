@@ -16,7 +16,7 @@ from raylib.media.audio import audio_features, load_audio
 from raylib.media.video import decode_video
 from raylib.schema import STATUS_AUDIO_ONLY, USABLE_STATUSES, audio_array
 from raylib.sources import list_clips
-from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
+from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 
 CFG = PreprocessConfig(frames="uniform:2")
 
@@ -133,7 +133,7 @@ def test_a_broken_audio_file_is_a_row_with_a_clear_cause(tmp_path, kind, status,
 def audio_file_rows(tmp_path, names: dict[str, str]) -> dict:
     """CPU-stage rows of tone WAVs (name -> split), as cpu_stage and featurize_batch leave them."""
     from raylib.sources import ClipRecord, clip_id
-    from raylib.stages.extract import cpu_stage, featurize_batch
+    from raylib.extract.graph import cpu_stage, featurize_batch
 
     records = [ClipRecord(clip_id(str(tmp_path / n)), write_audio(tmp_path / n, tone(1.0, 300 + 50 * i)), "Happy",
                           split, "manifest") for i, (n, split) in enumerate(names.items())]
@@ -146,7 +146,8 @@ def test_the_feature_actors_of_an_audio_only_input_load_no_face_model(tmp_path, 
     (a missing weights file is not even opened), audio rows pass through with their features, and a
     clip with frames that reaches such an actor anyway is an error row, not a crashed actor."""
     from raylib.errors import WeightsError
-    from raylib.stages.extract import ExtractConfig, FeatureStage
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.graph import FeatureStage
 
     cfg = ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth"), frames="uniform:2")
     with pytest.raises(WeightsError):
@@ -169,7 +170,7 @@ def checkpoint(tmp_path, modalities: str, visual_dim: int) -> str:
 
     from raylib.checkpoints import save_checkpoint
     from raylib.models.fusion import build_model
-    from raylib.stages.train_config import TrainConfig
+    from raylib.train.config import TrainConfig
 
     torch.manual_seed(0)
     cfg = TrainConfig(modalities=modalities).model_config(visual_dim, 1)
@@ -179,9 +180,10 @@ def checkpoint(tmp_path, modalities: str, visual_dim: int) -> str:
 
 def test_a_visual_branch_refuses_a_store_of_audio_files_in_one_line(tmp_path):
     from raylib.schema import to_table
-    from raylib.stages.extract import ExtractConfig, batch_rows, provenance
-    from raylib.stages.train import TrainConfig, run_train
-    from raylib.stages.train_config import store_info
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.graph import batch_rows, provenance
+    from raylib.train.job import TrainConfig, run_train
+    from raylib.train.config import store_info
 
     batch = audio_file_rows(tmp_path, {"a.wav": "train", "b.wav": "train", "c.wav": "val"})
     rows = [{**r, **provenance(ExtractConfig())} for r in batch_rows(batch)]
@@ -203,8 +205,9 @@ def test_a_visual_branch_refuses_a_store_of_audio_files_in_one_line(tmp_path):
 def test_predictions_of_an_audio_file_need_models_without_a_visual_branch(tmp_path):
     from raylib.prediction import NO_FRAMES, predict
     from raylib.schema import to_table
-    from raylib.stages.extract import ExtractConfig, batch_rows, provenance
-    from raylib.stages.predict import Predictor
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.graph import batch_rows, provenance
+    from raylib.ensemble.predict import Predictor
 
     batch = audio_file_rows(tmp_path, {"new.wav": "test"})
     audio, av = checkpoint(tmp_path, "audio", 0), checkpoint(tmp_path, "av", 128)
@@ -255,7 +258,8 @@ def corpus(tmp_path_factory, cremad_clips):
 
 @pytest.fixture(scope="module")
 def store(local_ray, corpus, tmp_path_factory):
-    from raylib.stages.extract import ExtractConfig, run_extract
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.job import run_extract
 
     out = str(tmp_path_factory.mktemp("store") / "features")
     return out, run_extract(ExtractConfig(input=corpus[0], output=out, frames="uniform:2", quiet=True))
@@ -286,8 +290,8 @@ def test_wav_and_video_in_class_folders_extract_to_rows_whose_audio_features_mat
 
 @pytest.mark.slow
 def test_evaluation_and_prediction_take_audio_files_with_audio_models(store, corpus, mlflow_uri, tmp_path):
-    from raylib.stages.evaluate import EvaluateConfig, run_evaluate
-    from raylib.stages.predict import PredictConfig, run_predict
+    from raylib.ensemble.evaluate import EvaluateConfig, run_evaluate
+    from raylib.ensemble.predict import PredictConfig, run_predict
 
     out, _ = store
     audio, av = checkpoint(tmp_path, "audio", 0), checkpoint(tmp_path, "av", 128)

@@ -90,7 +90,8 @@ def test_renamed_key_lists_missing_and_unexpected(ir50_checkpoint, tmp_path):
 
 def test_ir50_at_224_is_read_from_its_checkpoint_and_embeds_extraction_chips_unresized(ir50_224_checkpoint):
     from raylib.media.faces import CHIP_SIZE
-    from raylib.stages.extract import ExtractConfig, FeatureStage
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.graph import FeatureStage
 
     model, path = ir50_224_checkpoint
     stage = FeatureStage(ExtractConfig(backbone="ir50", weights=path))  # the extraction's feature actor
@@ -120,7 +121,8 @@ def test_input_size_that_contradicts_the_checkpoint_is_one_line(ir50_checkpoint,
 
 
 def test_an_input_size_only_the_flag_sets_is_part_of_the_store_recipe(ir50_checkpoint):
-    from raylib.stages.extract import ExtractConfig, provenance
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.graph import provenance
 
     def backbone(**kw):
         return provenance(ExtractConfig(**kw))["backbone"]

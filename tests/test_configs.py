@@ -9,8 +9,8 @@ import torch
 from raylib.config import parse
 from raylib.models.fusion import ModelConfig, build_model
 from raylib.models.model_config import MODEL_DEFAULTS
-from raylib.stages.train_config import TrainConfig
-from raylib.stages.tune import NOT_PER_TRIAL, SWEEP_DEFAULTS, SWEEP_HELP, SWEPT, TuneConfig
+from raylib.train.config import TrainConfig
+from raylib.train.sweep import NOT_PER_TRIAL, SWEEP_DEFAULTS, SWEEP_HELP, SWEPT, TuneConfig
 
 
 def test_training_defaults_build_exactly_the_model_config_defaults():

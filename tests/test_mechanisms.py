@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raylib.batches import COLUMNS, collate
+from raylib.batches import collate
+
+from raylib.store import COLUMNS
 from raylib.models import ATTENTIONS
 from raylib.models.fusion import ModelConfig, build_model
 from raylib.prediction import val_metrics
 from raylib.schema import to_table
-from raylib.stages.train_loop import train_epoch
+from raylib.train.loop import train_epoch
 from raylib.store import read_store
 
 SPLITS = {"train": 240, "val": 120}

@@ -71,9 +71,9 @@ def test_heat_map_shows_the_selection_metric_and_accuracy(tmp_path):
 
 
 def test_help_shows_each_default_once_and_no_empty_default():
-    from raylib.stages.extract import ExtractConfig
-    from raylib.stages.train_config import TrainConfig
-    from raylib.stages.tune import TuneConfig
+    from raylib.extract.config import ExtractConfig
+    from raylib.train.config import TrainConfig
+    from raylib.train.sweep import TuneConfig
 
     for cls in (ExtractConfig, TrainConfig, TuneConfig):
         text = " ".join(add_arguments(argparse.ArgumentParser(formatter_class=HelpFormatter), cls).format_help().split())

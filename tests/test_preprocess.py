@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
+from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 
 
 def test_real_clip_gives_chips_flags_and_spectrogram(cremad_clips):

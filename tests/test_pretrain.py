@@ -15,7 +15,7 @@ from raylib.labels import EMOTIONS
 from raylib.media.faces import align_frames
 from raylib.models.backbones import SPECS, build_backbone
 from raylib.sample_faces import write_face_folders
-from raylib.stages.pretrain import decode_batch
+from raylib.pretrain.job import decode_batch
 
 CHANCE = 1 / len(EMOTIONS)
 
@@ -144,7 +144,7 @@ def faces(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrained(faces, mlflow_uri, ray_local, tmp_path_factory):
-    from raylib.stages.pretrain import PretrainConfig, run_pretrain
+    from raylib.pretrain.job import PretrainConfig, run_pretrain
 
     out = tmp_path_factory.mktemp("pretrain")
     cfg = PretrainConfig(input=faces, output=str(out), backbone="resnet18", init="random", input_size=48, epochs=8,
@@ -177,9 +177,10 @@ def test_the_run_records_metrics_confusion_matrix_and_the_backbone(pretrained):
 @pytest.mark.slow
 def test_extraction_loads_the_result_strictly_and_stores_its_embedding(pretrained, tmp_path, astronaut):
     from raylib.sample import write_clip
-    from raylib.stages.extract import ExtractConfig, run_extract
-    from raylib.stages.preprocess import PreprocessConfig, preprocess_clip
-    from raylib.stages.pretrain_loop import Classifier, load_state
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.job import run_extract
+    from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
+    from raylib.pretrain.loop import Classifier, load_state
     from raylib.models.backbones import architecture
     from raylib.store import read_store
 
@@ -209,9 +210,9 @@ def test_extraction_loads_the_result_strictly_and_stores_its_embedding(pretraine
 def test_linear_probe_table1_leaves_the_backbone_unchanged(pretrained, faces, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from raylib.stages.pretrain import PretrainConfig
-    from raylib.stages.pretrain_loop import load_state
-    from raylib.stages.table1 import run_table1
+    from raylib.pretrain.job import PretrainConfig
+    from raylib.pretrain.loop import load_state
+    from raylib.pretrain.table1 import run_table1
 
     weights = pretrained["backbone_weights"]
     before = sha256(weights)
@@ -233,7 +234,7 @@ def test_linear_probe_table1_leaves_the_backbone_unchanged(pretrained, faces, tm
 
 
 def test_augmentation_without_rotation_scale_or_shift_only_mirrors():
-    from raylib.stages.pretrain_loop import augment
+    from raylib.pretrain.loop import augment
 
     x = torch.rand(16, 3, 24, 24)
     out = augment(x, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0)
@@ -248,7 +249,7 @@ def test_augmentation_without_rotation_scale_or_shift_only_mirrors():
 
 
 def test_gpu_memory_order_is_channels_last_and_checkpoints_leave_it_behind():
-    from raylib.stages.pretrain_loop import Classifier, channels_last, plain_tensors
+    from raylib.pretrain.loop import Classifier, channels_last, plain_tensors
 
     gpu, cpu = torch.device("cuda"), torch.device("cpu")  # the order only: no GPU needed
     x = torch.rand(4, 3, 8, 8)

@@ -62,7 +62,7 @@ def test_tied_epochs_keep_the_earliest_and_unreported_metrics_never_win():
         scores.append(keep_score(e["val_uar"], best))
         best = max(best, e["val_uar"])
     assert max(range(3), key=lambda i: (scores[i], i)) == 1  # Ray's top checkpoint: epoch 1, not 2
-    from raylib.stages.train import best_checkpoint
+    from raylib.train.job import best_checkpoint
 
     kept = [("ckpt-2", epochs[2]), ("ckpt-1", epochs[1])]
     assert best_checkpoint(kept, "val_uar")[0] == "ckpt-1"
@@ -71,7 +71,7 @@ def test_tied_epochs_keep_the_earliest_and_unreported_metrics_never_win():
 def test_a_store_without_val_clips_refuses_before_any_run(tmp_path, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    from raylib.stages.train import TrainConfig, run_train
+    from raylib.train.job import TrainConfig, run_train
 
     store = write_store(tmp_path / "store", splits=("train",))
     with pytest.raises(StoreError) as e:
@@ -128,7 +128,7 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds(tmp_path):
 def test_trials_asha_stopped_end_finished_with_their_best_metrics_and_the_report_marks_them(mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from raylib.stages.tune import best_cells, child_results, end_open_trials, report
+    from raylib.train.sweep import best_cells, child_results, end_open_trials, report
 
     client = MlflowClient(mlflow_uri)
     parent = tracking.start_run("sweep-ends", "sweep", {})

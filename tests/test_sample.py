@@ -86,7 +86,7 @@ def test_visual_signal_survives_the_default_backbone(sample):
     import torch
 
     from raylib.models.backbones import build_backbone
-    from raylib.stages.extract_config import ExtractConfig
+    from raylib.extract.config import ExtractConfig
 
     root, _ = sample
     enc = build_backbone(ExtractConfig().backbone, ExtractConfig().weights)

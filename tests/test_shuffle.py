@@ -10,7 +10,7 @@ import pytest
 
 from raylib.labels import EMOTIONS
 from raylib.sources import list_clips
-from raylib.stages.extract import shuffled
+from raylib.extract.job import shuffled
 
 PER_CLASS = 8  # train clips per class
 SHARD = 8  # clips per Parquet file
@@ -76,7 +76,8 @@ def class_sorted_store(tmp_path_factory, mlflow_uri):
     import ray
 
     from raylib.sample import SampleConfig, generate_sample_set
-    from raylib.stages.extract import ExtractConfig, run_extract
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.job import run_extract
 
     root = tmp_path_factory.mktemp("shuffle")
     generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=PER_CLASS, val_per_class=1,
@@ -93,7 +94,7 @@ def test_training_batches_mix_classes_like_a_full_shuffle(class_sorted_store):
     from mlflow.tracking import MlflowClient
 
     from raylib.store import data_files, read_files, read_store
-    from raylib.stages.train import TrainConfig, run_train
+    from raylib.train.job import TrainConfig, run_train
 
     store, root = class_sorted_store
     labels = read_store(store, ["label_index"], split="train").column("label_index").to_pylist()

@@ -150,8 +150,8 @@ def test_a_store_mixing_recipes_is_refused_naming_them(tmp_path):
 
 
 def test_training_and_evaluation_refuse_a_mixed_store(tmp_path):
-    from raylib.stages.evaluate import EvaluateConfig, run_evaluate
-    from raylib.stages.train_config import store_info
+    from raylib.ensemble.evaluate import EvaluateConfig, run_evaluate
+    from raylib.train.config import store_info
 
     store = mixed_store(tmp_path)
     with pytest.raises(StoreError, match="mixes 2 feature recipes"):
@@ -170,7 +170,7 @@ def test_a_checkpoint_that_does_not_fit_the_store_fails_before_any_work(tmp_path
     from raylib.checkpoints import save_checkpoint
     from conftest import _load_job
     from raylib.models.fusion import ModelConfig, build_model
-    from raylib.stages.train_config import TrainConfig
+    from raylib.train.config import TrainConfig
 
     store = str(tmp_path / "store")
     write(store, "part-a.parquet", [row("a", split="val"), row("b", split="val", label=None)], split="val")

@@ -16,7 +16,8 @@ import pytest
 from raylib import tracking
 from raylib.sample import SampleConfig, generate_sample_set
 from raylib.schema import SCHEMA_VERSION
-from raylib.stages.extract import ExtractConfig, run_extract
+from raylib.extract.config import ExtractConfig
+from raylib.extract.job import run_extract
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def artifact_names(run_id, path=""):
 
 @pytest.fixture(scope="module")
 def trained(store):
-    from raylib.stages.train import TrainConfig, run_train
+    from raylib.train.job import TrainConfig, run_train
 
     path, root = store
     return run_train(TrainConfig(store=path, output=str(root / "runs"), epochs=EPOCHS, batch_size=BATCH, num_workers=2,
@@ -70,11 +71,11 @@ def test_two_workers_learn_the_planted_signal(trained):
 def test_val_scored_in_parallel_equals_the_best_checkpoint_scored_in_one_process(store, trained):
     """Both workers score a share of val each epoch and sum their counts: the run's figures at its
     best epoch are those of its checkpoint over the whole val split in one process."""
-    from raylib.batches import COLUMNS, usable
+    from raylib.store import COLUMNS, usable
     from raylib.checkpoints import model_from_checkpoint
     from raylib.prediction import rows_for, val_metrics
     from raylib.store import read_store
-    from raylib.stages.train_loop import val_share
+    from raylib.train.loop import val_share
 
     path, _ = store
     whole = read_store(path, COLUMNS, split="val")
@@ -117,7 +118,7 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
 
 def test_resume_continues_the_epoch_count_and_prints_one_line_per_epoch(store, trained, capsys):
     from raylib.checkpoints import load_checkpoint
-    from raylib.stages.train import TrainConfig, run_train
+    from raylib.train.job import TrainConfig, run_train
 
     path, root = store
     first = load_checkpoint(trained["best_checkpoint"])
@@ -150,7 +151,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run
     import threading
 
     from raylib.checkpoints import load_checkpoint
-    from raylib.stages.train import TrainConfig, run_train
+    from raylib.train.job import TrainConfig, run_train
 
     path, root = store
     out = root / "fault-runs"
@@ -212,8 +213,8 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_one_mlflow_run
 
 
 def test_evaluate_ensemble_reweighting_and_predictions(store, trained, tmp_path):
-    from raylib.batches import COLUMNS, usable
-    from raylib.stages.evaluate import EvaluateConfig, apply_weights, class_weights, ensemble_probs, run_evaluate
+    from raylib.store import COLUMNS, usable
+    from raylib.ensemble.evaluate import EvaluateConfig, apply_weights, class_weights, ensemble_probs, run_evaluate
     from raylib.store import read_store
 
     path, _ = store
@@ -272,7 +273,7 @@ def mlflow_server(tmp_path_factory):
 def sweep(store, mlflow_server):
     """A 2 x 1 x 1 sweep (two trials, each ~25 s on 2 cores, most of it Train's processes starting)
     tracked on the team server; the 2 x 2 grid of before took 4 (~105 s) and showed nothing more."""
-    from raylib.stages.tune import TuneConfig, run_tune
+    from raylib.train.sweep import TuneConfig, run_tune
 
     path, root = store
     old = os.environ["MLFLOW_TRACKING_URI"]
@@ -398,11 +399,11 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
     folds' test clips and gives their mean and sd."""
     import pyarrow as pa
 
-    from raylib.batches import COLUMNS, usable
+    from raylib.store import COLUMNS, usable
     from raylib.checkpoints import model_from_checkpoint
     from raylib.prediction import val_metrics
     from raylib.store import data_files, read_store
-    from raylib.stages.train import TrainConfig, run_train
+    from raylib.train.job import TrainConfig, run_train
 
     path, _ = store
     # the extracted store with speakers written in: a, b, c, d dealt over the clips in clip-id order
@@ -453,7 +454,7 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
     assert metrics["CV/test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
     assert metrics["CV/test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
     # jobs/evaluate.py --cv-run scores each fold's logged checkpoint on its own held-out speakers
-    from raylib.stages.evaluate import EvaluateConfig, evaluate_cv
+    from raylib.ensemble.evaluate import EvaluateConfig, evaluate_cv
 
     again = evaluate_cv(EvaluateConfig(store=cv_store, cv_run=summary["run_id"]))
     assert [f["test_speakers"] for f in again["folds"]] == [["a", "b"], ["c", "d"]]
@@ -464,7 +465,7 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
     with pytest.raises(TrackingError, match="is not the parent run of a jobs/train.py --folds run"):
         evaluate_cv(EvaluateConfig(store=cv_store, cv_run=summary["folds"][0]["run_id"]))
     # jobs/evaluate.py's batch inference normalises the split it scores, by the store's speakers
-    from raylib.stages.evaluate import run_evaluate
+    from raylib.ensemble.evaluate import run_evaluate
 
     ckpt = summary["folds"][0]["best_checkpoint"]
     evaluated = run_evaluate(EvaluateConfig(store=cv_store, split="val", checkpoints=ckpt,
@@ -474,8 +475,8 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
         val_metrics(model_from_checkpoint(ckpt)[0], val_rows, stats=stats)["val_accuracy"], abs=1e-6)
     # jobs/predict.py streams clip by clip: it refuses such a model in one line, before any work
     from raylib.errors import WeightsError
-    from raylib.stages.predict import PredictConfig, check_models
-    from raylib.stages.train_config import store_info
+    from raylib.ensemble.predict import PredictConfig, check_models
+    from raylib.train.config import store_info
 
     with pytest.raises(WeightsError, match="speaker-normalised features"):
         check_models(PredictConfig(checkpoints=ckpt), store_info(cv_store)["provenance"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raylib.errors import ClipError
-from raylib.media.video import container_duration, open_media, short_cause
+from raylib.media.video import Clip, open_clip, short_cause
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 0.040  # Hamming window of 40 ms
@@ -67,17 +67,17 @@ def riff_shortfall(src) -> float:
     return max((riff + 8) / size, 1.0)
 
 
-def load_audio(uri: str, sample_rate: int = SAMPLE_RATE, src=None) -> AudioTrack:
-    """Decode the clip's audio track to mono float32 at sample_rate.
+def load_audio(clip: str | Clip, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
+    """Decode the clip's audio track (a URI, or a Clip open_clip gave, e.g. shared with the video)
+    to mono float32 at sample_rate.
 
     A missing stream gives status "no_audio" (empty samples), a near-zero track "silent", a track
-    much shorter than declared "truncated". Unreadable files raise ClipError. src: the clip as
-    open_media gave it (a path, or an object's bytes already downloaded), else it is opened here.
+    much shorter than declared "truncated". Unreadable files raise ClipError.
     """
     import av
 
-    src = open_media(uri) if src is None else src  # src: open_media's result, e.g. shared with the video
-    declared = container_duration(src)  # (probing leaves a BytesIO at its start)
+    clip = open_clip(clip)
+    uri, src, declared = clip.uri, clip.source(), clip.probe.duration
     try:
         container = av.open(src)
     except Exception as e:  # PyAV raises many types (InvalidDataError, OSError, ...)

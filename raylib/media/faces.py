@@ -20,8 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
-CHIP_SIZE = 224
-CHIP_PADDING = 0.3  # the paper's 30% extension of the face box
+from raylib.media.image import CHIP_PADDING, CHIP_SIZE, resize
+
 DETECT_MAX_SIDE = 320  # frames are downscaled to this long side before HOG detection
 DETECT_UPSAMPLE = 0
 DETECT_THRESHOLD = 0.5  # HOG scores: faces ~1.5, face-like objects ~0.2 (measured here)
@@ -259,13 +259,6 @@ def track_box(box, prev_points: np.ndarray, points: np.ndarray):
     return (*(centre - half), *(centre + half), box[4])
 
 
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear resize of an [H, W, 3] uint8 image."""
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-
-
 def _thumbnail(chip: np.ndarray) -> np.ndarray:
     """Zero-mean, unit-norm 16 x 16 grey thumbnail of a chip, for cut detection while tracking."""
     grey = chip.reshape(16, chip.shape[0] // 16, 16, chip.shape[1] // 16, 3).mean(axis=(1, 3, 4))
@@ -306,31 +299,13 @@ def align_frames(frames: np.ndarray, cfg: FaceConfig = FaceConfig()) -> Faces:
     detect_s = align_s = 0.0
     box, points, last_thumb, last_sig = None, None, None, None
     shot = _Shot()
-    every = max(cfg.detect_every, 1)
     for i, frame in enumerate(frames):
         t0 = time.perf_counter()
         sig = _signature(frame)
         if last_sig is not None and float((sig * last_sig).sum()) < CUT_CORRELATION:
             box, shot = None, _Shot()  # a new shot: nothing carries over
         last_sig = sig
-        chip = None
-        if box is not None and i % every:
-            new_points = landmarks(frame, box)
-            box = track_box(box, points, new_points)
-            points = new_points if box is not None else None
-            if box is not None:
-                chip = chip_from_landmarks(frame, points, cfg)
-                if float((_thumbnail(chip) * last_thumb).sum()) < TRACK_MIN_CORRELATION:
-                    box, chip = None, None
-        elif box is not None:
-            box = detect_near(frame, box, cfg)
-            points = landmarks(frame, box) if box is not None else None
-        if box is None:
-            box, shot.count, cnn_missed = find_face(frame, cfg, shot.followed,
-                                                    use_cnn=i - shot.cnn_missed_at >= every)
-            if cnn_missed:
-                shot.cnn_missed_at = i
-            points = landmarks(frame, box) if box is not None else None
+        box, points, chip = _next_box(frame, i, box, points, last_thumb, shot, cfg)
         t1 = time.perf_counter()
         counts[i] = max(shot.count, int(box is not None))
         if box is None:
@@ -346,3 +321,28 @@ def align_frames(frames: np.ndarray, cfg: FaceConfig = FaceConfig()) -> Faces:
         detect_s += t1 - t0
         align_s += time.perf_counter() - t1
     return Faces(chips, found, boxes, scores, counts, detect_seconds=detect_s, align_seconds=align_s)
+
+
+def _next_box(frame: np.ndarray, i: int, box, points, last_thumb, shot: _Shot, cfg: FaceConfig):
+    """(box, landmarks, chip) of frame i: the previous box re-fitted by the landmarks between
+    detection frames (the chip made on the way; dropped when unlike last_thumb), detect_near on a
+    detection frame, else find_face (shot's CNN rest and face count updated); box None: no face."""
+    every = max(cfg.detect_every, 1)
+    chip = None
+    if box is not None and i % every:
+        new_points = landmarks(frame, box)
+        box = track_box(box, points, new_points)
+        points = new_points if box is not None else None
+        if box is not None:
+            chip = chip_from_landmarks(frame, points, cfg)
+            if float((_thumbnail(chip) * last_thumb).sum()) < TRACK_MIN_CORRELATION:
+                box, chip = None, None
+    elif box is not None:
+        box = detect_near(frame, box, cfg)
+        points = landmarks(frame, box) if box is not None else None
+    if box is None:
+        box, shot.count, cnn_missed = find_face(frame, cfg, shot.followed, use_cnn=i - shot.cnn_missed_at >= every)
+        if cnn_missed:
+            shot.cnn_missed_at = i
+        points = landmarks(frame, box) if box is not None else None
+    return box, points, chip

@@ -17,6 +17,7 @@ import numpy as np
 
 from raylib import storage
 from raylib.errors import ClipError, NoVideoStream, StorageError
+from raylib.media.image import resize
 
 # A clip whose decoded length falls short of the container's duration by more than this many
 # frames (and this fraction) is flagged as truncated.
@@ -143,9 +144,29 @@ def probe(src) -> Probe:
             src.seek(0)
 
 
-def container_duration(src) -> float | None:
-    """Longest duration in seconds the container declares, None when it declares none."""
-    return probe(src).duration
+@dataclass
+class Clip:
+    """One clip, opened once for both decoders: its URI, its source (a local path, or an object's
+    bytes downloaded once) and what its container declares (probed once)."""
+
+    uri: str
+    src: str | io.BytesIO
+    probe: Probe
+
+    def source(self) -> str | io.BytesIO:
+        """The source, from its start (a decoder that read the bytes leaves them at their end)."""
+        if isinstance(self.src, io.BytesIO):
+            self.src.seek(0)
+        return self.src
+
+
+def open_clip(uri: str | Clip) -> Clip:
+    """The clip at uri, read (open_media) and probed; ClipError when it cannot be read. A Clip
+    comes back as it is."""
+    if isinstance(uri, Clip):
+        return uri
+    src = open_media(uri)
+    return Clip(uri, src, probe(src))
 
 
 def decode_size(p: Probe) -> tuple[int, int]:
@@ -167,17 +188,16 @@ def short_cause(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:160]
 
 
-def decode_video(uri: str, sampling: FrameSampling | str = DEFAULT_SAMPLING, src=None) -> Video:
-    """Decode one clip sequentially, keeping the sampled frames; ClipError on any failure.
-    decord first; PyAV when decord cannot open the file (e.g. an MP4 cut after its index)."""
+def decode_video(clip: str | Clip, sampling: FrameSampling | str = DEFAULT_SAMPLING) -> Video:
+    """Decode one clip (a URI, or a Clip open_clip gave, shared with the audio) sequentially,
+    keeping the sampled frames; ClipError on any failure. decord first; PyAV when decord cannot
+    open the file (e.g. an MP4 cut after its index)."""
     import decord
-
-    from raylib.media.faces import resize
 
     if isinstance(sampling, str):
         sampling = FrameSampling.parse(sampling)
-    src = open_media(uri) if src is None else src  # src: open_media's result, shared with the audio
-    info = probe(src)
+    clip = open_clip(clip)
+    uri, src, info = clip.uri, clip.source(), clip.probe
     if info.readable and not info.has_video:  # never hand an audio file to decord
         raise NoVideoStream(uri, "no video stream (an audio-only file?)")
     width, height = decode_size(info)
@@ -187,7 +207,7 @@ def decode_video(uri: str, sampling: FrameSampling | str = DEFAULT_SAMPLING, src
         fps = float(reader.get_avg_fps())
     except (RuntimeError, decord.DECORDError) as e:
         if info.readable and not info.is_image:
-            return _decode_pyav(uri, src, sampling, info)
+            return _decode_pyav(uri, clip.source(), sampling, info)
         raise ClipError(uri, f"not a readable video ({short_cause(e)})") from None
     if reported <= 0 or not np.isfinite(fps) or fps <= 0:
         raise ClipError(uri, "video stream has no frames")

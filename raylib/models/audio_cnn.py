@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
+from raylib.media.audio import input_shape
+
 AUDIO_FEATURE_DIM = 256
 MIN_FREQ_BINS = 200
 MIN_FRAMES = 67  # smallest T for which AlexNet's trunk leaves one pool5 column
@@ -78,7 +80,6 @@ class AudioAlexNet(nn.Module):
 
     def __init__(self, in_channels: int = 1):
         super().__init__()
-        from raylib.media.audio import input_shape
 
         self.in_channels, self.freq_bins = input_shape(in_channels)
         # one (mean, std) per bin, averaged over every training batch: the input's distribution

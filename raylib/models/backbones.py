@@ -10,6 +10,8 @@ crop, resize and normalisation; fp32 on CPU, autocast bf16/fp16 on GPU.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +19,10 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
+from raylib import storage
 from raylib.errors import WeightsError
-from raylib.media.faces import CHIP_PADDING, dlib_model_path
+from raylib.media.faces import dlib_model_path
+from raylib.media.image import CHIP_PADDING, resize
 from raylib.models import BACKBONE_DIMS, BACKBONES, PRETRAIN_META
 from raylib.models.ir50 import IR50, OUTPUT_LINEAR, input_size_of
 from raylib.models.mini_xception import MiniXception, is_keras_file, keras_state_dict, packaged_path
@@ -174,8 +178,6 @@ class DlibFaceEncoder:
         self.spec = SPECS["dlib_resnet"]
         self.weights = path
         with open(path, "rb") as f:
-            import hashlib
-
             self.weights_digest = hashlib.sha256(f.read()).hexdigest()
         self.model = dlib.face_recognition_model_v1(path)
         self.device = torch.device("cpu")
@@ -185,8 +187,6 @@ class DlibFaceEncoder:
         return self.spec.dim
 
     def to_dlib_chips(self, chips: np.ndarray) -> list[np.ndarray]:
-        from raylib.media.faces import resize
-
         size = chips.shape[1]
         keep = int(round(size * (1 + 2 * DLIB_CHIP_PADDING) / (1 + 2 * CHIP_PADDING)))
         off = (size - keep) // 2
@@ -205,10 +205,6 @@ def trained_input_size(weights: str, name: str) -> int | None:
     """The input side a backbone was fine-tuned at, from the backbone.json that jobs/pretrain.py
     writes beside its backbone.pt (None when there is none, or it describes another backbone):
     extraction then feeds it that size."""
-    import json
-
-    from raylib import storage
-
     meta = storage.join(weights.rsplit("/", 1)[0], PRETRAIN_META) if "/" in weights else PRETRAIN_META
     try:
         found = json.loads(storage.read_bytes(meta))

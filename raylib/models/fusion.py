@@ -96,7 +96,7 @@ class FusionModel(nn.Module):
 
     def param_groups(self, visual_lr_scale: float = 1.0) -> list[dict]:
         """The parameters as optimiser groups, each with its "lr_scale" (the schedule's rate times
-        it; raylib.stages.train_loop.set_lr). A visual-only model (FrameNorm, attention and
+        it; raylib.train.loop.set_lr). A visual-only model (FrameNorm, attention and
         classifier over frozen frame features) learns at visual_lr_scale; an AV or audio model at
         1 throughout. docs/method.md, section 4: on the default schedule the visual branch alone did
         not fit real features at the rate that suits the audio CNN, and in the AV model the

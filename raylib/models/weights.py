@@ -17,6 +17,7 @@ from torch import nn
 
 from raylib import storage
 from raylib.errors import WeightsError
+from raylib.media.faces import dlib_model_path
 
 RANDOM = "random"  # the only way to ask for random initialisation
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "backbone")
@@ -34,8 +35,6 @@ def weights_digest(backbone: str, weights: str | None) -> str:
     if weights == RANDOM:
         return RANDOM
     if backbone == "dlib_resnet" and weights in (None, "packaged"):
-        from raylib.media.faces import dlib_model_path
-
         weights = dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
     if backbone == "mini_xception" and weights in (None, "packaged"):
         from raylib.models.mini_xception import packaged_path

@@ -12,13 +12,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import typing
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 
-from raylib import storage
+from raylib import plots, storage, tracking
+from raylib.checkpoints import checkpoint_of_epoch
+from raylib.errors import Interrupted
+from raylib.metrics import pick_best
 from raylib.models import ATTENTIONS, FUSIONS
-from raylib.stages.train_config import SELECT_METRICS, TrainConfig
+from raylib.runtime import init_ray, sigint_raises
+from raylib.store import store_description
+from raylib.train.artifacts import log_run_artifacts
+from raylib.train.config import SELECT_METRICS, TrainConfig, require_splits, store_info
+from raylib.train.job import check_workers_fit, run_train, storage_name
 
 METRIC_NAMES = {"val_uar": "UAR", "val_accuracy": "accuracy"}
 # how the sweep names its best trial (raylib.metrics.pick_best over trials sorted by name)
@@ -111,8 +119,6 @@ def trial(config: dict) -> None:
     """A Tune trial: one Ray Train run whose epochs are reported to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raylib.stages.train import run_train
-
     os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
     cfg = TrainConfig(**{**config["base"], "visual_attention": config["visual_attention"],
                          "audio_attention": config["audio_attention"], "fusion": config["fusion"],
@@ -164,20 +170,6 @@ def trial_lines_callback(total: int, metric: str, epochs: int):
     return TrialLines()
 
 
-def store_description(store: str) -> dict:
-    """What the numbers of a report come from: kind ("synthetic sample set" or "real data"), the
-    number of usable val clips, the datasets named in the store."""
-    from raylib.batches import usable
-    from raylib.sample import is_sample_clip
-    from raylib.store import read_store
-
-    val = usable(read_store(store, ["uri", "dataset", "label_index", "status"], split="val"))
-    uris = val.column("uri").to_pylist()
-    synthetic = bool(uris) and all(is_sample_clip(u) for u in {uris[0], uris[-1]})
-    return {"store": store, "kind": "synthetic sample set" if synthetic else "real data",
-            "val_clips": val.num_rows, "datasets": sorted(set(val.column("dataset").to_pylist()) - {None})}
-
-
 def report(cells: list[dict], visual: list[str], audio: list[str], fusions: list[str], metric: str,
            source: dict | None = None, epochs: int | None = None) -> str:
     """Table 2 layout, one table per fusion: val accuracy / UAR of the best epoch of the best trial
@@ -213,8 +205,6 @@ def report(cells: list[dict], visual: list[str], audio: list[str], fusions: list
 
 def child_results(parent_run_id: str) -> list[dict]:
     """Per trial (from MLflow): visual, audio, fusion, lr, best val accuracy and UAR, run id."""
-    from raylib import tracking
-
     client = tracking.client()
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -236,8 +226,6 @@ def end_open_trials(parent_run_id: str, metric: str, epochs: int, output: str, s
     fail) end FAILED, and the others still RUNNING, or FAILED by the stop itself (the trial's Ray
     Train run lost its controller), were stopped by ASHA (at a rung, or at max_t: the last epoch)
     and end as finish_stopped_trial says. Returns how many runs it ended."""
-    from raylib import tracking
-
     client = tracking.client()
     experiment = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -258,12 +246,6 @@ def finish_stopped_trial(run_id: str, run_name: str, metric: str, epochs: int, o
     best_epoch (best metric, then the earliest epoch), its checkpoint and artifacts where that
     checkpoint was kept; stopped_early=true and stopped_at_epoch when it ran fewer than `epochs`.
     The run ends FINISHED."""
-    from raylib import tracking
-    from raylib.checkpoints import checkpoint_of_epoch
-    from raylib.metrics import pick_best
-    from raylib.stages.train import storage_name
-    from raylib.stages.train_artifacts import log_run_artifacts
-
     client = tracking.client()
     history = {n: tracking.metric_history(run_id, n) for n in SELECT_METRICS}
     logged = [{"epoch": e, **{n: history[n].get(e) for n in SELECT_METRICS}} for e in sorted(history[metric])]
@@ -286,8 +268,6 @@ def finish_stopped_trial(run_id: str, run_name: str, metric: str, epochs: int, o
 def best_cells(results: list[dict], metric: str) -> list[dict]:
     """The best trial (by metric, then the earlier best epoch) of each (visual, audio, fusion) cell,
     over any extra grid axes; trials that reported no metric fill no cell."""
-    from raylib.metrics import pick_best
-
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["visual"], r["audio"], r["fusion"]), []).append(r)
@@ -299,10 +279,6 @@ def write_report(cfg: TuneConfig, name: str, parent: str, results: list[dict], v
                  fusions: list[str]) -> tuple[str, str]:
     """The Table-2 report of a sweep (markdown + heat maps) to the parent run and under
     --output/<sweep>/; returns (its text, that folder)."""
-    import tempfile
-
-    from raylib import plots, tracking
-
     cells = best_cells(results, cfg.select_metric)
     source = store_description(cfg.store)
     text = report(cells, visual, audio, fusions, cfg.select_metric, source, cfg.epochs)
@@ -326,8 +302,6 @@ def sweep_view(parent: str, lrs: list[float], metric: str) -> str:
     """Save the sweep's runs-table view (its trials, the grid axes and val scores as columns, the
     best first) and return the UI link that opens it; the sweep's run page where MLflow's UI would
     not read a saved view."""
-    from raylib import tracking
-
     experiment = tracking.client().get_run(parent).info.experiment_id
     axes = ["visual_attention", "audio_attention", "fusion"] + (["lr"] if lrs else [])
     scores = ["best_val_uar", "best_val_accuracy"]  # Table 2's figures: each trial at its best epoch
@@ -337,15 +311,6 @@ def sweep_view(parent: str, lrs: list[float], metric: str) -> str:
 
 def run_tune(cfg: TuneConfig) -> dict:
     """Run the sweep; returns {parent_run_id, link, results, report_markdown, report_png, ...}."""
-    from ray import tune
-
-    from raylib import tracking
-    from raylib.errors import Interrupted
-    from raylib.metrics import pick_best
-    from raylib.runtime import init_ray, sigint_raises
-    from raylib.stages.train import check_workers_fit
-    from raylib.stages.train_config import require_splits, store_info
-
     tracking.check_reachable()
     visual = _names(cfg.visual_attentions, ATTENTIONS, "--visual-attentions")
     audio = _names(cfg.audio_attentions, ATTENTIONS, "--audio-attentions")
@@ -365,6 +330,27 @@ def run_tune(cfg: TuneConfig) -> dict:
                                 {"store": cfg.store, "kind": "sweep", **tracking.source_tags("jobs/tune.py")},
                                 purpose=tracking.PURPOSES["train"])
     link = sweep_view(parent, lrs, cfg.select_metric)
+    tuner = make_tuner(cfg, base, name, parent, (visual, audio, fusions, lrs), total)
+    t0 = time.perf_counter()
+    with tracking.ending_runs(parent):
+        try:
+            with sigint_raises():
+                grid = tuner.fit()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C: the sweep and its open trials end KILLED
+            n = end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store, interrupted=True)
+            tracking.end_run(parent, "KILLED")
+            raise Interrupted(f"interrupted; MLflow sweep run {parent} and {n} open trial run(s) ended as KILLED") from None
+        summary = finish_sweep(cfg, name, parent, grid, visual, audio, fusions)
+    return {**summary, "link": link, "elapsed_s": round(time.perf_counter() - t0, 1)}
+
+
+def make_tuner(cfg: TuneConfig, base: TrainConfig, name: str, parent: str, axes: tuple, total: int):
+    """The Tuner of the grid (visual x audio attention x fusion [x lr]), each trial a training run
+    under the parent run; ASHA stops weak trials early with --asha."""
+    import ray.tune
+    from ray import tune
+
+    visual, audio, fusions, lrs = axes
     space = {"visual_attention": tune.grid_search(visual), "audio_attention": tune.grid_search(audio),
              "fusion": tune.grid_search(fusions), "base": asdict(base), "parent_run_id": parent, "sweep": name,
              "tracking_uri": tracking.tracking_uri()}
@@ -375,9 +361,7 @@ def run_tune(cfg: TuneConfig) -> dict:
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(metric=cfg.select_metric, mode="max", max_t=cfg.epochs, grace_period=min(2, cfg.epochs))
-    import ray.tune
-
-    tuner = tune.Tuner(
+    return tune.Tuner(
         tune.with_resources(trial, {"cpu": TRIAL_CPUS}),
         param_space=space,
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=cfg.max_concurrent_trials),
@@ -385,32 +369,27 @@ def run_tune(cfg: TuneConfig) -> dict:
         run_config=ray.tune.RunConfig(name=name, storage_path=storage.join(cfg.output, "tune"), verbose=0,
                                       callbacks=[] if cfg.quiet else [trial_lines_callback(total, cfg.select_metric, cfg.epochs)]),
     )
-    t0 = time.perf_counter()
-    with tracking.ending_runs(parent):
-        try:
-            with sigint_raises():
-                grid = tuner.fit()
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C: the sweep and its open trials end KILLED
-            n = end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store, interrupted=True)
-            tracking.end_run(parent, "KILLED")
-            raise Interrupted(f"interrupted; MLflow sweep run {parent} and {n} open trial run(s) ended as KILLED") from None
-        errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error]
-        end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store,
-                        failed={trial_name(r.config) for r in grid if r.error})
-        results = child_results(parent)
-        text, out_dir = write_report(cfg, name, parent, results, visual, audio, fusions)
-        best = pick_best(results, cfg.select_metric, "best_epoch")
-        best = None if best is None else results[best]
-        if best:
-            tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
-            client = tracking.client()
-            client.set_tag(parent, "best_trial", best["run_name"])
-            client.set_tag(parent, "best_trial_run_id", best["run_id"])
-            client.set_tag(parent, "best_trial_rule", BEST_RULE.format(metric=METRIC_NAMES[cfg.select_metric]))
-        tracking.describe(parent, f"Sweep {name}" + (f": best trial {best['run_name']} ({BEST_RULE.format(metric=METRIC_NAMES[cfg.select_metric])})."
-                                                      if best else ".") + f"\n\n{text}")
-        tracking.end_run(parent, "FAILED" if errors and not results else "FINISHED")
-    return {"parent_run_id": parent, "sweep_name": name, "trials": len(results), "errors": errors, "link": link,
+
+
+def finish_sweep(cfg: TuneConfig, name: str, parent: str, grid, visual: list[str], audio: list[str],
+                 fusions: list[str]) -> dict:
+    """After the grid ran: every trial's run ended, the Table-2 report written, the best trial
+    named on the parent run, which ends; the sweep's summary."""
+    errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error]
+    end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store,
+                    failed={trial_name(r.config) for r in grid if r.error})
+    results = child_results(parent)
+    text, out_dir = write_report(cfg, name, parent, results, visual, audio, fusions)
+    best = pick_best(results, cfg.select_metric, "best_epoch")
+    best = None if best is None else results[best]
+    rule = BEST_RULE.format(metric=METRIC_NAMES[cfg.select_metric])
+    if best:
+        tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
+        tracking.set_tags(parent, {"best_trial": best["run_name"], "best_trial_run_id": best["run_id"],
+                                   "best_trial_rule": rule})
+    tracking.describe(parent, f"Sweep {name}" + (f": best trial {best['run_name']} ({rule})." if best else ".")
+                      + f"\n\n{text}")
+    tracking.end_run(parent, "FAILED" if errors and not results else "FINISHED")
+    return {"parent_run_id": parent, "sweep_name": name, "trials": len(results), "errors": errors,
             "results": results, "report": text, "report_markdown": storage.join(out_dir, "table2.md"),
-            "report_png": storage.join(out_dir, "table2.png"), "best": best,
-            "elapsed_s": round(time.perf_counter() - t0, 1)}
+            "report_png": storage.join(out_dir, "table2.png"), "best": best}

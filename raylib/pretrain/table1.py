@@ -9,8 +9,9 @@ import tempfile
 import time
 from dataclasses import replace
 
-from raylib import plots, storage
-from raylib.stages.pretrain import PROBE_BACKBONES, PretrainConfig, run_pretrain
+from raylib import plots, storage, tracking
+from raylib.pretrain.job import PROBE_BACKBONES, PretrainConfig, run_pretrain
+
 
 def parse_features(spec: str) -> list[tuple[str, str]]:
     """'resnet18:random,dlib_resnet:packaged,ir50:s3://b/w.pt' -> [(backbone, weights), ...]."""
@@ -46,8 +47,6 @@ def table1_report(rows: list[dict], metric: str = "test_accuracy") -> str:
 def run_table1(cfg: PretrainConfig) -> dict:
     """Linear probe of every --table1-features feature on every --input dataset, as child runs of
     one MLflow parent run; the Table-1 report (markdown + PNG) goes to the parent and to output."""
-    from raylib import tracking
-
     features = parse_features(cfg.table1_features)
     datasets = [d.strip() for d in cfg.input.split(",") if d.strip()]
     name = cfg.run_name or time.strftime("table1-%Y%m%d-%H%M%S")

@@ -1,11 +1,11 @@
 """Distributed fusion training, the driver: one Ray Train TorchTrainer run (DDP; gloo on CPU,
 nccl on GPU) and its MLflow run.
 
-    feature store /train  --Ray Data, split across workers-->  train_loop_per_worker (train_loop.py)
+    feature store /train  --Ray Data, split across workers-->  train_loop_per_worker (raylib/train/loop.py)
     rank 0 each epoch: val metrics (accuracy, UAR, per-class recall) on /val, a checkpoint
         (model + optimizer + epoch + configs) to the storage URI, metrics to MLflow
     the driver: one line per epoch (read back from MLflow), then the best checkpoint's metrics,
-        plots and model (train_artifacts.py)
+        plots and model (raylib/train/artifacts.py)
 The best checkpoint by the selection metric is kept; a lost worker restarts the group from the
 last checkpoint (FailureConfig); --resume-from continues a finished or interrupted run.
 """
@@ -18,11 +18,19 @@ import threading
 import time
 from dataclasses import asdict, replace
 
-from raylib import storage
+import numpy as np
+
+from raylib import folds as cv, storage, tracking
+from raylib.checkpoints import model_from_checkpoint
 from raylib.metrics import pick_best
-from raylib.stages.train_artifacts import log_run_artifacts
-from raylib.stages.train_config import TrainConfig, fold_of, require_splits, store_info
-from raylib.stages.train_loop import KEEP_SCORE, epoch_metrics, train_loop_per_worker
+from raylib.prediction import FRAMES_COLUMN, metrics_from_counts, reads_frames, speaker_rows, val_counts
+from raylib.runtime import check_capacity, init_ray, placement, sigint_raises
+from raylib.schema import SCHEMA_VERSION
+from raylib.speaker_norm import normalized_columns, stats_for, store_stats
+from raylib.store import COLUMNS, data_files
+from raylib.train.artifacts import log_run_artifacts
+from raylib.train.config import TrainConfig, fold_of, require_splits, speakers_of, store_info
+from raylib.train.loop import KEEP_SCORE, epoch_metrics, train_loop_per_worker
 
 READ_CPUS = 0.25  # per Ray Data task reading the store for training
 DATA_CPUS = 0.5  # all of Ray Data's reading for one training run
@@ -52,8 +60,6 @@ class EpochLines(threading.Thread):
         self.print_new()
 
     def print_new(self) -> None:
-        from raylib import tracking
-
         try:
             history = {name: tracking.metric_history(self.run_id, name) for name in ("train_loss", "val_accuracy", "val_uar")}
         except Exception:  # the store is busy or unreachable for a moment: try again next poll
@@ -78,7 +84,6 @@ def epoch_logger(run_id: str, uri: str):
             if checkpoint is None or not metrics or "epoch" not in metrics[0]:
                 return
             os.environ["MLFLOW_TRACKING_URI"] = uri
-            from raylib import tracking
 
             tracking.log_metrics(run_id, epoch_metrics(metrics[0]), int(metrics[0]["epoch"]))
 
@@ -87,8 +92,6 @@ def epoch_logger(run_id: str, uri: str):
 
 def worker_resources(cfg: TrainConfig) -> dict:
     """Ray resources of one training worker (the GPU comes from use_gpu)."""
-    from raylib.runtime import placement
-
     return {"CPU": cfg.cpus_per_worker, **placement(cfg.worker_resource)}
 
 
@@ -96,8 +99,6 @@ def check_workers_fit(cfg: TrainConfig, runs: int = 1, trial_cpus: float = 0.0) 
     """ClusterError when the cluster can never run cfg's workers together with the store's reading,
     for `runs` training runs at once (a sweep's concurrent trials, each driven by a Tune trial
     holding trial_cpus)."""
-    from raylib.runtime import check_capacity
-
     what = f"--num-workers {cfg.num_workers}"
     more = ""
     if runs > 1:
@@ -147,91 +148,10 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
     MLflow run's source."""
     if cfg.folds and cfg.fold < 0:
         return run_cv(cfg, parent_run_id, callbacks, log_artifacts, progress, source)
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from raylib import tracking
-    from raylib.runtime import init_ray, sigint_raises
-    from raylib.schema import SCHEMA_VERSION
-    from raylib.store import data_files
-
-    tracking.check_reachable()
-    local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output", "resume_from")
-             if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
-    cfg = replace(cfg, **local)  # workers do not share the driver's working directory
-    fold = fold_of(cfg)
-    info = store_info(cfg.store, cfg.modalities, fold)
-    if info["skipped"] and not cfg.quiet:
-        print(f"train: skipping {info['skipped']} labelled clip(s) without frames (audio files): --modalities "
-              f"{cfg.modalities} reads visual features", file=sys.stderr, flush=True)
-    require_splits(cfg.store, info)
-    init_ray(quiet=cfg.quiet)  # a no-op where Ray runs already (a sweep's trial, a test)
-    check_workers_fit(cfg)
+    cfg, fold, info = plan_run(cfg)
     model_cfg = cfg.model_config(info["visual_dim"], info["audio_channels"])
-    run_name = cfg.run_name or default_run_name(cfg)
-    if cfg.run_name and not parent_run_id and not cfg.resume_from:
-        tracking.require_new_run_name(cfg.experiment, run_name, "choose another --run-name, or go on from its "
-                                                                "checkpoint with --resume-from")
-    tags = {"store": cfg.store, "schema_version": SCHEMA_VERSION, **fold_tags(fold), **{f"store.{k}": v for k, v in info["provenance"].items()},
-            "store.skipped_without_frames": str(info["skipped"]), **tracking.source_tags(source)}
-    run_id = tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id,
-                                tracking.PURPOSES["train"])
-    fs, _ = storage.filesystem(cfg.store)
-    files = data_files(cfg.store, "train" if fold is None else None)
-    if not files:
-        raise ValueError(f"feature store {cfg.store} has no train split")
-    from ray.data.expressions import col
-    from raylib.batches import COLUMNS
-    from raylib.prediction import FRAMES_COLUMN, reads_frames
-
-    # fractional CPUs: on a small machine the workers' reservations must leave room for reading.
-    # Shuffling: the files in a new seeded order each epoch (Ray reseeds FileShuffleConfig with the
-    # dataset's execution count, and Train re-executes the dataset every epoch), so workers get other
-    # files each epoch; each worker then shuffles its rows in a buffer (train_loop.py). A global
-    # random_shuffle or randomize_block_order would hold the whole split before the first batch.
-    stats = None
-    if cfg.speaker_norm:  # each speaker's statistics over the whole store, features only (raylib.speaker_norm)
-        from raylib.speaker_norm import store_stats
-
-        stats = store_stats(cfg.store)
-    with_speaker = fold is not None or stats is not None
-    train_ds = ray.data.read_parquet(files, columns=COLUMNS + (["speaker"] if with_speaker else []), num_cpus=READ_CPUS,
-                                     shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
-                                     filesystem=fs if storage.is_remote(cfg.store) else None)
-    keep = (col("label_index") >= 0) & (col("status") != "error")
-    if reads_frames(cfg.modalities):
-        keep = keep & (col(FRAMES_COLUMN) > 0)
-    if fold is not None:
-        keep = keep & col("speaker").is_in(list(fold.train))
-    train_ds = train_ds.filter(expr=keep, num_cpus=READ_CPUS)
-    if stats is not None:
-        from raylib.speaker_norm import normalized_columns
-
-        train_ds = train_ds.map_batches(normalized_columns, fn_args=(stats, COLUMNS), batch_format="pyarrow",
-                                        num_cpus=READ_CPUS)
-    elif fold is not None:
-        train_ds = train_ds.select_columns(COLUMNS)
-    output = cfg.output
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"train": asdict(cfg), "model": asdict(model_cfg), "run_id": run_id,
-                           "tracking_uri": tracking.tracking_uri(), "resume_from": cfg.resume_from,
-                           "shuffle_rows": cfg.shuffle_rows(info["train_rows"]),
-                           "val_speakers": list(fold.select) if fold else [], "speaker_stats": stats},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=worker_resources(cfg)),
-        datasets={"train": train_ds},
-        # reading is capped at DATA_CPUS so that it never competes with the workers' reservations
-        dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(
-            resource_limits=ray.data.ExecutionResources(cpu=DATA_CPUS))),
-        run_config=ray.train.RunConfig(
-            name=storage_name(run_name, run_id), storage_path=output,
-            callbacks=[epoch_logger(run_id, tracking.tracking_uri()), *(callbacks or [])],
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=KEEP_SCORE,
-                                                         checkpoint_score_order="max")),
-    )
+    run_name, run_id = open_run(cfg, fold, info, parent_run_id, source)
+    trainer = make_trainer(cfg, model_cfg, fold, info, run_name, run_id, callbacks)
     t0 = time.perf_counter()
     lines = EpochLines(run_id, cfg.epochs) if progress and not cfg.quiet else None
     if lines:
@@ -246,6 +166,97 @@ def run_train(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: lis
         return finish_run(cfg, run_id, run_name, result, time.perf_counter() - t0, log_artifacts, fold)
 
 
+def plan_run(cfg: TrainConfig):
+    """Before any run is opened: (cfg with local paths made absolute, the fold or None, store_info
+    of the rows the run trains on); the splits and the workers checked against the store and Ray."""
+    tracking.check_reachable()
+    local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output", "resume_from")
+             if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
+    cfg = replace(cfg, **local)  # workers do not share the driver's working directory
+    fold = fold_of(cfg)
+    info = store_info(cfg.store, cfg.modalities, fold)
+    if info["skipped"] and not cfg.quiet:
+        print(f"train: skipping {info['skipped']} labelled clip(s) without frames (audio files): --modalities "
+              f"{cfg.modalities} reads visual features", file=sys.stderr, flush=True)
+    require_splits(cfg.store, info)
+    init_ray(quiet=cfg.quiet)  # a no-op where Ray runs already (a sweep's trial, a test)
+    check_workers_fit(cfg)
+    return cfg, fold, info
+
+
+def open_run(cfg: TrainConfig, fold, info: dict, parent_run_id: str | None, source: str) -> tuple[str, str]:
+    """The run's MLflow run, started with its params and the store's tags: (run name, run id)."""
+    run_name = cfg.run_name or default_run_name(cfg)
+    if cfg.run_name and not parent_run_id and not cfg.resume_from:
+        tracking.require_new_run_name(cfg.experiment, run_name, "choose another --run-name, or go on from its "
+                                                                "checkpoint with --resume-from")
+    tags = {"store": cfg.store, "schema_version": SCHEMA_VERSION, **fold_tags(fold), **{f"store.{k}": v for k, v in info["provenance"].items()},
+            "store.skipped_without_frames": str(info["skipped"]), **tracking.source_tags(source)}
+    return run_name, tracking.start_run(cfg.experiment, run_name, tracking.config_params(cfg), tags, parent_run_id,
+                                        tracking.PURPOSES["train"])
+
+
+def train_dataset(cfg: TrainConfig, fold, stats: dict | None):
+    """The Ray dataset of the rows the workers train on: labelled rows with features (with frames
+    where the model reads them), of the fold's train speakers under --folds, speaker-normalised
+    with stats under --speaker-norm.
+
+    Fractional CPUs: on a small machine the workers' reservations must leave room for reading.
+    Shuffling: the files in a new seeded order each epoch (Ray reseeds FileShuffleConfig with the
+    dataset's execution count, and Train re-executes the dataset every epoch), so workers get other
+    files each epoch; each worker then shuffles its rows in a buffer (raylib/train/loop.py). A global
+    random_shuffle or randomize_block_order would hold the whole split before the first batch."""
+    import ray
+    from ray.data.expressions import col
+
+    fs, _ = storage.filesystem(cfg.store)
+    files = data_files(cfg.store, "train" if fold is None else None)
+    if not files:
+        raise ValueError(f"feature store {cfg.store} has no train split")
+    with_speaker = fold is not None or stats is not None
+    ds = ray.data.read_parquet(files, columns=COLUMNS + (["speaker"] if with_speaker else []), num_cpus=READ_CPUS,
+                               shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
+                               filesystem=fs if storage.is_remote(cfg.store) else None)
+    keep = (col("label_index") >= 0) & (col("status") != "error")
+    if reads_frames(cfg.modalities):
+        keep = keep & (col(FRAMES_COLUMN) > 0)
+    if fold is not None:
+        keep = keep & col("speaker").is_in(list(fold.train))
+    ds = ds.filter(expr=keep, num_cpus=READ_CPUS)
+    if stats is not None:
+        return ds.map_batches(normalized_columns, fn_args=(stats, COLUMNS), batch_format="pyarrow", num_cpus=READ_CPUS)
+    return ds.select_columns(COLUMNS) if fold is not None else ds
+
+
+def make_trainer(cfg: TrainConfig, model_cfg, fold, info: dict, run_name: str, run_id: str, callbacks: list | None):
+    """The TorchTrainer of the run: its workers, their dataset, checkpoints kept and failures survived."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    # each speaker's statistics over the whole store, features only (raylib.speaker_norm)
+    stats = store_stats(cfg.store) if cfg.speaker_norm else None
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": asdict(cfg), "model": asdict(model_cfg), "run_id": run_id,
+                           "tracking_uri": tracking.tracking_uri(), "resume_from": cfg.resume_from,
+                           "shuffle_rows": cfg.shuffle_rows(info["train_rows"]),
+                           "val_speakers": list(fold.select) if fold else [], "speaker_stats": stats},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=worker_resources(cfg)),
+        datasets={"train": train_dataset(cfg, fold, stats)},
+        # reading is capped at DATA_CPUS so that it never competes with the workers' reservations
+        dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(
+            resource_limits=ray.data.ExecutionResources(cpu=DATA_CPUS))),
+        run_config=ray.train.RunConfig(
+            name=storage_name(run_name, run_id), storage_path=cfg.output,
+            callbacks=[epoch_logger(run_id, tracking.tracking_uri()), *(callbacks or [])],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=KEEP_SCORE,
+                                                         checkpoint_score_order="max")),
+    )
+
+
 def fold_tags(fold) -> dict:
     """A fold's speakers as MLflow tags (none without cross-validation)."""
     if fold is None:
@@ -256,18 +267,12 @@ def fold_tags(fold) -> dict:
 
 def test_counts(cfg: TrainConfig, checkpoint: str, fold) -> "np.ndarray":
     """raylib.prediction.val_counts of a checkpoint on the fold's held-out speakers' rows."""
-    from raylib.checkpoints import model_from_checkpoint
-    from raylib.prediction import speaker_rows, val_counts
-    from raylib.speaker_norm import stats_for
-
     model, _ = model_from_checkpoint(checkpoint)
     return val_counts(model, speaker_rows(cfg.store, fold.test, cfg.modalities), stats=stats_for(model, cfg.store))
 
 
 def test_metrics(counts) -> dict:
     """test_accuracy, test_uar, test_recall_<label>, test_clips of summed val_counts."""
-    from raylib.prediction import metrics_from_counts
-
     return {"test_" + k[len("val_"):]: v for k, v in metrics_from_counts(counts).items()}
 
 
@@ -277,11 +282,6 @@ def run_cv(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list |
     parent run, a child run per fold (run_train with --fold), each fold's best checkpoint scored
     on its held-out speakers. The parent gets the per-fold mean and sd of test accuracy and UAR
     and the pooled figures (every fold's test clips counted once)."""
-    import numpy as np
-
-    from raylib import folds as cv
-    from raylib import tracking
-    from raylib.stages.train_config import speakers_of
 
     tracking.check_reachable()
     plan = cv.fold_plan(speakers_of(cfg.store), cfg.folds)
@@ -316,8 +316,6 @@ def finish_run(cfg: TrainConfig, run_id: str, run_name: str, result, elapsed_s: 
                fold=None) -> dict:
     """The summary of a fitted run; logs its best checkpoint's metrics (and artifacts) and ends it;
     with a fold, also its scores on the fold's held-out speakers (test_*)."""
-    from raylib import tracking
-
     best_ckpt, best_metrics = best_checkpoint(result.best_checkpoints, cfg.select_metric)
     path = best_ckpt.path  # a path inside the storage filesystem: give it back its scheme
     path = storage.uri_of(path, cfg.output)

@@ -10,11 +10,15 @@ import tempfile
 
 import numpy as np
 
+from raylib import plots, tracking
 from raylib.checkpoints import CHECKPOINT_FILE, model_config_of, model_from_checkpoint, save_checkpoint
 from raylib.labels import EMOTIONS
+from raylib.metrics import summarize
 from raylib.prediction import predict, rows_for
+from raylib.schema import thumbnails_array
 from raylib.speaker_norm import stats_for
-from raylib.stages.train_config import TrainConfig
+from raylib.store import COLUMNS, read_store, usable
+from raylib.train.config import TrainConfig
 
 
 def one_per_class(label_indices) -> list[int]:
@@ -48,12 +52,6 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
 
     The MLflow model is logged at the checkpoint's epoch, so MLflow links it to that epoch's metrics."""
     import mlflow
-
-    from raylib import plots, tracking
-    from raylib.batches import COLUMNS, usable
-    from raylib.metrics import summarize
-    from raylib.schema import thumbnails_array
-    from raylib.store import read_store
 
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

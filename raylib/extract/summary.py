@@ -8,13 +8,14 @@ import json
 import math
 import re
 import time
+import uuid
 from collections import Counter
 
 from raylib import storage
+from raylib.extract.config import ExtractConfig
 from raylib.schema import STATUS_AUDIO_ONLY, STATUS_ERROR, STATUS_OK
 from raylib.storage import public_uri, with_retries
 from raylib.store import StoreState
-from raylib.stages.extract_config import ExtractConfig
 
 SUMMARY_FILE = "_summary.json"  # the newest run's summary
 RUNS_DIR = "_runs"  # every run's summary, <utc time>-<id>.json
@@ -106,8 +107,6 @@ def judge(records, state: StoreState, tally: Tally) -> dict:
 
 def run_id() -> str:
     """Sortable id of one run: UTC time and a random suffix (names its kept summary)."""
-    import uuid
-
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 

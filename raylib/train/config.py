@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.compute as pc
 
+from raylib.errors import StoreError
+from raylib.folds import fold_plan, speaker_split
 from raylib.labels import EMOTIONS
 from raylib.models import FUSIONS, MODALITIES, POOLINGS
 from raylib.models.model_config import MODEL_DEFAULTS as MODEL, ModelConfig
+from raylib.prediction import rows_for
+from raylib.store import RECIPE_KEYS, read_store, single_recipe, usable
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SELECT_METRICS = ("val_uar", "val_accuracy")
@@ -100,10 +104,6 @@ class TrainConfig:
 def speakers_of(store: str) -> np.ndarray:
     """The speaker of each labelled row with features; StoreError when the store has no speaker
     column (written before schema 3) or names no speaker."""
-    from raylib.batches import usable
-    from raylib.errors import StoreError
-    from raylib.store import read_store
-
     try:
         table = usable(read_store(store, ["label_index", "status", "speaker"]))
     except (KeyError, ValueError) as e:  # pyarrow: a column the shards lack
@@ -120,8 +120,6 @@ def speakers_of(store: str) -> np.ndarray:
 
 def fold_of(cfg: TrainConfig):
     """The raylib.folds Fold this run trains (None without --folds or for the whole plan)."""
-    from raylib.folds import fold_plan
-
     return fold_plan(speakers_of(cfg.store), cfg.folds)[cfg.fold] if cfg.folds and cfg.fold >= 0 else None
 
 
@@ -131,17 +129,11 @@ def store_info(store: str, modalities: str = "", fold=None) -> dict:
     visual branch leaves out); with a raylib.folds Fold, train and val are its train and select
     speakers (test_rows: its held-out speakers). StoreError when the store mixes recipes (its
     features would not be comparable); ValueError when no row is left."""
-    from raylib.batches import usable
-    from raylib.prediction import rows_for
-    from raylib.store import RECIPE_KEYS, read_store, single_recipe
-
     table = read_store(store, ["label_index", "status", "visual_dim", "audio_shape", "split", *RECIPE_KEYS,
                                *(["speaker"] if fold is not None else [])])
     recipe = single_recipe(store, table)
     if fold is not None:  # the fold's roles stand in for the stored split
         import pyarrow as pa
-
-        from raylib.folds import speaker_split
 
         roles = speaker_split(np.array(table.column("speaker").to_pylist(), dtype=object), fold)
         table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(roles.tolist(), pa.string()))
@@ -170,8 +162,6 @@ def store_info(store: str, modalities: str = "", fold=None) -> dict:
 def require_splits(store: str, info: dict) -> None:
     """StoreError, before any training, when the store (store_info) has no labelled train or val
     clips: without val rows no epoch is scored and the "best" checkpoint would be arbitrary."""
-    from raylib.errors import StoreError
-
     if not info["train_rows"]:
         raise StoreError(f"feature store {store} has no labelled train clips with features")
     if not info["val_rows"]:

@@ -32,12 +32,21 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from raylib import storage
+from raylib import plots, storage, tracking
+from raylib.errors import exception_line
+from raylib.images import decode_image, image_chip, list_images, model_input
 from raylib.labels import LABEL_INDEX, NUM_CLASSES
+from raylib.media.image import CHIP_SIZE
+from raylib.pretrain.config import (
+    BACKBONE_FILE,
+    HEAD_FILE,
+    META_FILE,
+    PRETRAIN_BACKBONES,
+    PROBE_BACKBONES,
+    PretrainConfig,
+)
+from raylib.pretrain.loop import train_loop_per_worker
 from raylib.runtime import cpu_actor_pool
-from raylib.stages.pretrain_config import (BACKBONE_FILE, HEAD_FILE, META_FILE, PRETRAIN_BACKBONES,
-                                           PROBE_BACKBONES, PretrainConfig)
-from raylib.stages.pretrain_loop import train_loop_per_worker
 
 DECODE_BATCH = 64
 
@@ -50,10 +59,7 @@ def decode_batch(batch: dict, spec_name: str, input_size: int, align: bool, keep
     """Rows (uri, label, split, ...) -> rows with x (model input [3, s, s] float32, or the chip
     [224, 224, 3] uint8 when keep_chips), label_index, face_found, ok, error. One row out per row
     in; an unreadable image is a row with ok=False and its error."""
-    from raylib.images import decode_image, image_chip, model_input
-    from raylib.media.faces import CHIP_SIZE
     from raylib.models.backbones import SPECS
-    from raylib.stages.preprocess import exception_line
 
     chips, found, ok, errors = [], [], [], []
     for uri in batch["uri"]:
@@ -152,12 +158,6 @@ def build_datasets(cfg: PretrainConfig, records: list) -> tuple[dict, list[dict]
 def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
     """Fine-tune (or linear-probe) a backbone with Ray Train; returns {run_id, best_checkpoint,
     backbone_weights, best metrics, skipped, images_per_s, ...}."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from raylib import tracking
-    from raylib.images import list_images
     from raylib.models.weights import weights_digest
 
     local = {k: os.path.abspath(getattr(cfg, k)) for k in ("input", "output", "init", "resume_from")
@@ -182,25 +182,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
             print(f"pretrain: skipped {s['uri']}: {s['error']}", file=sys.stderr, flush=True)
         if skipped:
             print(f"pretrain: skipped {len(skipped)} unreadable image(s) of {len(records)}", file=sys.stderr, flush=True)
-        train_counts = np.bincount([LABEL_INDEX[r.label] for r in records if r.split == "train"], minlength=NUM_CLASSES)
-        present = train_counts > 0
-        class_weights = np.where(present, train_counts.sum() / np.maximum(train_counts, 1) / max(present.sum(), 1), 0.0)
-        steps = math.ceil(splits["train"].count() / cfg.num_workers / cfg.batch_size)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": asdict(cfg), "run_id": run_id, "tracking_uri": tracking.tracking_uri(),
-                               "feature_dim": dim, "class_weights": class_weights.tolist(),
-                               "steps_per_epoch": steps, "splits": list(splits)},
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                                   resources_per_worker={"CPU": cfg.cpus_per_worker}),
-            datasets=splits,
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-            run_config=ray.train.RunConfig(
-                name=run_name, storage_path=cfg.output,
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=cfg.select_metric,
-                                                             checkpoint_score_order="max")),
-        )
+        trainer = make_trainer(cfg, run_name, run_id, splits, dim, records)
         t1 = time.perf_counter()
         result = trainer.fit()
     except Exception:
@@ -222,10 +204,36 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
     return summary
 
 
+def make_trainer(cfg: PretrainConfig, run_name: str, run_id: str, splits: dict, dim: int, records: list):
+    """The TorchTrainer of a pretraining run: its workers, the decoded splits (train split across
+    workers), class weights from the train counts (absent classes weigh 0)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    train_counts = np.bincount([LABEL_INDEX[r.label] for r in records if r.split == "train"], minlength=NUM_CLASSES)
+    present = train_counts > 0
+    class_weights = np.where(present, train_counts.sum() / np.maximum(train_counts, 1) / max(present.sum(), 1), 0.0)
+    steps = math.ceil(splits["train"].count() / cfg.num_workers / cfg.batch_size)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": asdict(cfg), "run_id": run_id, "tracking_uri": tracking.tracking_uri(),
+                           "feature_dim": dim, "class_weights": class_weights.tolist(),
+                           "steps_per_epoch": steps, "splits": list(splits)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        datasets=splits,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=cfg.output,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=cfg.select_metric,
+                                                         checkpoint_score_order="max")),
+    )
+
+
 def _log_outcome(run_id: str, summary: dict, checkpoint) -> None:
     """Best metrics, confusion matrices (PNG), the backbone file and its digest to the MLflow run."""
-    from raylib import plots, tracking
-
     client = tracking.client()
     tracking.log_metrics(run_id, {f"best_{k}": v for k, v in summary.items()
                                   if k.startswith(("val_accuracy", "val_uar", "test_accuracy", "test_uar"))},

@@ -33,14 +33,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raylib import storage
-from raylib.errors import RaylibError
+from raylib.checkpoints import load_checkpoint
+from raylib.ensemble.scoring import REWEIGHTS, check_fits, class_weights, load_members, resolve_checkpoint, score_rows
+from raylib.errors import RaylibError, WeightsError
+from raylib.extract.config import ExtractConfig
+from raylib.extract.graph import (
+    WRITER_CPUS,
+    batch_rows,
+    check_recipe,
+    feature_graph,
+    provenance,
+    shard_name,
+    stage_options,
+    write_shard,
+)
+from raylib.extract.summary import root_cause
 from raylib.labels import EMOTIONS
 from raylib.media.audio import AUDIO_MODES
-from raylib.media.video import DEFAULT_SAMPLING
 from raylib.media.faces import DETECTORS
-from raylib.models import BACKBONES, ENHANCEMENTS
-from raylib.sources import FORMATS
-from raylib.stages.evaluate import REWEIGHTS
+from raylib.media.video import DEFAULT_SAMPLING
+from raylib.metrics import summarize
+from raylib.models import BACKBONE_DIMS, BACKBONES, ENHANCEMENTS
+from raylib.prediction import NO_FRAMES
+from raylib.runtime import init_ray
+from raylib.schema import STATUS_ERROR, to_table
+from raylib.sources import FORMATS, list_clips
+from raylib.store import read_files, writable_state
 
 PREDICTIONS_DIR = "predictions"
 SCORE_COLUMNS = tuple(f"score_{name}" for name in EMOTIONS)
@@ -96,8 +114,6 @@ class PredictConfig:
         self.extract_config()  # validates the extraction flags
 
     def extract_config(self):
-        from raylib.stages.extract_config import ExtractConfig
-
         return ExtractConfig(input=self.input, dataset_format=self.dataset_format, output=self.store or self.output,
                              backbone=self.backbone, weights=self.weights, enhance=self.enhance, audio=self.audio,
                              frames=self.frames, face_detector=self.face_detector, cpu_workers=self.cpu_workers,
@@ -107,39 +123,15 @@ class PredictConfig:
 
 # ---- stages ------------------------------------------------------------------------------------
 
-def score_rows(table, models, weights) -> np.ndarray:
-    """[N, 7] ensemble probabilities (re-weighted) of store-format rows; NaN rows for rows
-    without features, and for rows without frames when a model reads visual features."""
-    from raylib.prediction import predict, takes
-    from raylib.schema import STATUS_ERROR
-    from raylib.stages.evaluate import apply_weights
-
-    out = np.full((table.num_rows, len(EMOTIONS)), np.nan, np.float32)
-    ok = np.asarray([s != STATUS_ERROR for s in table.column("status").to_pylist()], bool)
-    ok &= takes(table, *(m.cfg.modalities for m in models))
-    if ok.any():
-        usable = table.filter(ok)
-        probs = sum(predict(m, usable)[0] for m in models) / len(models)
-        out[ok] = apply_weights(probs, weights)
-    return out
-
-
 class Predictor:
     """Holds the loaded models; each call maps a batch of rows with features to predictions."""
 
     def __init__(self, checkpoints: list[str], reweight: str, prov: dict):
-        from raylib.checkpoints import model_from_checkpoint
-        from raylib.stages.evaluate import class_weights, resolve_checkpoint
-
-        self.models = [model_from_checkpoint(resolve_checkpoint(ref))[0] for ref in checkpoints]
+        self.models = load_members(checkpoints)
         self.weights = class_weights(reweight)
         self.prov = prov
 
     def __call__(self, batch: dict) -> dict:
-        from raylib.prediction import NO_FRAMES
-        from raylib.schema import STATUS_ERROR, to_table
-        from raylib.stages.extract import batch_rows
-
         rows = batch_rows(batch)
         table = to_table([{**r, **self.prov} for r in rows])
         probs = score_rows(table, self.models, self.weights)
@@ -170,8 +162,6 @@ def write_predictions(batch: dict, output: str) -> dict:
     """One Parquet file of predictions per batch, named by its clip ids, committed atomically."""
     import pyarrow.parquet as pq
 
-    from raylib.stages.extract import shard_name
-
     table = prediction_table(batch)
     uri = storage.join(output, PREDICTIONS_DIR, shard_name(batch["clip_id"].tolist()))
 
@@ -185,8 +175,6 @@ def write_predictions(batch: dict, output: str) -> dict:
 
 def keep_features(batch: dict, output: str, prov: dict) -> dict:
     """The rows also written to a feature store (extraction's writer); the batch goes on unchanged."""
-    from raylib.stages.extract import write_shard
-
     write_shard(batch, output, prov)
     return batch
 
@@ -197,8 +185,6 @@ def read_predictions(output: str):
     """Every prediction file under output as one table (empty when none)."""
     import pyarrow as pa
 
-    from raylib.store import read_files
-
     files = [p for p in storage.list_files(storage.join(output, PREDICTIONS_DIR), ".parquet")
              if not os.path.basename(p).startswith((".", "_"))]
     tables = read_files(output, files, None)
@@ -207,11 +193,7 @@ def read_predictions(output: str):
 
 def check_models(cfg: PredictConfig, prov: dict) -> None:
     """Every checkpoint takes the features this run makes; WeightsError naming both otherwise."""
-    from raylib.checkpoints import load_checkpoint
-    from raylib.models import BACKBONE_DIMS
-    from raylib.errors import WeightsError
     from raylib.models.enhance import enhanced_dim
-    from raylib.stages.evaluate import check_fits, resolve_checkpoint
 
     info = {"visual_dim": enhanced_dim(cfg.enhance, BACKBONE_DIMS[cfg.backbone]),
             "audio_channels": 3 if cfg.audio == "logmel" else 1, "provenance": prov}
@@ -228,16 +210,6 @@ def check_models(cfg: PredictConfig, prov: dict) -> None:
 
 def run_predict(cfg: PredictConfig) -> dict:
     """Predict emotions for cfg.input with the checkpoints' ensemble; returns the summary."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-    import ray
-
-    from raylib.metrics import summarize
-    from raylib.runtime import init_ray
-    from raylib.sources import list_clips
-    from raylib.stages.extract import WRITER_CPUS, _check_recipe, _env, _state, feature_graph, provenance
-    from raylib.stages.extract_summary import root_cause
-
     t0 = time.perf_counter()
     ecfg = cfg.extract_config()
     env = {}
@@ -250,31 +222,48 @@ def run_predict(cfg: PredictConfig) -> dict:
     prov = provenance(ecfg)
     check_models(cfg, prov)
     if cfg.store:
-        _check_recipe(ecfg, _state(cfg.store), prov)
+        check_recipe(ecfg, writable_state(cfg.store), prov)
     done = read_predictions(cfg.output)
     done_ids = set() if done is None else \
         {c for c, p in zip(done.column("clip_id").to_pylist(), done.column("prediction").to_pylist()) if p}
     pending = [{**r.to_dict(), "label": r.label or ""} for r in records if r.clip_id not in done_ids]
     if pending:
-        init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet, pin_workers=False)  # no Ray Train here
-        ray.data.DataContext.get_current().enable_progress_bars = not cfg.quiet
-        refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
-        ds = feature_graph(pending, ecfg, env)
-        if cfg.store:
-            ds = ds.map_batches(keep_features, batch_size=cfg.batch_size, num_cpus=WRITER_CPUS, **_env(env),
-                                fn_kwargs={"output": cfg.store, "prov": prov})
-        ds = ds.map_batches(Predictor, fn_constructor_kwargs={"checkpoints": refs, "reweight": cfg.reweight,
-                                                              "prov": prov},
-                            batch_size=cfg.batch_size, num_cpus=PREDICTOR_CPUS, **_env(env),
-                            compute=ray.data.ActorPoolStrategy(size=cfg.predictor_actors))
-        ds = ds.map_batches(write_predictions, batch_size=cfg.batch_size, num_cpus=PREDICTIONS_WRITER_CPUS, **_env(env),
-                            fn_kwargs={"output": cfg.output})
-        try:
-            for _ in ds.iter_rows():
-                pass
-        except Exception as e:
-            raise PredictError(f"prediction failed: {root_cause(e)} (predictions already written are kept; "
-                               f"a re-run continues from them)") from None
+        run_graph(cfg, ecfg, pending, prov, env)
+    return finish_predictions(cfg, records, len(pending), t0)
+
+
+def run_graph(cfg: PredictConfig, ecfg, pending: list[dict], prov: dict, env: dict) -> None:
+    """The pending clips through the extraction graph (raylib.extract.graph), the ensemble's
+    Predictor actors and the predictions' writer (the features also into --store when given)."""
+    import ray
+
+    init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet, pin_workers=False)  # no Ray Train here
+    ray.data.DataContext.get_current().enable_progress_bars = not cfg.quiet
+    refs = [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]
+    ds = feature_graph(pending, ecfg, env)
+    if cfg.store:
+        ds = ds.map_batches(keep_features, batch_size=cfg.batch_size, num_cpus=WRITER_CPUS, **stage_options(env),
+                            fn_kwargs={"output": cfg.store, "prov": prov})
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"checkpoints": refs, "reweight": cfg.reweight,
+                                                          "prov": prov},
+                        batch_size=cfg.batch_size, num_cpus=PREDICTOR_CPUS, **stage_options(env),
+                        compute=ray.data.ActorPoolStrategy(size=cfg.predictor_actors))
+    ds = ds.map_batches(write_predictions, batch_size=cfg.batch_size, num_cpus=PREDICTIONS_WRITER_CPUS, **stage_options(env),
+                        fn_kwargs={"output": cfg.output})
+    try:
+        for _ in ds.iter_rows():
+            pass
+    except Exception as e:
+        raise PredictError(f"prediction failed: {root_cause(e)} (predictions already written are kept; "
+                           f"a re-run continues from them)") from None
+
+
+def finish_predictions(cfg: PredictConfig, records: list, new: int, t0: float) -> dict:
+    """predictions.parquet and .csv of the input's clips (one row each) from what the runs wrote;
+    the summary, with accuracy and UAR over the clips that came with a label."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     table = one_row_per_clip(read_predictions(cfg.output), {r.clip_id for r in records})
     parquet_uri, csv_uri = storage.join(cfg.output, "predictions.parquet"), storage.join(cfg.output, "predictions.csv")
     with storage.atomic_write(parquet_uri) as f:
@@ -285,7 +274,7 @@ def run_predict(cfg: PredictConfig) -> dict:
     preds = table.column("prediction").to_pylist()
     known = [(EMOTIONS.index(lab), EMOTIONS.index(p)) for lab, p in zip(labels, preds) if lab and p]
     summary = {"clips": table.num_rows, "predicted": sum(p is not None for p in preds),
-               "new": len(pending), "already_predicted": len(records) - len(pending),
+               "new": new, "already_predicted": len(records) - new,
                "statuses": dict(sorted(Counter(table.column("status").to_pylist()).items())),
                "predictions_parquet": storage.public_uri(parquet_uri), "predictions_csv": storage.public_uri(csv_uri),
                "elapsed_s": round(time.perf_counter() - t0, 2)}

@@ -17,10 +17,13 @@ import sys
 import tempfile
 import time
 
+from raylib import tracking
 from raylib.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from raylib.metrics import keep_score
-from raylib.prediction import metrics_from_counts, val_counts
-from raylib.stages.train_config import TrainConfig
+from raylib.prediction import metrics_from_counts, rows_for, val_counts
+from raylib.schema import SCHEMA
+from raylib.store import COLUMNS, data_files, read_files, usable
+from raylib.train.config import TrainConfig
 
 # clips of the epoch's last batches over which rank 0 recomputes the batch-norm statistics
 # before it scores val and saves the checkpoint (raylib.models.audio_cnn.recalibrate_norms)
@@ -90,10 +93,6 @@ def val_share(store: str, rank: int, world: int, speakers: tuple = (), keep_spea
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from raylib.batches import COLUMNS
-    from raylib.schema import SCHEMA
-    from raylib.store import data_files, read_files
-
     columns = [*COLUMNS, "speaker"] if speakers or keep_speaker else COLUMNS
     files = data_files(store, None if speakers else "val")
     if len(files) >= world:
@@ -150,11 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from raylib import tracking
-    from raylib.batches import collate, usable
-    from raylib.models.audio_cnn import recalibrate_norms
     from raylib.models.fusion import ModelConfig, build_model
-    from raylib.prediction import rows_for
 
     cfg = TrainConfig(**config["train"])
     model_cfg = ModelConfig(**config["model"])
@@ -167,30 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(1)
     model = build_model(model_cfg)
     optimizer = make_optimizer(cfg.optimizer, model.param_groups(cfg.visual_lr_scale), cfg.lr, cfg.weight_decay)
-    start_epoch, best = 0, -1.0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restart after a failure, or a resumed run
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(d)
-    elif config.get("resume_from"):
-        state = load_checkpoint(config["resume_from"])
-    else:
-        state = None
-    if state is not None:
-        load_model_state(model, state, config.get("resume_from") or "the last checkpoint")
-        if state.get("optimizer"):
-            scales = [g["lr_scale"] for g in optimizer.param_groups]  # this run's, not the checkpoint's
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except ValueError as e:  # a checkpoint written before the visual branch had its own group
-                print(f"train: the optimiser state of the checkpoint does not fit this model's parameter groups "
-                      f"({e}); the optimiser starts afresh", file=sys.stderr, flush=True)
-            for g, scale in zip(optimizer.param_groups, scales):
-                g["lr_scale"] = scale
-        start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
-        if checkpoint is not None and rank == 0 and config.get("run_id"):
-            # the same MLflow run goes on: its history shows where the worker group restarted
-            tracking.log_metrics(config["run_id"], {"restarted_at_epoch": start_epoch}, start_epoch)
+    start_epoch, best = resume(model, optimizer, config, rank)
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
@@ -199,24 +171,7 @@ def train_loop_per_worker(config: dict) -> None:
                                     keep_speaker=stats is not None)), cfg.modalities)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        distinct: list[int] = []
-        batches = label_mix((collate(arrow, model_cfg.audio_channels) for arrow in shard.iter_batches(
-            batch_size=cfg.batch_size, batch_format="pyarrow",
-            local_shuffle_buffer_size=config.get("shuffle_rows") or cfg.shuffle_buffer,
-            local_shuffle_seed=cfg.seed + epoch)), distinct)
-        set_lr(optimizer, cfg, epoch)
-        kept: list | None = [] if rank == 0 else None
-        loss_sum, correct, total = train_epoch(model, optimizer, batches, device, kept)
-        seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
-                   "train_samples_per_s_per_worker": total / max(seconds, 1e-9),
-                   "train_batch_distinct_labels": sum(distinct) / max(len(distinct), 1),
-                   "train_clips": int(all_summed([float(total)], device)[0])}  # every worker's clips of the epoch
-        if rank == 0:
-            recalibrate_norms(core, kept)
-        share_buffers(core)  # rank 0's recalibrated statistics, for every worker's share of val
-        metrics.update(metrics_from_counts(all_summed(val_counts(core, val, device, stats), device)))
+        metrics = run_epoch(model, optimizer, shard, val, config, epoch, rank, device)
         if rank == 0:
             metrics[KEEP_SCORE] = keep_score(metrics.get(cfg.select_metric, 0.0), best)
             best = max(best, metrics.get(cfg.select_metric, 0.0))
@@ -229,3 +184,62 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+
+
+def resume(model, optimizer, config: dict, rank: int) -> tuple[int, float]:
+    """Load the last checkpoint of this run (a restart after a failure) or --resume-from into the
+    model and optimiser: (the epoch to start at, the best score so far); (0, -1.0) for a new run."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restart after a failure, or a resumed run
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(d)
+    elif config.get("resume_from"):
+        state = load_checkpoint(config["resume_from"])
+    else:
+        return 0, -1.0
+    load_model_state(model, state, config.get("resume_from") or "the last checkpoint")
+    if state.get("optimizer"):
+        scales = [g["lr_scale"] for g in optimizer.param_groups]  # this run's, not the checkpoint's
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:  # a checkpoint written before the visual branch had its own group
+            print(f"train: the optimiser state of the checkpoint does not fit this model's parameter groups "
+                  f"({e}); the optimiser starts afresh", file=sys.stderr, flush=True)
+        for g, scale in zip(optimizer.param_groups, scales):
+            g["lr_scale"] = scale
+    start_epoch = int(state["epoch"]) + 1
+    if checkpoint is not None and rank == 0 and config.get("run_id"):
+        # the same MLflow run goes on: its history shows where the worker group restarted
+        tracking.log_metrics(config["run_id"], {"restarted_at_epoch": start_epoch}, start_epoch)
+    return start_epoch, float(state["best"])
+
+
+def run_epoch(model, optimizer, shard, val, config: dict, epoch: int, rank: int, device) -> dict:
+    """One epoch on this worker's shard, then val scored over every worker's share: the epoch's
+    metrics (train loss and accuracy, throughput, val scores summed across workers)."""
+    from raylib.batches import collate
+    from raylib.models.audio_cnn import recalibrate_norms
+
+    cfg = TrainConfig(**config["train"])
+    core = model.module if hasattr(model, "module") else model
+    t0 = time.perf_counter()
+    distinct: list[int] = []
+    batches = label_mix((collate(arrow, core.cfg.audio_channels) for arrow in shard.iter_batches(
+        batch_size=cfg.batch_size, batch_format="pyarrow",
+        local_shuffle_buffer_size=config.get("shuffle_rows") or cfg.shuffle_buffer,
+        local_shuffle_seed=cfg.seed + epoch)), distinct)
+    set_lr(optimizer, cfg, epoch)
+    kept: list | None = [] if rank == 0 else None
+    loss_sum, correct, total = train_epoch(model, optimizer, batches, device, kept)
+    seconds = time.perf_counter() - t0
+    metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "train_accuracy": correct / max(total, 1),
+               "train_samples_per_s_per_worker": total / max(seconds, 1e-9),
+               "train_batch_distinct_labels": sum(distinct) / max(len(distinct), 1),
+               "train_clips": int(all_summed([float(total)], device)[0])}  # every worker's clips of the epoch
+    if rank == 0:
+        recalibrate_norms(core, kept)
+    share_buffers(core)  # rank 0's recalibrated statistics, for every worker's share of val
+    metrics.update(metrics_from_counts(all_summed(val_counts(core, val, device, config.get("speaker_stats")), device)))
+    return metrics

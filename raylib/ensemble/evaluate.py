@@ -1,30 +1,40 @@
-"""Evaluation and prediction: checkpoints or MLflow runs -> ensemble scores -> metrics, predictions.
-
-Ensemble = mean of the models' class probabilities. Optional class re-weighting of the scores
-(docs/method.md, section 3): "train" computes w_c proportional to sqrt(n_c) from the training counts of
-the store (the paper's rule; it is silent on the exact form, we normalise the weights to sum 1),
-"afew" uses the paper's AFEW vector. Predictions (clip_id, uri, label, prediction, one score per
+"""Evaluation: checkpoints or MLflow runs -> an ensemble's scores (raylib.ensemble.scoring) on a store's
+split -> metrics, predictions. Predictions (clip_id, uri, label, prediction, one score per
 class) are written as Parquet and CSV; metrics and the confusion matrix go to MLflow.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from raylib import storage
+from raylib import plots, storage, tracking
+from raylib.checkpoints import load_checkpoint, model_from_checkpoint
+from raylib.ensemble.scoring import (
+    REWEIGHTS,
+    RUN_ID,
+    apply_weights,
+    check_fits,
+    class_weights,
+    load_members,
+    mean_probs,
+    resolve_checkpoint,
+)
+from raylib.errors import TrackingError
 from raylib.labels import EMOTIONS
+from raylib.metrics import summarize
+from raylib.prediction import FRAMES_EXPR, metrics_from_counts, reads_frames, rows_for, speaker_rows, val_counts
+from raylib.runtime import check_capacity, init_ray
+from raylib.speaker_norm import stats_for, store_stats
+from raylib.store import COLUMNS, data_files, read_store, single_recipe, store_description, usable
+from raylib.train.config import store_info
 
-AFEW_WEIGHTS = (0.15, 0.097, 0.129, 0.185, 0.138, 0.082, 0.215)  # the published AFEW vector (docs/method.md, section 3), label order
-REWEIGHTS = ("none", "train", "afew")
 PREDICTOR_CPUS = 0.5  # per StorePredictor actor
 READ_TASK_CPUS = 1.0  # Ray Data's reservation for one task reading the store
-_RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
 
 
 @dataclass(frozen=True)
@@ -49,54 +59,10 @@ class EvaluateConfig:
             raise ValueError("--checkpoints: give at least one checkpoint or MLflow run id (or --cv-run)")
 
 
-def class_weights(mode: str, train_counts=None) -> np.ndarray | None:
-    """[7] weights for re-weighting, None for "none"."""
-    if mode == "none":
-        return None
-    if mode == "afew":
-        return np.asarray(AFEW_WEIGHTS, np.float64)
-    if mode == "train":
-        root = np.sqrt(np.asarray(train_counts, np.float64))
-        if root.sum() == 0:
-            raise ValueError("re-weighting by training counts needs a train split with labels")
-        return root / root.sum()
-    raise ValueError(f"unknown re-weighting {mode!r}; expected one of {', '.join(REWEIGHTS)}")
-
-
-def apply_weights(probs: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Scores multiplied by class weights and renormalised per clip."""
-    if weights is None:
-        return probs
-    scored = probs * weights[None, :]
-    return scored / np.maximum(scored.sum(axis=1, keepdims=True), 1e-12)
-
-
-def resolve_checkpoint(ref: str) -> str:
-    """A checkpoint path/URI, or an MLflow run id whose logged checkpoint is downloaded."""
-    m = _RUN_ID.match(ref.strip())
-    if not m:
-        return ref.strip()
-    import mlflow
-
-    from raylib import tracking
-
-    from raylib.errors import WeightsError
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    try:
-        return mlflow.artifacts.download_artifacts(run_id=m.group(2), artifact_path="checkpoint/model.pt",
-                                                   dst_path=tempfile.mkdtemp(prefix="ckpt-"))
-    except Exception as e:  # MlflowException for an unknown run, OSError for a missing artifact
-        raise WeightsError(f"MLflow run {m.group(2)} has no checkpoint to load "
-                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
-
-
 def describe_member(ref: str) -> str:
     """One ensemble member for the evaluation run's description: an MLflow run by name and link, a
     checkpoint by its public URI."""
-    from raylib import tracking
-
-    m = _RUN_ID.match(ref.strip())
+    m = RUN_ID.match(ref.strip())
     if not m:
         return f"checkpoint `{tracking.public(ref.strip())}`"
     run = tracking.client().get_run(m.group(2))
@@ -105,9 +71,6 @@ def describe_member(ref: str) -> str:
 
 def description(cfg: EvaluateConfig, refs: list[str], clips: int) -> str:
     """What an evaluation run scored: the members, the ensemble rule, the store and its kind."""
-    from raylib import tracking
-    from raylib.stages.tune import store_description
-
     rule = ("the mean of the members' class probabilities" if len(refs) > 1 else "one model's class probabilities")
     if cfg.reweight != "none":
         rule += f", re-weighted per class ({cfg.reweight} weights)"
@@ -117,43 +80,16 @@ def description(cfg: EvaluateConfig, refs: list[str], clips: int) -> str:
             f"its arg max.\n\nMembers:\n" + "\n".join(f"{i + 1}. {describe_member(r)}" for i, r in enumerate(refs)))
 
 
-def check_fits(state: dict, ref: str, info: dict, what: str) -> None:
-    """WeightsError, before any work, when a checkpoint's model does not take the store's features."""
-    from raylib.errors import WeightsError
-    from raylib.store import describe_recipe
-
-    from raylib.models import AUDIO_MODALITIES, VISUAL_MODALITIES
-
-    cfg = state["model_config"]
-    want = (int(cfg.get("visual_dim", 0)), int(cfg.get("audio_channels", 1)))
-    have = (int(info["visual_dim"]), int(info["audio_channels"]))
-    modalities = cfg.get("modalities", "av")  # a branch the model lacks takes anything
-    if (modalities in VISUAL_MODALITIES and want[0] != have[0]) or \
-            (modalities in AUDIO_MODALITIES and want[1] != have[1]):
-        trained_on = (state.get("train_config") or {}).get("store", "?")
-        raise WeightsError(f"checkpoint {ref} takes {want[0]}-d visual features and {want[1]} audio channel(s) "
-                           f"(trained on the store {trained_on}); {what} has {have[0]}-d and {have[1]} "
-                           f"({describe_recipe(info['provenance'])}): use features extracted the way its training store was")
-
-
 def ensemble_probs(checkpoints: list[str], table, batch_size: int = 32, info: dict | None = None,
                    store: str = "", stats: dict | None = None) -> np.ndarray:
     """Mean of the class probabilities of each checkpoint's model on the rows of table; with the
     store's info, every checkpoint is checked against its features before any is run. stats:
     speaker statistics for models trained on speaker-normalised features (raylib.speaker_norm)."""
-    from raylib.checkpoints import load_checkpoint, model_from_checkpoint
-    from raylib.prediction import predict
-
     paths = [resolve_checkpoint(ref) for ref in checkpoints]
     if info is not None:
         for ref, path in zip(checkpoints, paths):
             check_fits(load_checkpoint(path), ref, info, f"the store {store}")
-    total = None
-    for path in paths:
-        model, _ = model_from_checkpoint(path)
-        probs, _ = predict(model, table, batch_size, stats=stats)
-        total = probs if total is None else total + probs
-    return total / len(checkpoints)
+    return mean_probs([model_from_checkpoint(path)[0] for path in paths], table, batch_size, stats)
 
 
 class StorePredictor:
@@ -161,18 +97,13 @@ class StorePredictor:
     to their predictions: clip_id, uri, label, label_index, prediction, score_<Emotion>."""
 
     def __init__(self, checkpoints: list[str], weights, batch_size: int, stats: dict | None = None):
-        from raylib.checkpoints import model_from_checkpoint
-
-        self.models = [model_from_checkpoint(resolve_checkpoint(ref))[0] for ref in checkpoints]
+        self.models = load_members(checkpoints)
         self.weights, self.batch_size, self.stats = weights, batch_size, stats
 
     def __call__(self, table):
         import pyarrow as pa
 
-        from raylib.prediction import predict
-
-        probs = sum(predict(m, table, self.batch_size, stats=self.stats)[0] for m in self.models) / len(self.models)
-        probs = apply_weights(probs, self.weights)
+        probs = apply_weights(mean_probs(self.models, table, self.batch_size, self.stats), self.weights)
         return pa.table({"clip_id": table.column("clip_id"), "uri": table.column("uri"),
                          "label": table.column("label"), "label_index": table.column("label_index"),
                          "prediction": pa.array([EMOTIONS[p] for p in probs.argmax(axis=1)]),
@@ -197,10 +128,6 @@ def predict_store(cfg: EvaluateConfig, refs: list[str], weights, files: list[str
     import pyarrow as pa
     import ray
 
-    from raylib.batches import COLUMNS
-    from raylib.prediction import FRAMES_EXPR
-    from raylib.runtime import check_capacity, init_ray
-
     init_ray()
     check_capacity(f"--predictor-actors {cfg.predictor_actors}", cfg.predictor_actors, {"CPU": PREDICTOR_CPUS},
                    "lower --predictor-actors", beside=("reading the store", {"CPU": READ_TASK_CPUS}))
@@ -220,11 +147,6 @@ def check_split(cfg: EvaluateConfig, refs: list[str]) -> tuple[bool, int, dict |
     with a visual branch skips rows without frames) and that each checkpoint fits their features.
     Returns (whether the models read frames, rows skipped, the store's speaker statistics when a
     model reads speaker-normalised features); ValueError or WeightsError otherwise."""
-    from raylib.batches import usable
-    from raylib.checkpoints import load_checkpoint
-    from raylib.prediction import reads_frames, rows_for
-    from raylib.store import read_store, single_recipe
-
     recipe = single_recipe(cfg.store)  # a store mixing recipes has features no one model fits
     small = usable(read_store(cfg.store, ["status", "label_index", "visual_dim", "audio_shape"], split=cfg.split),
                    labelled=False)
@@ -243,8 +165,6 @@ def check_split(cfg: EvaluateConfig, refs: list[str]) -> tuple[bool, int, dict |
         check_fits(state, ref, info, f"the store {cfg.store}")
     stats = None
     if any(state["model_config"].get("speaker_norm") for _, state in states):
-        from raylib.speaker_norm import store_stats
-
         stats = store_stats(cfg.store)  # every speaker of the store, features only
     return reads_frames(*modalities), small.num_rows - fit.num_rows, stats
 
@@ -254,12 +174,6 @@ def evaluate_cv(cfg: EvaluateConfig) -> dict:
     checkpoint on its own held-out speakers (its tag cv.test_speakers) of cfg.store, in this
     process: {folds: [{fold, run_id, test_speakers, accuracy, uar, clips}], accuracy, uar, clips
     (pooled)}. StoreError / TrackingError in one line when the run is not such a parent."""
-    from raylib import tracking
-    from raylib.checkpoints import model_from_checkpoint
-    from raylib.errors import TrackingError
-    from raylib.prediction import metrics_from_counts, speaker_rows, val_counts
-    from raylib.speaker_norm import stats_for
-
     tracking.check_reachable()
     client = tracking.client()
     try:
@@ -291,11 +205,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     predictions, computes the metrics from what was written; logs an MLflow run."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-
-    from raylib import plots, tracking
-    from raylib.metrics import summarize
-    from raylib.store import data_files
-    from raylib.stages.train_config import store_info
 
     t0 = time.perf_counter()
     tracking.check_reachable()

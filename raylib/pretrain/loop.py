@@ -3,6 +3,7 @@ head), augmentation, the learning-rate schedule, evaluation, checkpoints, and th
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -12,10 +13,11 @@ import time
 import numpy as np
 from torch import nn
 
-from raylib import storage
+from raylib import storage, tracking
+from raylib.errors import WeightsError
 from raylib.labels import EMOTIONS, NUM_CLASSES
-from raylib.stages.pretrain_config import BACKBONE_FILE, HEAD_FILE, META_FILE, STATE_FILE, PretrainConfig
-
+from raylib.metrics import summarize
+from raylib.pretrain.config import BACKBONE_FILE, HEAD_FILE, META_FILE, STATE_FILE, PretrainConfig
 
 # ---- model -------------------------------------------------------------------------------------
 
@@ -108,8 +110,6 @@ def evaluate(model, batches, device, prefix: str) -> tuple[dict, np.ndarray]:
     """({prefix}_accuracy, _uar, _loss, _recall_<label>}, confusion) of model over (x, y) batches."""
     import torch
 
-    from raylib.metrics import summarize
-
     model.eval()
     preds, labels, loss, n = [], [], 0.0, 0
     with torch.no_grad():
@@ -164,11 +164,7 @@ def save_pretrain_checkpoint(directory: str, core, optimizer, epoch: int, best: 
 
 def load_state(uri: str) -> dict:
     """The resume state (pretrain.pt) of a checkpoint folder, local or URI."""
-    import io
-
     import torch
-
-    from raylib.errors import WeightsError
 
     path = uri if uri.endswith(".pt") else storage.join(uri, STATE_FILE)
     try:
@@ -246,8 +242,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-
-    from raylib import tracking
 
     cfg = PretrainConfig(**config["cfg"])
     if config.get("tracking_uri"):

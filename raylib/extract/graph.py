@@ -1,4 +1,5 @@
-"""The extraction job: video (or audio) clips -> faces + spectrograms -> features -> a Parquet feature store.
+"""The extraction graph's operators, shared by extraction (raylib.extract.job) and prediction
+(raylib.ensemble.predict): video (or audio) clips -> faces + spectrograms -> features -> store rows.
 
     clip records (minus clips already stored), in a seeded random order (shards mix classes)
         |  clip_dataset: Arrow blocks of RECORD_BLOCK records, split as they stream into blocks of
@@ -23,7 +24,7 @@
     short audio files), one actor per CPU: no task per clip to hand out, no chips through the
     object store, both stages on every core.
 
-    driver           tallies outcomes as they stream (counts, nodes, failures, stage seconds: no
+    driver           (raylib.extract.job) tallies outcomes as they stream (counts, nodes, failures, stage seconds: no
                      per-clip list), prints and stores the summary with the run's efficiency: clips/s
                      against the bound its measured stage costs and its CPUs allow
 
@@ -43,24 +44,20 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 
 import raylib
 from raylib import ray_compat, storage
-from raylib.schema import NO_LABEL, SCHEMA_VERSION, STATUS_ERROR, stored_label
-from raylib.store import StoreState, describe_recipe, drop_rows, recipe_of, store_state
+from raylib.errors import exception_line
+from raylib.extract.config import ExtractConfig, ExtractError
+from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
+from raylib.runtime import autoscaling, check_capacity, cpu_actor_pool, placement
+from raylib.schema import SCHEMA_VERSION, STATUS_ERROR, THUMB_SIZE, stored_label, to_table
+from raylib.sources import is_audio_file
 from raylib.storage import public_uri, with_retries
-from raylib.runtime import check_capacity, cpu_actor_pool, placement
-from raylib.sources import is_audio_file, list_clips
-from raylib.stages.extract_config import ExtractConfig, ExtractError
-from raylib.stages.extract_summary import (SUMMARY_FILE, Tally, efficiency, judge, plan, root_cause, run_id,
-                                           write_summary)
-from raylib.stages.preprocess import PreprocessConfig, exception_line, preprocess_clip
+from raylib.store import StoreState, describe_recipe, recipe_of
 
-# bytes reserved per decode task. Measured peak RSS of one clip's CPU stage: 425 MiB (640 x 360,
-# 10 s, CNN fallback used), 598 MiB (3840 x 2160: decoded at 1920 wide, CNN on a 720-wide copy).
 CPU_TASK_MEMORY = 768 * 1024**2
 CLIPS_PER_TASK = 1  # clips per decode task at any dataset size: a lost task costs one clip
 # Short audio files go AUDIO_CLIPS_PER_TASK to a task: one costs ~0.01 core-s (a 3 s wav), less
@@ -173,8 +170,6 @@ def featurize_batch(batch: dict, encoder, mode: str, second_encoder=None) -> dic
 
 def thumbnails(chips: np.ndarray) -> np.ndarray:
     """[N, S, S, 3] chips -> [N, 32, 32, 3] uint8 thumbnails (block means)."""
-    from raylib.schema import THUMB_SIZE
-
     if len(chips) == 0:
         return np.zeros((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)
     n, s = chips.shape[0], chips.shape[1]
@@ -287,8 +282,6 @@ def write_shard(batch: dict, output: str, prov: dict, retries: int = storage.WRI
     StorageError when it still fails."""
     import pyarrow.parquet as pq
 
-    from raylib.schema import to_table
-
     rows = batch_rows(batch)
     out: dict[str, list] = {k: [] for k in (*OUTCOME_KEYS, "file", "write_attempts")}
     for split in sorted({r["split"] for r in rows}):
@@ -309,17 +302,7 @@ def write_shard(batch: dict, output: str, prov: dict, retries: int = storage.WRI
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-# ---- the job -----------------------------------------------------------------------------------
-
-def _check_failures(summary: dict, cfg: ExtractConfig) -> None:
-    if summary["clips_judged"] and summary["failure_rate"] > cfg.max_failure_rate:
-        raise ExtractError(f"{summary['failures']} of {summary['clips_judged']} clips failed "
-                           f"({summary['failure_rate']:.0%} > --max-failure-rate {cfg.max_failure_rate:.0%}); "
-                           f"see the 'error' column or {storage.join(cfg.output, SUMMARY_FILE)}; a re-run "
-                           f"retries them")
-
-
-def _check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
+def check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
     """One store, one recipe: refuse to add features made another way."""
     old = sorted(state.schema_versions - {SCHEMA_VERSION})
     if old:
@@ -331,82 +314,6 @@ def _check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
         raise ExtractError(f"the store {public_uri(cfg.output)} holds features made with "
                            f"{'; '.join(describe_recipe(r) for r in others)}, this run would make "
                            f"{describe_recipe(wanted)}: use a new --output, or the store's flags")
-
-
-def shuffled(pending: list[dict], seed: int) -> list[dict]:
-    """Clip records in a seeded random order: sorted by a hash of (seed, clip_id). Sources list
-    clips by path (AFEW: class folder after class folder), and shards take the clips in the order
-    they come: unshuffled, each shard would hold one or two classes. A clip's place depends only on
-    its own id, so a resumed run keeps the order of the clips still pending, and the first N
-    (--limit) are a random sample that the next run continues."""
-    return sorted(pending, key=lambda r: hashlib.sha1(f"{seed}:{r['clip_id']}".encode()).digest())
-
-
-def run_extract(cfg: ExtractConfig) -> dict:
-    """Run the extraction graph over cfg.input into cfg.output; returns the summary dict.
-
-    Clips of the input without a usable row in the store are processed: new clips and clips whose
-    row says "error" (that row is removed first, so the store keeps one row per clip). The failure
-    gate judges the store: the input's clips whose row says "error", over those with a row.
-    Raises SourceError (bad input), WeightsError (bad weights), StoreError (a store that breaks
-    its rules) or ExtractError (another recipe, too many failures)."""
-    import ray
-
-    from raylib.runtime import init_ray
-
-    t0 = time.perf_counter()
-    env = {}
-    if cfg.s3_endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = cfg.s3_endpoint
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
-    records = list_clips(cfg.input, cfg.dataset_format)
-    prov = provenance(cfg)
-    state, _ = with_retries(f"reading the store {public_uri(cfg.output)}", lambda: _state(cfg.output),
-                            cfg.write_retries)
-    _check_recipe(cfg, state, prov)
-    pending = [{**r.to_dict(), "label": r.label or NO_LABEL} for r in records if r.clip_id not in state.usable]
-    already = len(records) - len(pending)
-    pending = shuffled(pending, cfg.seed)[: cfg.limit or None]
-    retry: dict[str, set[str]] = {}
-    for r in pending:
-        if r["clip_id"] in state.failed:
-            retry.setdefault(state.failed[r["clip_id"]]["file"], set()).add(r["clip_id"])
-    summary = {"run_id": run_id(), "input": public_uri(cfg.input), "output": public_uri(cfg.output),
-               "clips_in_input": len(records), "clips_already_stored": already,
-               "clips_retried": sum(map(len, retry.values())),
-               "clips_processed": 0, "status_counts": {}, "failures": 0, "failure_rate": 0.0,
-               "config": {k: (public_uri(v) if isinstance(v, str) else v) for k, v in asdict(cfg).items()},
-               "provenance": prov}
-    if cfg.dry_run:
-        return {**summary, "dry_run": True, "clips_to_process": len(pending), "plan": plan(pending)}
-    tally = Tally(state.failed)
-    if pending:
-        init_ray(cfg.num_cpus or None, env, quiet=cfg.quiet, pin_workers=False)  # no Ray Train here
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = not cfg.quiet
-        if retry:  # the old error rows go first: a clip has no row (pending) until its new one lands
-            drop_rows(cfg.output, retry, cfg.write_retries)
-        cpus = ray.cluster_resources().get("CPU", 0.0)
-        summary["graph"] = "one_machine" if one_machine(cfg) else "split"  # stages in one actor, or apart
-        started, started_at = time.perf_counter(), time.time()
-        _run_graph(pending, cfg, prov, env, tally)
-        summary.update(tally.summary())
-        summary.update(efficiency(tally, time.perf_counter() - started, cpus, gpu=cfg.gpu_actors > 0,
-                                  startup=tally.first_ready - started_at))
-    del pending
-    summary.update(judge(records, state, tally))
-    elapsed = time.perf_counter() - t0
-    summary.update(elapsed_s=round(elapsed, 2),
-                   clips_per_s=round(summary["clips_processed"] / elapsed, 3) if elapsed else 0.0)
-    write_summary(cfg, summary)
-    _check_failures(summary, cfg)
-    return summary
-
-
-def _state(output: str) -> StoreState:
-    storage.remove_stale_temporaries(output)
-    return store_state(output)
 
 
 RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset", "speaker")
@@ -455,19 +362,7 @@ def clip_dataset(pending: list[dict]):
     return branches[0] if len(branches) == 1 else branches[0].union(branches[1])
 
 
-def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict, tally: Tally) -> None:
-    ds = feature_graph(pending, cfg, env)
-    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=WRITER_CPUS, **_env(env),
-                        fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            tally.add(batch)
-    except Exception as e:  # a stage failed as a whole (weights that do not fit, storage down for good)
-        raise ExtractError(f"extraction failed: {root_cause(e)} (shards already written are kept; a re-run "
-                           f"continues from them)") from None
-
-
-def _env(env: dict) -> dict:
+def stage_options(env: dict) -> dict:
     """Ray options that carry env (the S3 endpoint) to every stage, even on a Ray started without it."""
     return {"runtime_env": {"env_vars": env}} if env else {}
 
@@ -498,7 +393,7 @@ def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
 
     ds, clips = clip_dataset(pending), len(pending)
     stage = {"cfg": cfg, "faces": not all(is_audio_file(str(r["uri"])) for r in pending)}
-    extra = _env(env)
+    extra = stage_options(env)
     fused = one_machine(cfg)
     check_feature_actors_fit(cfg, fused)
     for flag, name in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
@@ -537,8 +432,6 @@ def one_machine(cfg: ExtractConfig) -> bool:
     (140 generated clips on 2 cores: 3.8 clips/s split, 6.0 in one stage). On a cluster the
     stages stay apart, so each can be placed and scaled on its own node type."""
     import ray
-
-    from raylib.runtime import autoscaling
 
     if cfg.gpu_actors or cfg.cpu_actors or cfg.cpu_resource or cfg.feature_resource:
         return False

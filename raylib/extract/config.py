@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 from raylib import storage
 from raylib.errors import RaylibError
+from raylib.extract.preprocess import PreprocessConfig
 from raylib.media.audio import AUDIO_MODES
 from raylib.media.faces import DETECTORS, FaceConfig
 from raylib.media.video import DEFAULT_SAMPLING, FrameSampling
 from raylib.models import BACKBONES, ENHANCEMENTS, FIXED_INPUT_SIZES
 from raylib.sources import FORMATS
-from raylib.stages.preprocess import PreprocessConfig
 
 
 class ExtractError(RaylibError):

@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raylib.errors import ClipError, NoVideoStream
+from raylib.errors import ClipError, NoVideoStream, exception_line
 from raylib.media import audio as audio_mod
 from raylib.media.faces import FaceConfig, align_frames
-from raylib.media.video import DEFAULT_SAMPLING, FrameSampling, decode_video, open_media
-from raylib.schema import (STATUS_AUDIO_ONLY, STATUS_ERROR, STATUS_NO_AUDIO, STATUS_NO_FACE, STATUS_OK,
-                           STATUS_SILENT, STATUS_TRUNCATED)
+from raylib.media.video import DEFAULT_SAMPLING, Clip, FrameSampling, decode_video, open_clip
+from raylib.schema import (
+    STATUS_AUDIO_ONLY,
+    STATUS_ERROR,
+    STATUS_NO_AUDIO,
+    STATUS_NO_FACE,
+    STATUS_OK,
+    STATUS_SILENT,
+    STATUS_TRUNCATED,
+)
 from raylib.sources import is_audio_file
 
 
@@ -51,12 +58,6 @@ def clip_status(truncated: bool, audio_status: str, faces_found: int, video: boo
     return STATUS_OK if video else STATUS_AUDIO_ONLY
 
 
-def exception_line(e: BaseException) -> str:
-    """'TypeName: first line of the message', short enough for the store's error column."""
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
-
-
 def preprocess_clip(uri: str, cfg: PreprocessConfig = PreprocessConfig()) -> dict:
     """One clip -> dict with chips [N,224,224,3] uint8, face_found [N], timestamps [N] s,
     audio [C, F, T] float32 (None without audio), status, error, and per-stage seconds
@@ -73,9 +74,9 @@ def preprocess_clip(uri: str, cfg: PreprocessConfig = PreprocessConfig()) -> dic
     return out
 
 
-def _audio(uri: str, cfg: PreprocessConfig, src=None) -> tuple[audio_mod.AudioTrack, np.ndarray | None]:
-    """The clip's audio track and its features (None without audio); src: the opened clip."""
-    track = audio_mod.load_audio(uri, cfg.sample_rate, src)
+def _audio(clip: str | Clip, cfg: PreprocessConfig) -> tuple[audio_mod.AudioTrack, np.ndarray | None]:
+    """The clip's audio track and its features (None without audio)."""
+    track = audio_mod.load_audio(clip, cfg.sample_rate)
     if track.status == audio_mod.AUDIO_MISSING:
         return track, None
     return track, audio_mod.audio_features(track.samples, cfg.audio_mode, cfg.sample_rate)
@@ -85,15 +86,15 @@ def video_clip(uri: str, cfg: PreprocessConfig) -> dict:
     """A video clip's frames, faces and audio (see preprocess_clip); a file without a video stream
     goes to audio_clip. ClipError (or a library's error) when it cannot be read."""
     t0 = time.perf_counter()
+    clip = open_clip(uri)  # one download (an object-store clip) and one probe, for the frames and the audio
     try:
-        src = open_media(uri)  # one download of an object-store clip, for the frames and the audio
-        video = decode_video(uri, cfg.frames, src)
+        video = decode_video(clip, cfg.frames)
     except NoVideoStream:  # probed before decord opens it: an audio file under a video name
-        return audio_clip(uri, cfg, "no video stream and no decodable audio", src)
+        return audio_clip(clip, cfg, "no video stream and no decodable audio")
     t1 = time.perf_counter()
     faces = align_frames(video.frames, cfg.faces)
     t2 = time.perf_counter()
-    track, spec = _audio(uri, cfg, src)
+    track, spec = _audio(clip, cfg)
     out = dict(
         chips=faces.chips,
         face_found=faces.found,
@@ -118,13 +119,13 @@ def video_clip(uri: str, cfg: PreprocessConfig) -> dict:
     return out
 
 
-def audio_clip(uri: str, cfg: PreprocessConfig, missing: str = "no decodable audio", src=None) -> dict:
+def audio_clip(clip: str | Clip, cfg: PreprocessConfig, missing: str = "no decodable audio") -> dict:
     """An audio file's features and no frames (see preprocess_clip); the video decoder never
-    opens it. ClipError (cause `missing`) when no audio decodes. src: the file already opened."""
+    opens it. ClipError (cause `missing`) when no audio decodes. clip: a URI or the opened Clip."""
     t0 = time.perf_counter()
-    track, spec = _audio(uri, cfg, src)
+    track, spec = _audio(clip, cfg)
     if spec is None:
-        raise ClipError(uri, missing)
+        raise ClipError(track.uri, missing)
     size = cfg.faces.chip_size
     out = dict(
         chips=np.zeros((0, size, size, 3), np.uint8),

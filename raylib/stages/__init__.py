@@ -1,1 +1,0 @@
-"""Pipeline stages: per-clip preprocessing (CPU), and the Ray jobs built on it."""
