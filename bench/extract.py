@@ -177,13 +177,14 @@ def write_wavs(root: str, n: int) -> None:
 def job(args) -> None:
     """The whole extraction job on a local Ray, with the efficiency it reports of itself."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import ExtractConfig, FeatureRecipe
     from raylib.extract.job import run_extract
 
     backbone = args.backbone or ExtractConfig().backbone
     with tempfile.TemporaryDirectory() as store:
-        s = run_extract(ExtractConfig(input=args.out, dataset_format="afew", output=store, frames=args.frames,
-                                      backbone=backbone, cpu_actors=args.cpu_actors, quiet=True))
+        s = run_extract(ExtractConfig(input=args.out, dataset_format="afew", output=store,
+                                      cpu_actors=args.cpu_actors, quiet=True,
+                                      recipe=FeatureRecipe(frames=args.frames, backbone=backbone)))
     actors = f"{args.cpu_actors} {backbone} actor(s) of 1 CPU" if args.cpu_actors else \
         f"the autoscaling {backbone} actor pool"
     print(f"\n- whole job on a local Ray ({s['cpus']:g} CPUs, {actors}): {s['clips_processed']} clips in "

@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     from raylib.runtime import init_ray
     from raylib.extract.config import ExtractConfig
     from raylib.extract.job import run_extract
+    from raylib.models.model_config import ModelConfig
     from raylib.train.job import TrainConfig, run_train
 
     init_ray(quiet=True)
@@ -113,8 +114,8 @@ def main(argv=None) -> int:
         print(f"{fold}: extracted {summary.get('clips_stored')} clips in {time.perf_counter() - t0:.0f} s", flush=True)
         for attention in args.attentions.split(","):
             cfg = TrainConfig(store=str(store), output=str(work / "runs"), experiment=f"real-audio-{args.corpus}",
-                              run_name=f"{slug}-{attention}-{time.strftime('%H%M%S')}", modalities="audio",
-                              audio_attention=attention, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                              run_name=f"{slug}-{attention}-{time.strftime('%H%M%S')}",
+                              model=ModelConfig(modalities="audio", audio_attention=attention), epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                               num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, quiet=True)
             t0 = time.perf_counter()
             s = run_train(cfg, log_artifacts=False, progress=False, source="bench/real_audio.py")

@@ -11,8 +11,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
-from raylib.errors import Interrupted, RaylibError
 from raylib.ensemble.evaluate import EvaluateConfig, evaluate_cv, run_evaluate
+from raylib.errors import Interrupted, RaylibError
 from raylib.tracking import open_line
 
 

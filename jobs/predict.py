@@ -14,8 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
-from raylib.errors import RaylibError
 from raylib.ensemble.predict import PredictConfig, main_line, run_predict
+from raylib.errors import RaylibError
 
 
 def main(argv=None) -> int:

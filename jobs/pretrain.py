@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import RaylibError
-from raylib.runtime import init_ray
 from raylib.pretrain.job import PretrainConfig, run_pretrain
 from raylib.pretrain.table1 import run_table1
+from raylib.runtime import init_ray
 from raylib.tracking import open_line, run_link
 
 

@@ -13,8 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
-from raylib.train.job import TrainConfig, run_train
 from raylib.tracking import open_line, run_link
+from raylib.train.job import TrainConfig, run_train
 
 
 def main(argv=None) -> int:

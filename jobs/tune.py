@@ -12,8 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raylib.config import parse
 from raylib.errors import Interrupted, RaylibError
-from raylib.train.sweep import TuneConfig, run_tune
 from raylib.tracking import open_line
+from raylib.train.sweep import TuneConfig, run_tune
 
 
 def main(argv=None) -> int:

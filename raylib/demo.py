@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from raylib.ensemble.evaluate import EvaluateConfig, run_evaluate
-from raylib.extract.config import ExtractConfig
+from raylib.extract.config import ExtractConfig, FeatureRecipe
 from raylib.extract.job import run_extract
 from raylib.extract.preprocess import PreprocessConfig
 from raylib.runtime import init_ray
@@ -20,7 +20,7 @@ from raylib.sample import SampleConfig, generate_sample_set
 from raylib.store import read_store
 from raylib.tracking import open_line
 from raylib.train.job import TrainConfig, run_train
-from raylib.train.sweep import TuneConfig, run_tune
+from raylib.train.sweep import SWEEP_TRAIN, TuneConfig, run_tune
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,9 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     print(f"sample set: {len(paths)} synthetic clips under {videos} ({time.perf_counter() - t0:.1f} s)")
 
     init_ray(cfg.num_cpus, quiet=True)  # worker logs stay in /tmp/ray; errors still surface here
-    summary = run_extract(ExtractConfig(input=videos, dataset_format="afew", output=store, frames=cfg.frames,
-                                        audio=cfg.audio_mode, num_cpus=cfg.num_cpus, quiet=cfg.quiet))
+    summary = run_extract(ExtractConfig(input=videos, dataset_format="afew", output=store,
+                                        recipe=FeatureRecipe(frames=cfg.frames, audio=cfg.audio_mode),
+                                        num_cpus=cfg.num_cpus, quiet=cfg.quiet))
     rows = clip_summaries(store, videos)
     print_table(rows, ["clip", "label", "split", "status", "frames", "faces", "audio_s", "spectrogram", "error"])
     print(f"extracted {summary['clips_processed']} clips ({summary['clips_already_stored']} already stored) "
@@ -98,9 +99,10 @@ def train_sweep_evaluate(cfg: DemoConfig, store: str) -> dict:
           f"{trained['val_accuracy']:.3f}, UAR {trained['val_uar']:.3f} ({time.perf_counter() - t0:.0f} s, "
           f"{trained['train_samples_per_s_per_worker']:.1f} samples/s per worker)")
     t0 = time.perf_counter()
-    sweep = run_tune(TuneConfig(store=store, output=os.path.join(cfg.data_dir, "sweeps"), epochs=cfg.sweep_epochs,
-                                visual_attentions=cfg.sweep_visual, audio_attentions=cfg.sweep_audio,
-                                fusions=cfg.sweep_fusions, quiet=cfg.quiet))
+    sweep = run_tune(TuneConfig(visual_attentions=cfg.sweep_visual, audio_attentions=cfg.sweep_audio,
+                                fusions=cfg.sweep_fusions,
+                                train=replace(SWEEP_TRAIN, store=store, output=os.path.join(cfg.data_dir, "sweeps"),
+                                              epochs=cfg.sweep_epochs, quiet=cfg.quiet)))
     print(f"sweep: {sweep['trials']} trials in {time.perf_counter() - t0:.0f} s")
     # both members by their MLflow runs (the checkpoint each logged), as a teammate would name them
     ensemble = [f"runs:/{trained['run_id']}"] + ([f"runs:/{sweep['best']['run_id']}"] if sweep["best"] else [])

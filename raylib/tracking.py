@@ -10,7 +10,6 @@ opens it (relocate_artifacts). Figures live in raylib.plots.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import urllib.request
 
 import numpy as np
 
+from raylib.config import flag_values
 from raylib.errors import Interrupted, TrackingError
 from raylib.storage import public_uri
 
@@ -328,19 +328,12 @@ def public(value):
     return public_uri(value) if isinstance(value, str) else value
 
 
-def config_params(cfg, prefix: str = "") -> dict[str, str]:
-    """Flat {name: str(value)} of a dataclass config; fields named like secrets, and the run's
-    name and output switches (NOT_PARAMS), are left out."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if SECRET_WORDS.search(f.name) or f.name in NOT_PARAMS:
-            continue
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(config_params(value, prefix=f"{prefix}{f.name}."))
-        else:
-            out[prefix + f.name] = str(public(value))[:500]
-    return out
+def config_params(cfg) -> dict[str, str]:
+    """Flat {name: str(value)} of a job's config: its flags (an inline part's under their own
+    names, raylib.config.flag_values), less fields named like secrets and the run's name and
+    output switches (NOT_PARAMS)."""
+    return {name: str(public(value))[:500] for name, value in flag_values(cfg).items()
+            if not SECRET_WORDS.search(name) and name not in NOT_PARAMS}
 
 
 def require_new_run_name(experiment: str, run_name: str, fix: str) -> None:

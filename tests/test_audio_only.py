@@ -146,10 +146,10 @@ def test_the_feature_actors_of_an_audio_only_input_load_no_face_model(tmp_path, 
     (a missing weights file is not even opened), audio rows pass through with their features, and a
     clip with frames that reaches such an actor anyway is an error row, not a crashed actor."""
     from raylib.errors import WeightsError
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import ExtractConfig, FeatureRecipe
     from raylib.extract.graph import FeatureStage
 
-    cfg = ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth"), frames="uniform:2")
+    cfg = ExtractConfig(recipe=FeatureRecipe(backbone="resnet18", weights=str(tmp_path / "missing.pth"), frames="uniform:2"))
     with pytest.raises(WeightsError):
         FeatureStage(cfg, decode=True)
     stage = FeatureStage(cfg, decode=True, faces=False)
@@ -169,24 +169,25 @@ def checkpoint(tmp_path, modalities: str, visual_dim: int) -> str:
     import torch
 
     from raylib.checkpoints import save_checkpoint
-    from raylib.models.fusion import build_model
+    from raylib.models.fusion import ModelConfig, build_model
     from raylib.train.config import TrainConfig
 
     torch.manual_seed(0)
-    cfg = TrainConfig(modalities=modalities).model_config(visual_dim, 1)
+    cfg = TrainConfig(model=ModelConfig(modalities=modalities)).model_config(visual_dim, 1)
     (tmp_path / modalities).mkdir()
     return save_checkpoint(str(tmp_path / modalities), build_model(cfg), None, 0, 0.0, cfg, TrainConfig(), {})
 
 
 def test_a_visual_branch_refuses_a_store_of_audio_files_in_one_line(tmp_path):
     from raylib.schema import to_table
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import FeatureRecipe
     from raylib.extract.graph import batch_rows, provenance
+    from raylib.models.model_config import ModelConfig
     from raylib.train.job import TrainConfig, run_train
     from raylib.train.config import store_info
 
     batch = audio_file_rows(tmp_path, {"a.wav": "train", "b.wav": "train", "c.wav": "val"})
-    rows = [{**r, **provenance(ExtractConfig())} for r in batch_rows(batch)]
+    rows = [{**r, **provenance(FeatureRecipe())} for r in batch_rows(batch)]
     for split in ("train", "val"):
         (tmp_path / "store" / split).mkdir(parents=True)
         part = to_table([r for r in rows if r["split"] == split])
@@ -194,7 +195,8 @@ def test_a_visual_branch_refuses_a_store_of_audio_files_in_one_line(tmp_path):
     store = str(tmp_path / "store")
     for modalities in ("av", "visual"):
         with pytest.raises(ValueError) as info:
-            run_train(TrainConfig(store=store, output=str(tmp_path / "runs"), modalities=modalities, quiet=True))
+            run_train(TrainConfig(store=store, output=str(tmp_path / "runs"), model=ModelConfig(modalities=modalities),
+                                  quiet=True))
         assert str(info.value) == (f"feature store {store} holds no clips with frames (its 3 labelled clips are audio "
                                    f"files): --modalities {modalities} reads visual features; train on them with "
                                    f"--modalities audio")
@@ -205,13 +207,13 @@ def test_a_visual_branch_refuses_a_store_of_audio_files_in_one_line(tmp_path):
 def test_predictions_of_an_audio_file_need_models_without_a_visual_branch(tmp_path):
     from raylib.prediction import NO_FRAMES, predict
     from raylib.schema import to_table
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import FeatureRecipe
     from raylib.extract.graph import batch_rows, provenance
     from raylib.ensemble.predict import Predictor
 
     batch = audio_file_rows(tmp_path, {"new.wav": "test"})
     audio, av = checkpoint(tmp_path, "audio", 0), checkpoint(tmp_path, "av", 128)
-    prov = provenance(ExtractConfig())
+    prov = provenance(FeatureRecipe())
     both = Predictor([audio, av], "none", prov)(batch)
     assert (both["status"][0], both["prediction"][0], both["error"][0]) == (STATUS_AUDIO_ONLY, "", NO_FRAMES)
     assert np.isnan(both["score_Happy"][0])
@@ -258,11 +260,12 @@ def corpus(tmp_path_factory, cremad_clips):
 
 @pytest.fixture(scope="module")
 def store(local_ray, corpus, tmp_path_factory):
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import ExtractConfig, FeatureRecipe
     from raylib.extract.job import run_extract
 
     out = str(tmp_path_factory.mktemp("store") / "features")
-    return out, run_extract(ExtractConfig(input=corpus[0], output=out, frames="uniform:2", quiet=True))
+    return out, run_extract(ExtractConfig(input=corpus[0], output=out, quiet=True,
+                                          recipe=FeatureRecipe(frames="uniform:2")))
 
 
 @pytest.mark.slow
@@ -292,6 +295,7 @@ def test_wav_and_video_in_class_folders_extract_to_rows_whose_audio_features_mat
 def test_evaluation_and_prediction_take_audio_files_with_audio_models(store, corpus, mlflow_uri, tmp_path):
     from raylib.ensemble.evaluate import EvaluateConfig, run_evaluate
     from raylib.ensemble.predict import PredictConfig, run_predict
+    from raylib.extract.config import FeatureRecipe
 
     out, _ = store
     audio, av = checkpoint(tmp_path, "audio", 0), checkpoint(tmp_path, "av", 128)
@@ -305,8 +309,9 @@ def test_evaluation_and_prediction_take_audio_files_with_audio_models(store, cor
 
     wav = f"{corpus[0]}/Train/Fear/1001_DFA_FEA_XX.wav"
     (tmp_path / "new.csv").write_text(f"uri,label\n{wav},Fear\n")
-    summary = run_predict(PredictConfig(input=str(tmp_path / "new.csv"), checkpoints=audio, output=str(tmp_path / "p"),
-                                        frames="uniform:2", quiet=True))
+    summary = run_predict(PredictConfig(input=str(tmp_path / "new.csv"), checkpoints=audio,
+                                        output=str(tmp_path / "p"), quiet=True,
+                                        recipe=FeatureRecipe(frames="uniform:2")))
     row = pq.read_table(summary["predictions_parquet"]).to_pylist()[0]
     assert (summary["predicted"], row["uri"], row["status"], row["error"]) == (1, wav, STATUS_AUDIO_ONLY, None)
     assert row["prediction"] in EMOTIONS

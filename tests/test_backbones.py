@@ -90,11 +90,11 @@ def test_renamed_key_lists_missing_and_unexpected(ir50_checkpoint, tmp_path):
 
 def test_ir50_at_224_is_read_from_its_checkpoint_and_embeds_extraction_chips_unresized(ir50_224_checkpoint):
     from raylib.media.faces import CHIP_SIZE
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import ExtractConfig, FeatureRecipe
     from raylib.extract.graph import FeatureStage
 
     model, path = ir50_224_checkpoint
-    stage = FeatureStage(ExtractConfig(backbone="ir50", weights=path))  # the extraction's feature actor
+    stage = FeatureStage(ExtractConfig(recipe=FeatureRecipe(backbone="ir50", weights=path)))  # the extraction's feature actor
     assert stage.encoder.spec.input_size == CHIP_SIZE == 224
     x = chips(2, size=CHIP_SIZE)
     with torch.no_grad():  # no resize: the chip itself, scaled to [-1, 1] (mean 0.5, std 0.5)
@@ -121,11 +121,11 @@ def test_input_size_that_contradicts_the_checkpoint_is_one_line(ir50_checkpoint,
 
 
 def test_an_input_size_only_the_flag_sets_is_part_of_the_store_recipe(ir50_checkpoint):
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import FeatureRecipe
     from raylib.extract.graph import provenance
 
     def backbone(**kw):
-        return provenance(ExtractConfig(**kw))["backbone"]
+        return provenance(FeatureRecipe(**kw))["backbone"]
 
     assert backbone(backbone="ir50", weights=ir50_checkpoint[1], input_size=112) == "ir50"  # the checkpoint's
     assert backbone(backbone="resnet18", weights="random", input_size=224) == "resnet18"  # its own size

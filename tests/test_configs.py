@@ -1,16 +1,19 @@
 """One source of truth for the model's defaults: ModelConfig -> TrainConfig (jobs/train.py) ->
 TuneConfig (jobs/tune.py); checkpoints rebuild from the config they store."""
 
-from dataclasses import asdict, fields
+import argparse
+from dataclasses import asdict, fields, replace
 
 import pytest
 import torch
 
-from raylib.config import parse
+from raylib.config import add_arguments, parse
 from raylib.models.fusion import ModelConfig, build_model
 from raylib.models.model_config import MODEL_DEFAULTS
 from raylib.train.config import TrainConfig
-from raylib.train.sweep import NOT_PER_TRIAL, SWEEP_DEFAULTS, SWEEP_HELP, SWEPT, TuneConfig
+from raylib.train.sweep import NOT_PER_TRIAL, SWEEP_HELP, SWEEP_TRAIN, SWEPT, TuneConfig
+
+MODEL_FLAGS = {f.name for f in fields(ModelConfig)}
 
 
 def test_training_defaults_build_exactly_the_model_config_defaults():
@@ -24,21 +27,30 @@ def test_training_defaults_build_exactly_the_model_config_defaults():
     assert model.fusion.dropout.p == model.dropout.p == 0.2
 
 
+def flags(cls) -> dict:
+    """{dest: argparse action} of a job config's flags."""
+    parser = add_arguments(argparse.ArgumentParser(), cls)
+    return {a.dest.rsplit(".", 1)[-1]: a for a in parser._actions if a.dest != "help"}
+
+
 def test_every_training_knob_is_a_sweep_flag_with_the_same_default_and_help():
-    tune = {f.name: f for f in fields(TuneConfig)}
-    assert set(SWEEP_DEFAULTS) == {"output", "experiment", "epochs", "num_workers"}
-    for f in fields(TrainConfig):
-        if f.name in SWEPT + NOT_PER_TRIAL:
-            assert f.name not in tune, f.name
+    tune, train = flags(TuneConfig), flags(TrainConfig)
+    changed = {f.name for f in fields(TrainConfig) if getattr(SWEEP_TRAIN, f.name) != getattr(TrainConfig(), f.name)}
+    assert changed == {"output", "experiment", "epochs", "num_workers"}
+    assert {"fusion", "modalities", "fbp_o", "speaker_norm"} <= set(train)  # the model's knobs are train's flags
+    for name, action in train.items():
+        if name in SWEPT + NOT_PER_TRIAL:
+            assert name not in tune, name
             continue
-        assert f.name in tune, f"jobs/tune.py has no --{f.name.replace('_', '-')}"
-        assert tune[f.name].default == SWEEP_DEFAULTS.get(f.name, f.default), f.name
-        assert tune[f.name].metadata["help"] == SWEEP_HELP.get(f.name, f.metadata["help"]), f.name
-        assert tune[f.name].metadata.get("choices") == f.metadata.get("choices"), f.name
+        assert name in tune, f"jobs/tune.py has no {action.option_strings[0]}"
+        assert tune[name].default == getattr(SWEEP_TRAIN.model if name in MODEL_FLAGS else SWEEP_TRAIN, name), name
+        assert tune[name].help == SWEEP_HELP.get(name, action.help), name
+        assert tune[name].choices == action.choices, name
     cfg = parse(TuneConfig, "", ["--power-norm", "--modalities", "visual", "--audio-attentions", "self",
                                  "--fusions", "concat", "--fbp-o", "32"])
-    base = cfg.base_train_config()
-    assert (base.power_norm, base.modalities, base.fbp_o, base.epochs, base.num_workers) == (True, "visual", 32, 8, 1)
+    base = cfg.train
+    assert (base.model.power_norm, base.model.modalities, base.model.fbp_o, base.epochs, base.num_workers) == \
+        (True, "visual", 32, 8, 1)
 
 
 def test_a_sweep_refuses_per_run_flags_and_grids_its_modalities_do_not_use(capsys):
@@ -46,9 +58,18 @@ def test_a_sweep_refuses_per_run_flags_and_grids_its_modalities_do_not_use(capsy
         parse(TuneConfig, "", ["--resume-from", "data/demo/runs/x"])
     assert "unrecognized arguments: --resume-from" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--modalities visual does not use --audio-attentions or --fusions"):
-        TuneConfig(modalities="visual")
-    with pytest.raises(ValueError, match="--epochs"):
-        TuneConfig(epochs=0)  # TrainConfig's own checks hold for a sweep
+        TuneConfig(train=replace(SWEEP_TRAIN, model=ModelConfig(modalities="visual")))
+    with pytest.raises(SystemExit):
+        parse(TuneConfig, "", ["--epochs", "0"])  # TrainConfig's own checks hold for a sweep
+    assert "--epochs" in capsys.readouterr().err
+
+
+def test_a_train_config_of_an_older_checkpoint_with_flat_model_knobs_still_loads():
+    flat = {k: v for k, v in asdict(TrainConfig()).items() if k != "model"}
+    flat.update(fusion="concat", modalities="audio", fbp_o=32)
+    cfg = TrainConfig.from_dict(flat)
+    assert (cfg.model.fusion, cfg.model.modalities, cfg.model.fbp_o, cfg.epochs) == ("concat", "audio", 32, 12)
+    assert TrainConfig.from_dict(asdict(cfg)) == cfg
 
 
 def test_a_checkpoint_made_under_other_defaults_rebuilds_with_its_own_sizes(tmp_path):

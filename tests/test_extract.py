@@ -16,7 +16,7 @@ from raylib.sample import face_photo, render_frames, speech_like, write_clip
 from raylib.schema import SCHEMA, SCHEMA_VERSION, audio_array, visual_array
 from raylib.sources import clip_id
 from raylib.store import read_store, stored_clip_ids
-from raylib.extract.config import ExtractConfig
+from raylib.extract.config import ExtractConfig, FeatureRecipe
 from raylib.extract.job import run_extract
 from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 
@@ -76,7 +76,8 @@ def local_ray(s3_server):
 def store(local_ray, dataset, tmp_path_factory):
     root, _ = dataset
     out = str(tmp_path_factory.mktemp("store"))
-    cfg = ExtractConfig(input=root, output=out, frames=FRAMES, quiet=True, max_failure_rate=0.5, shard_size=4)
+    cfg = ExtractConfig(input=root, output=out, quiet=True, max_failure_rate=0.5, shard_size=4,
+                        recipe=FeatureRecipe(frames=FRAMES))
     return out, cfg, run_extract(cfg)
 
 
@@ -96,7 +97,8 @@ def test_one_machine_runs_decoding_in_the_feature_actors_and_stores_what_the_spl
     manifest = tmp_path / "ok.csv"
     manifest.write_text("uri,label\n" + "".join(f"{u},{os.path.basename(os.path.dirname(u))}\n" for u in good))
     split = str(tmp_path / "split")
-    s = run_extract(ExtractConfig(input=str(manifest), output=split, frames=FRAMES, quiet=True, cpu_actors=1))
+    s = run_extract(ExtractConfig(input=str(manifest), output=split, quiet=True, cpu_actors=1,
+                                  recipe=FeatureRecipe(frames=FRAMES)))
     assert s["clips_processed"] == len(good) and s["feature_actors"] == 1 and s["graph"] == "split"
     fused_rows = {r["uri"]: r for r in read_store(out).to_pylist()}
     for r in read_store(split).to_pylist():
@@ -255,7 +257,8 @@ def test_weights_that_do_not_fit_fail_the_job_with_the_key_listing(local_ray, da
 
 def test_cremad_clips_through_the_job(local_ray, cremad_clips, tmp_path):
     summary = run_extract(ExtractConfig(input=os.path.dirname(cremad_clips[0]), dataset_format="cremad",
-                                        output=str(tmp_path / "cremad"), frames="uniform:3", quiet=True))
+                                        output=str(tmp_path / "cremad"), quiet=True,
+                                        recipe=FeatureRecipe(frames="uniform:3")))
     assert summary["status_counts"] == {"ok": 6}
     table = read_store(str(tmp_path / "cremad"))
     assert sorted(table.column("label").to_pylist()) == ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad"]
@@ -275,14 +278,16 @@ def test_s3_input_and_output_through_moto(local_ray, s3_bucket, dataset):
     for uri in good:
         fs.put(uri, f"{s3_bucket}/videos/{os.path.relpath(uri, root)}".removeprefix("s3://"))
     out = f"{s3_bucket}/features"
-    summary = run_extract(ExtractConfig(input=f"{s3_bucket}/videos", output=out, frames="uniform:2", quiet=True))
+    summary = run_extract(ExtractConfig(input=f"{s3_bucket}/videos", output=out, quiet=True,
+                                        recipe=FeatureRecipe(frames="uniform:2")))
     assert summary["clips_processed"] == len(good) and summary["failures"] == 0
     # read back with plain pyarrow over s3fs, as a user would
     s3 = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     table = pq.read_table(out.removeprefix("s3://"), filesystem=s3)
     assert sorted(table.column("uri").to_pylist()) == sorted(f"{s3_bucket}/videos/{os.path.relpath(u, root)}" for u in good)
     assert not [p for p in s3.find(out.removeprefix("s3://")) if ".tmp-" in p]
-    assert run_extract(ExtractConfig(input=f"{s3_bucket}/videos", output=out, frames="uniform:2", quiet=True))["clips_processed"] == 0
+    assert run_extract(ExtractConfig(input=f"{s3_bucket}/videos", output=out, quiet=True,
+                                     recipe=FeatureRecipe(frames="uniform:2")))["clips_processed"] == 0
 
 
 def test_clip_that_fails_then_succeeds_ends_as_one_ok_row(local_ray, dataset, tmp_path):
@@ -292,8 +297,8 @@ def test_clip_that_fails_then_succeeds_ends_as_one_ok_row(local_ray, dataset, tm
     (tmp_path / "clips").mkdir()
     shutil.copy(os.path.join(root, "Train/Happy/good_0.mp4"), tmp_path / "clips" / "a.mp4")
     (tmp_path / "manifest.csv").write_text("uri,label\nclips/a.mp4,Happy\nclips/late.mp4,Sad\n")
-    cfg = ExtractConfig(input=str(tmp_path / "manifest.csv"), output=str(tmp_path / "s"), frames="uniform:2",
-                        quiet=True, max_failure_rate=1.0)
+    cfg = ExtractConfig(input=str(tmp_path / "manifest.csv"), output=str(tmp_path / "s"), quiet=True,
+                        max_failure_rate=1.0, recipe=FeatureRecipe(frames="uniform:2"))
     first = run_extract(cfg)
     assert first["status_counts"] == {"error": 1, "ok": 1} and first["failed_clips"][0]["error"] == "file not found"
     shutil.copy(os.path.join(root, "Val/Angry/good_2.mp4"), tmp_path / "clips" / "late.mp4")  # the file arrives
@@ -315,12 +320,14 @@ def test_same_clips_named_three_ways_are_stored_once(local_ray, dataset, tmp_pat
                                        "./clips/../clips/b.mp4,Sad,val\n")
     out = str(tmp_path / "s")
     monkeypatch.chdir(tmp_path)
-    first = run_extract(ExtractConfig(input="data/manifest.csv", output=out, frames="uniform:2", quiet=True))
+    first = run_extract(ExtractConfig(input="data/manifest.csv", output=out, quiet=True,
+                                      recipe=FeatureRecipe(frames="uniform:2")))
     assert first["clips_in_input"] == 2 and first["clips_processed"] == 2
     assert "sources: warning: 1 duplicate record(s) of the same file" in capsys.readouterr().err
     for spelling, cwd in (("./data/manifest.csv", tmp_path), ("manifest.csv", data), (str(data / "manifest.csv"), "/")):
         monkeypatch.chdir(cwd)
-        again = run_extract(ExtractConfig(input=spelling, output=out, frames="uniform:2", quiet=True))
+        again = run_extract(ExtractConfig(input=spelling, output=out, quiet=True,
+                                          recipe=FeatureRecipe(frames="uniform:2")))
         assert (again["clips_processed"], again["clips_already_stored"]) == (0, 2), spelling
     # the same files as a folder of clips
     ids = sorted(read_store(out, ["clip_id"]).column("clip_id").to_pylist())
@@ -334,7 +341,8 @@ def test_unlabelled_clips_are_stored_with_a_null_label(local_ray, dataset, tmp_p
     for rel in ("Train/Happy/a.mp4", "Val/Sad/b.mp4", "Test/c.mp4", "Test/d.mp4"):
         (afew / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(good, afew / rel)
-    summary = run_extract(ExtractConfig(input=str(afew), output=str(tmp_path / "s1"), frames="uniform:2", quiet=True))
+    summary = run_extract(ExtractConfig(input=str(afew), output=str(tmp_path / "s1"), quiet=True,
+                                        recipe=FeatureRecipe(frames="uniform:2")))
     assert summary["status_counts"] == {"ok": 4}
     got = {os.path.basename(r["uri"]): (r["label"], r["label_index"], r["split"])
            for r in read_store(str(tmp_path / "s1"), ["uri", "label", "label_index", "split"]).to_pylist()}
@@ -343,13 +351,13 @@ def test_unlabelled_clips_are_stored_with_a_null_label(local_ray, dataset, tmp_p
 
     # a manifest of unlabelled clips only, then labelled and unlabelled clips of one split in one shard
     (tmp_path / "only.csv").write_text(f"uri,label\n{afew}/Test/c.mp4,\n{afew}/Test/d.mp4,\n")
-    only = run_extract(ExtractConfig(input=str(tmp_path / "only.csv"), output=str(tmp_path / "s2"), frames="uniform:2",
-                                     quiet=True))
+    only = run_extract(ExtractConfig(input=str(tmp_path / "only.csv"), output=str(tmp_path / "s2"), quiet=True,
+                                     recipe=FeatureRecipe(frames="uniform:2")))
     assert only["status_counts"] == {"ok": 2}
     assert read_store(str(tmp_path / "s2"), ["label"]).column("label").to_pylist() == [None, None]
     (tmp_path / "mixed.csv").write_text(f"uri,label\n{afew}/Train/Happy/a.mp4,Happy\n{afew}/Test/c.mp4,\n")
-    run_extract(ExtractConfig(input=str(tmp_path / "mixed.csv"), output=str(tmp_path / "s3"), frames="uniform:2",
-                              quiet=True, batch_size=2))
+    run_extract(ExtractConfig(input=str(tmp_path / "mixed.csv"), output=str(tmp_path / "s3"), quiet=True,
+                              batch_size=2, recipe=FeatureRecipe(frames="uniform:2")))
     import pyarrow.parquet as pq
 
     from raylib.store import data_files
@@ -381,7 +389,7 @@ def test_predict_job_scores_new_videos_like_the_model_does_on_their_features(loc
     (tmp_path / "new.csv").write_text(f"uri,label\n{root}/Train/Happy/good_0.mp4,Happy\n{root}/Val/Angry/good_2.mp4,\n"
                                       f"{root}/gone.mp4,\n")
     cfg = PredictConfig(input=str(tmp_path / "new.csv"), checkpoints=ckpts[128][0], output=str(tmp_path / "out"),
-                        store=str(tmp_path / "store"), frames=FRAMES, quiet=True)
+                        store=str(tmp_path / "store"), quiet=True, recipe=FeatureRecipe(frames=FRAMES))
     summary = run_predict(cfg)
     assert (summary["clips"], summary["predicted"], summary["new"], summary["labelled"]) == (3, 2, 3, 1)
     out = pd.read_parquet(tmp_path / "out" / "predictions.parquet").set_index("uri")
@@ -397,7 +405,7 @@ def test_predict_job_scores_new_videos_like_the_model_does_on_their_features(loc
     assert run_predict(cfg)["new"] == 1  # only the clip that failed is tried again
     with pytest.raises(WeightsError, match=r"takes 512-d visual features .* this run's features has 128-d"):
         run_predict(PredictConfig(input=str(tmp_path / "new.csv"), checkpoints=ckpts[512][0],
-                                  output=str(tmp_path / "out2"), frames=FRAMES, quiet=True))
+                                  output=str(tmp_path / "out2"), quiet=True, recipe=FeatureRecipe(frames=FRAMES)))
     assert not (tmp_path / "out2").exists()
 
 

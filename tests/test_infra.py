@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import raylib
-from raylib.config import parse
+from raylib.config import flag_values, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFRA = os.path.join(ROOT, "infra")
@@ -129,12 +129,12 @@ def test_rayjobs_run_the_jobs_with_flags_the_jobs_accept(raycluster, rayjobs):
     for name, job in rayjobs.items():
         assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": raycluster["metadata"]["name"]}
-        cfg = entrypoint_config(job)
-        asked = {getattr(cfg, f) for f in ("cpu_resource", "feature_resource", "worker_resource") if getattr(cfg, f, "")}
+        given = flag_values(entrypoint_config(job))
+        asked = {given[f] for f in ("cpu_resource", "feature_resource", "worker_resource") if given.get(f)}
         assert asked and asked <= resources, f"{name} asks for resources no worker group declares: {asked - resources}"
     extract = entrypoint_config(rayjobs["rayjob-extract.yaml"])
     assert extract.input.startswith("s3://") and extract.output.startswith("s3://") and extract.gpu_actors > 0
-    tune = entrypoint_config(rayjobs["rayjob-tune.yaml"])
+    tune = entrypoint_config(rayjobs["rayjob-tune.yaml"]).train
     assert tune.use_gpu and tune.store == extract.output  # the sweep reads what extraction wrote
 
 

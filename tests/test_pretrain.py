@@ -177,7 +177,7 @@ def test_the_run_records_metrics_confusion_matrix_and_the_backbone(pretrained):
 @pytest.mark.slow
 def test_extraction_loads_the_result_strictly_and_stores_its_embedding(pretrained, tmp_path, astronaut):
     from raylib.sample import write_clip
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import ExtractConfig, FeatureRecipe
     from raylib.extract.job import run_extract
     from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
     from raylib.pretrain.loop import Classifier, load_state
@@ -191,8 +191,8 @@ def test_extraction_loads_the_result_strictly_and_stores_its_embedding(pretraine
     frames = np.stack([np.roll(astronaut, 3 * i, axis=1) for i in range(6)])
     for rel in ("Train/Happy/a.mp4", "Val/Sad/b.mp4"):
         write_clip(str(videos / rel), frames, None, 25)
-    cfg = ExtractConfig(input=str(videos), output=str(tmp_path / "store"), backbone="resnet18", weights=weights,
-                        frames="uniform:3", quiet=True, max_failure_rate=1.0)
+    cfg = ExtractConfig(input=str(videos), output=str(tmp_path / "store"), quiet=True, max_failure_rate=1.0,
+                        recipe=FeatureRecipe(backbone="resnet18", weights=weights, frames="uniform:3"))
     run_extract(cfg)
     rows = read_store(cfg.output, ["uri", "visual_features", "weights", "weights_digest"]).to_pylist()
     assert len(rows) == 2 and {r["weights_digest"] for r in rows} == {pretrained["backbone_digest"]}

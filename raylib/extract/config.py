@@ -1,5 +1,6 @@
-"""ExtractConfig, every knob of jobs/extract.py, and ExtractError (the job as a whole failed).
-Torch-free: the job's argument parser and the prediction job read it without loading the graph."""
+"""FeatureRecipe (what makes a store's features), ExtractConfig (every knob of jobs/extract.py) and
+ExtractError (the job as a whole failed). Torch-free: the job's argument parser and the prediction
+job read them without loading the graph."""
 
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ class ExtractError(RaylibError):
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
-    """Every knob of jobs/extract.py; defaults run the embedded default on one machine."""
+class FeatureRecipe:
+    """What makes a store's features, every knob of it: the face backbone and its weights, the
+    enhancement, the audio input, the frames kept and how faces are found. Extraction and
+    prediction take it from the same flags; the store records it (raylib.extract.graph.provenance)."""
 
-    input: str = field(default="data/demo/videos", metadata={"help": "folder, s3:// prefix or .csv/.parquet manifest of clips"})
-    dataset_format: str = field(default="auto", metadata={"help": "input layout", "choices": list(FORMATS)})
-    output: str = field(default="data/demo/features", metadata={"help": "feature store: local folder or s3://bucket/prefix"})
     backbone: str = field(default="mini_xception", metadata={"help": "face backbone (mini_xception: expression features, "
                                                                      "128-d, FER2013-trained; dlib_resnet: identity)",
                                                              "choices": list(BACKBONES)})
@@ -45,6 +45,34 @@ class ExtractConfig:
                                                                     "looks where HOG finds no usable face (side views, low "
                                                                     "light; ~1 CPU-s per such frame); cnn: the CNN only",
                                                             "choices": list(DETECTORS)})
+
+    def __post_init__(self):
+        FrameSampling.parse(self.frames)
+        if self.enhance == "ar-mean" and not self.second_backbone:
+            raise ValueError("--enhance ar-mean needs --second-backbone (and --second-weights)")
+        sizes = FIXED_INPUT_SIZES.get(self.backbone, ())
+        if self.input_size < 0 or self.input_size and sizes and self.input_size not in sizes:
+            raise ValueError(f"--input-size {self.input_size}: {self.backbone} takes "
+                             f"{' or '.join(map(str, sizes)) or 'a positive size in'} px inputs")
+        if self.input_size and self.backbone == "dlib_resnet":
+            raise ValueError("--input-size is for torch backbones: dlib_resnet makes its own 150 px chips")
+
+    def preprocess(self) -> PreprocessConfig:
+        """The CPU stage's part of the recipe: frames, audio, face detection."""
+        return PreprocessConfig(frames=self.frames, audio_mode=self.audio,
+                                faces=FaceConfig(detect_max_side=self.detect_max_side, detector=self.face_detector))
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Every knob of jobs/extract.py; defaults run the embedded default on one machine."""
+
+    input: str = field(default="data/demo/videos", metadata={"help": "folder, s3:// prefix or .csv/.parquet manifest of clips"})
+    dataset_format: str = field(default="auto", metadata={"help": "input layout", "choices": list(FORMATS)})
+    output: str = field(default="data/demo/features", metadata={"help": "feature store: local folder or s3://bucket/prefix"})
+    # what makes the features (backbone, weights, enhancement, audio, frames, face detection):
+    # the store's one recipe; flags of their own (raylib.config)
+    recipe: FeatureRecipe = field(default_factory=FeatureRecipe, metadata={"inline": {}})
     cpu_workers: int = field(default=0, metadata={"help": "concurrent decode/align tasks (one machine: decode + feature "
                                                           "actors; 0: as many as Ray schedules)"})
     gpu_actors: int = field(default=0, metadata={"help": "feature actors with one GPU each (0: CPU actors)"})
@@ -74,9 +102,6 @@ class ExtractConfig:
                                                            "Ray, nothing written"})
 
     def __post_init__(self):
-        FrameSampling.parse(self.frames)
-        if self.enhance == "ar-mean" and not self.second_backbone:
-            raise ValueError("--enhance ar-mean needs --second-backbone (and --second-weights)")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError("--max-failure-rate must be within [0, 1]")
         if min(self.batch_size, self.shard_size) < 1 or min(self.cpu_workers, self.gpu_actors, self.limit,
@@ -84,14 +109,6 @@ class ExtractConfig:
             raise ValueError("--batch-size and --shard-size must be >= 1; counts must be >= 0")
         if self.cpu_actors < 0:
             raise ValueError("--cpu-actors must be >= 0 (0: an autoscaling pool)")
-        sizes = FIXED_INPUT_SIZES.get(self.backbone, ())
-        if self.input_size < 0 or self.input_size and sizes and self.input_size not in sizes:
-            raise ValueError(f"--input-size {self.input_size}: {self.backbone} takes "
-                             f"{' or '.join(map(str, sizes)) or 'a positive size in'} px inputs")
-        if self.input_size and self.backbone == "dlib_resnet":
-            raise ValueError("--input-size is for torch backbones: dlib_resnet makes its own 150 px chips")
 
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(frames=self.frames, audio_mode=self.audio,
-                                faces=FaceConfig(detect_max_side=self.detect_max_side,
-                                                 detector=self.face_detector))
+        return self.recipe.preprocess()

@@ -50,7 +50,7 @@ import numpy as np
 import raylib
 from raylib import ray_compat, storage
 from raylib.errors import exception_line
-from raylib.extract.config import ExtractConfig, ExtractError
+from raylib.extract.config import ExtractConfig, ExtractError, FeatureRecipe
 from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 from raylib.runtime import autoscaling, check_capacity, cpu_actor_pool, placement
 from raylib.schema import SCHEMA_VERSION, STATUS_ERROR, THUMB_SIZE, stored_label, to_table
@@ -187,7 +187,7 @@ class FeatureStage:
     def __init__(self, cfg: ExtractConfig, decode: bool = False, faces: bool = True):
         self.preprocess = cfg.preprocess() if decode else None  # one-machine graph: the CPU stage runs here too
         self.actor = actor_id()
-        self.mode = cfg.enhance
+        self.mode = cfg.recipe.enhance
         self.encoder = self.second = None
         if faces:
             self._load(cfg)
@@ -199,9 +199,10 @@ class FeatureStage:
         from raylib.models.backbones import build_backbone
 
         device = "cuda" if cfg.gpu_actors and torch.cuda.is_available() else "cpu"
-        self.encoder = build_backbone(cfg.backbone, cfg.weights, device=device, input_size=cfg.input_size or None)
-        self.second = build_backbone(cfg.second_backbone, cfg.second_weights or None, device=device) \
-            if cfg.enhance == "ar-mean" else None
+        r = cfg.recipe
+        self.encoder = build_backbone(r.backbone, r.weights, device=device, input_size=r.input_size or None)
+        self.second = build_backbone(r.second_backbone, r.second_weights or None, device=device) \
+            if r.enhance == "ar-mean" else None
 
     def __call__(self, batch: dict) -> dict:
         if self.preprocess is not None:
@@ -227,32 +228,32 @@ class FeatureStage:
             return featurize_batch(failed, self.encoder, self.mode, self.second)
 
 
-def provenance(cfg: ExtractConfig) -> dict:
+def provenance(recipe: FeatureRecipe) -> dict:
     """What made the features, stored with every row. Checks that the weights exist without
     loading them on the driver (the feature actors load them)."""
     from raylib.models.weights import weights_digest
 
-    backbone, weights, digest = cfg.backbone, cfg.weights, weights_digest(cfg.backbone, cfg.weights)
-    if cfg.input_size:
-        backbone += asked_input_size(cfg)
-    if cfg.enhance == "ar-mean":
-        backbone += "+" + cfg.second_backbone
-        weights += "+" + cfg.second_weights
-        digest += "+" + weights_digest(cfg.second_backbone, cfg.second_weights or None)
+    backbone, weights, digest = recipe.backbone, recipe.weights, weights_digest(recipe.backbone, recipe.weights)
+    if recipe.input_size:
+        backbone += asked_input_size(recipe)
+    if recipe.enhance == "ar-mean":
+        backbone += "+" + recipe.second_backbone
+        weights += "+" + recipe.second_weights
+        digest += "+" + weights_digest(recipe.second_backbone, recipe.second_weights or None)
     return {"backbone": backbone, "weights": public_uri(weights), "weights_digest": digest,
-            "enhancement": cfg.enhance, "audio_mode": cfg.audio, "frames": cfg.frames,
+            "enhancement": recipe.enhance, "audio_mode": recipe.audio, "frames": recipe.frames,
             "code_version": raylib.__version__}
 
 
-def asked_input_size(cfg: ExtractConfig) -> str:
+def asked_input_size(recipe: FeatureRecipe) -> str:
     """Checks --input-size against the weights on the driver, before any work (one-line
     WeightsError); "@<size>" when the flag sets a size the weights do not fix (it is then part of
     the recipe: the backbone column reads e.g. resnet18@112), else ""."""
     from raylib.models.backbones import SPECS, check_input_size, weights_input_size
 
-    fixed = weights_input_size(cfg.backbone, cfg.weights)
-    check_input_size(cfg.backbone, cfg.weights, cfg.input_size, fixed)
-    return f"@{cfg.input_size}" if not fixed and cfg.input_size != SPECS[cfg.backbone].input_size else ""
+    fixed = weights_input_size(recipe.backbone, recipe.weights)
+    check_input_size(recipe.backbone, recipe.weights, recipe.input_size, fixed)
+    return f"@{recipe.input_size}" if not fixed and recipe.input_size != SPECS[recipe.backbone].input_size else ""
 
 
 # ---- writer ------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict
 
 from raylib import storage
+from raylib.config import flag_values
 from raylib.extract.config import ExtractConfig, ExtractError
 from raylib.extract.graph import (
     WRITER_CPUS,
@@ -65,7 +65,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     if os.environ.get("AWS_ENDPOINT_URL"):
         env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
     records = list_clips(cfg.input, cfg.dataset_format)
-    prov = provenance(cfg)
+    prov = provenance(cfg.recipe)
     state, _ = with_retries(f"reading the store {public_uri(cfg.output)}", lambda: writable_state(cfg.output),
                             cfg.write_retries)
     check_recipe(cfg, state, prov)
@@ -80,7 +80,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
                "clips_in_input": len(records), "clips_already_stored": already,
                "clips_retried": sum(map(len, retry.values())),
                "clips_processed": 0, "status_counts": {}, "failures": 0, "failure_rate": 0.0,
-               "config": {k: (public_uri(v) if isinstance(v, str) else v) for k, v in asdict(cfg).items()},
+               "config": {k: (public_uri(v) if isinstance(v, str) else v) for k, v in flag_values(cfg).items()},
                "provenance": prov}
     if cfg.dry_run:
         return {**summary, "dry_run": True, "clips_to_process": len(pending), "plan": plan(pending)}

@@ -95,7 +95,7 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
                                  serialization_format="pickle", step=epoch)
     with tempfile.TemporaryDirectory() as d:  # ... and the tensors-only checkpoint evaluate.py loads
         save_checkpoint(d, model, None, epoch, float(state["best"]),
-                        model_config_of(state), TrainConfig(**state["train_config"]), state.get("metrics", {}))
+                        model_config_of(state), TrainConfig.from_dict(state["train_config"]), state.get("metrics", {}))
         tracking.log_artifact(run_id, os.path.join(d, CHECKPOINT_FILE), "checkpoint")
     # the checkpoint as a teammate reaches it (the best_checkpoint tag is where the job wrote it)
     tracking.set_tags(run_id, {"mlflow_checkpoint": f"runs:/{run_id}"})

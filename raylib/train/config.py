@@ -3,7 +3,7 @@ a feature store holds for training: feature sizes, class counts, its one recipe)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pyarrow.compute as pc
@@ -11,8 +11,7 @@ import pyarrow.compute as pc
 from raylib.errors import StoreError
 from raylib.folds import fold_plan, speaker_split
 from raylib.labels import EMOTIONS
-from raylib.models import FUSIONS, MODALITIES, POOLINGS
-from raylib.models.model_config import MODEL_DEFAULTS as MODEL, ModelConfig
+from raylib.models.model_config import ModelConfig
 from raylib.prediction import rows_for
 from raylib.store import RECIPE_KEYS, read_store, single_recipe, usable
 
@@ -24,16 +23,14 @@ LR_SCHEDULES = ("cosine", "constant")
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of jobs/train.py; defaults train on the demo store in about a minute. The model's
-    knobs take their defaults from ModelConfig (defined once there)."""
+    knobs are a ModelConfig (defined once there); the store fills in its feature sizes."""
 
     store: str = field(default="data/demo/features", metadata={"help": "feature store written by jobs/extract.py (local or s3://)"})
     output: str = field(default="data/demo/runs", metadata={"help": "where checkpoints go (local folder or s3://)"})
     experiment: str = field(default="emotion-fusion", metadata={"help": "MLflow experiment"})
     run_name: str = field(default="", metadata={"help": "MLflow run name (default: visual/audio/fusion and a time stamp)"})
-    visual_attention: str = field(default=MODEL.visual_attention, metadata={"help": "visual pooling", "choices": list(POOLINGS)})
-    audio_attention: str = field(default=MODEL.audio_attention, metadata={"help": "audio pooling", "choices": list(POOLINGS)})
-    fusion: str = field(default=MODEL.fusion, metadata={"help": "cross-modal fusion", "choices": list(FUSIONS)})
-    modalities: str = field(default=MODEL.modalities, metadata={"help": "av, visual or audio alone", "choices": list(MODALITIES)})
+    # the model's knobs (attentions, fusion, modalities, sizes): flags of their own (raylib.config)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"inline": {}})
     optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": list(OPTIMIZERS)})
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
     lr_schedule: str = field(default="cosine", metadata={"help": "cosine: from --lr down to 0 over the epochs; constant",
@@ -44,15 +41,6 @@ class TrainConfig:
                 "default schedule it did not fit real features at --lr; docs/method.md, section 4)"})
     epochs: int = field(default=12, metadata={"help": "epochs"})
     batch_size: int = field(default=8, metadata={"help": "clips per batch and worker"})
-    fbp_k: int = field(default=MODEL.fbp_k, metadata={"help": "FBP window k"})
-    fbp_o: int = field(default=MODEL.fbp_o, metadata={"help": "FBP output dimension o"})
-    attention_hidden: int = field(default=MODEL.attention_hidden, metadata={"help": "hidden size m of the transformer attention"})
-    dropout: float = field(default=MODEL.dropout, metadata={"help": "dropout (FBP and classifier)"})
-    power_norm: bool = field(default=MODEL.power_norm, metadata={"help": "signed square root before FBP's l2 step"})
-    speaker_norm: bool = field(default=MODEL.speaker_norm, metadata={
-        "help": "standardise each speaker's features (each visual dimension, each spectrogram bin) with that "
-                "speaker's own statistics over the store, labels unused, before training and scoring "
-                "(raylib.speaker_norm; needs the store's speaker column; clips without one form one group)"})
     seed: int = field(default=0, metadata={"help": "random seed (model init, the order files are read in each "
                                                    "epoch, the shuffle buffer)"})
     shuffle_buffer: int = field(default=1024, metadata={"help": "rows each worker shuffles in memory (capped at its share "
@@ -94,11 +82,15 @@ class TrainConfig:
 
     def model_config(self, visual_dim: int, audio_channels: int) -> ModelConfig:
         """The ModelConfig this run builds, for a store of visual_dim features and audio_channels."""
-        return ModelConfig(visual_dim=visual_dim, visual_attention=self.visual_attention,
-                           audio_attention=self.audio_attention, fusion=self.fusion, modalities=self.modalities,
-                           audio_channels=audio_channels, attention_hidden=self.attention_hidden,
-                           fbp_k=self.fbp_k, fbp_o=self.fbp_o, dropout=self.dropout, power_norm=self.power_norm,
-                           speaker_norm=self.speaker_norm)
+        return replace(self.model, visual_dim=visual_dim, audio_channels=audio_channels)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """A TrainConfig from asdict() of one (a checkpoint's train_config, a trial's base); also
+        from a checkpoint written before the model's knobs were a ModelConfig (flat keys)."""
+        names = {f.name for f in fields(ModelConfig)}
+        model = {**{k: v for k, v in d.items() if k in names}, **(d.get("model") or {})}
+        return cls(**{k: v for k, v in d.items() if k not in names and k != "model"}, model=ModelConfig(**model))
 
 
 def speakers_of(store: str) -> np.ndarray:

@@ -134,7 +134,7 @@ def storage_name(run_name: str, run_id: str) -> str:
 
 
 def default_run_name(cfg: TrainConfig) -> str:
-    return f"{short_name(cfg.visual_attention, cfg.audio_attention, cfg.fusion, cfg.modalities)}" \
+    return f"{short_name(cfg.model.visual_attention, cfg.model.audio_attention, cfg.model.fusion, cfg.model.modalities)}" \
            f"-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -174,10 +174,10 @@ def plan_run(cfg: TrainConfig):
              if getattr(cfg, k) and not storage.is_remote(getattr(cfg, k))}
     cfg = replace(cfg, **local)  # workers do not share the driver's working directory
     fold = fold_of(cfg)
-    info = store_info(cfg.store, cfg.modalities, fold)
+    info = store_info(cfg.store, cfg.model.modalities, fold)
     if info["skipped"] and not cfg.quiet:
         print(f"train: skipping {info['skipped']} labelled clip(s) without frames (audio files): --modalities "
-              f"{cfg.modalities} reads visual features", file=sys.stderr, flush=True)
+              f"{cfg.model.modalities} reads visual features", file=sys.stderr, flush=True)
     require_splits(cfg.store, info)
     init_ray(quiet=cfg.quiet)  # a no-op where Ray runs already (a sweep's trial, a test)
     check_workers_fit(cfg)
@@ -218,7 +218,7 @@ def train_dataset(cfg: TrainConfig, fold, stats: dict | None):
                                shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
                                filesystem=fs if storage.is_remote(cfg.store) else None)
     keep = (col("label_index") >= 0) & (col("status") != "error")
-    if reads_frames(cfg.modalities):
+    if reads_frames(cfg.model.modalities):
         keep = keep & (col(FRAMES_COLUMN) > 0)
     if fold is not None:
         keep = keep & col("speaker").is_in(list(fold.train))
@@ -235,7 +235,7 @@ def make_trainer(cfg: TrainConfig, model_cfg, fold, info: dict, run_name: str, r
     from ray.train.torch import TorchTrainer
 
     # each speaker's statistics over the whole store, features only (raylib.speaker_norm)
-    stats = store_stats(cfg.store) if cfg.speaker_norm else None
+    stats = store_stats(cfg.store) if cfg.model.speaker_norm else None
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": asdict(cfg), "model": asdict(model_cfg), "run_id": run_id,
@@ -268,7 +268,7 @@ def fold_tags(fold) -> dict:
 def test_counts(cfg: TrainConfig, checkpoint: str, fold) -> "np.ndarray":
     """raylib.prediction.val_counts of a checkpoint on the fold's held-out speakers' rows."""
     model, _ = model_from_checkpoint(checkpoint)
-    return val_counts(model, speaker_rows(cfg.store, fold.test, cfg.modalities), stats=stats_for(model, cfg.store))
+    return val_counts(model, speaker_rows(cfg.store, fold.test, cfg.model.modalities), stats=stats_for(model, cfg.store))
 
 
 def test_metrics(counts) -> dict:

@@ -151,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from raylib.models.fusion import ModelConfig, build_model
 
-    cfg = TrainConfig(**config["train"])
+    cfg = TrainConfig.from_dict(config["train"])
     model_cfg = ModelConfig(**config["model"])
     if config.get("tracking_uri"):  # workers run elsewhere: the embedded store's path comes resolved
         os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
@@ -168,7 +168,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     stats = config.get("speaker_stats")  # raylib.speaker_norm: the train rows come normalised already
     val = rows_for(usable(val_share(cfg.store, rank, ctx.get_world_size(), tuple(config.get("val_speakers", ())),
-                                    keep_speaker=stats is not None)), cfg.modalities)
+                                    keep_speaker=stats is not None)), cfg.model.modalities)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         metrics = run_epoch(model, optimizer, shard, val, config, epoch, rank, device)
@@ -222,7 +222,7 @@ def run_epoch(model, optimizer, shard, val, config: dict, epoch: int, rank: int,
     from raylib.batches import collate
     from raylib.models.audio_cnn import recalibrate_norms
 
-    cfg = TrainConfig(**config["train"])
+    cfg = TrainConfig.from_dict(config["train"])
     core = model.module if hasattr(model, "module") else model
     t0 = time.perf_counter()
     distinct: list[int] = []

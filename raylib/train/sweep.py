@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import typing
-from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from raylib import plots, storage, tracking
 from raylib.checkpoints import checkpoint_of_epoch
@@ -47,12 +46,12 @@ def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return names
 
 
-# A sweep's training knobs are TrainConfig's fields, with their defaults and help, except:
+# A sweep holds the TrainConfig every trial starts from; its flags are jobs/train.py's, except:
 SWEPT = ("visual_attention", "audio_attention", "fusion")  # the grid's axes: --visual-attentions, ...
 # trials are named by the grid and start fresh (one model is continued by jobs/train.py --resume-from)
 NOT_PER_TRIAL = ("run_name", "resume_from", "folds", "fold")  # cross-validation: jobs/train.py --folds
 # where a sweep's default differs from a single run's (8 epochs per trial: docs/method.md, section 4)
-SWEEP_DEFAULTS = {"output": "data/demo/sweeps", "experiment": "emotion-fusion-sweep", "epochs": 8, "num_workers": 1}
+SWEEP_TRAIN = TrainConfig(output="data/demo/sweeps", experiment="emotion-fusion-sweep", epochs=8, num_workers=1)
 SWEEP_HELP = {  # where a knob means more in a sweep
     "output": "checkpoints and the report (local folder or s3://)",
     "experiment": "MLflow experiment of the sweep's parent run",
@@ -64,9 +63,11 @@ SWEEP_HELP = {  # where a knob means more in a sweep
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """The sweep's own knobs (the grid, ASHA, concurrency): the base of TuneConfig, which adds the
-    training knobs that these methods read."""
+class TuneConfig:
+    """Every knob of jobs/tune.py: the sweep's own (the grid, ASHA, concurrency), then `train`, the
+    TrainConfig each trial starts from (the grid sets its attentions, fusion and lr), whose flags
+    are jobs/train.py's but the swept ones (SWEPT) and those that make no sense per trial
+    (NOT_PER_TRIAL), with a sweep's defaults (SWEEP_TRAIN)."""
 
     visual_attentions: str = field(default=",".join(ATTENTIONS), metadata={"help": "visual attentions to sweep (comma-separated)"})
     audio_attentions: str = field(default=",".join(ATTENTIONS), metadata={"help": "audio attentions to sweep"})
@@ -75,8 +76,10 @@ class SweepConfig:
     asha: bool = field(default=False, metadata={"help": "ASHA early stopping on the selection metric"})
     max_concurrent_trials: int = field(default=1, metadata={"help": "trials run at once (each holds its Train workers; raise it on a cluster)"})
     sweep_name: str = field(default="", metadata={"help": "name of the parent run (default: a time stamp)"})
+    train: TrainConfig = field(default_factory=lambda: SWEEP_TRAIN, metadata={"inline": {
+        "skip": tuple(f"model.{name}" for name in SWEPT) + NOT_PER_TRIAL, "help": SWEEP_HELP}})
 
-    def __post_init__(self):
+    def __post_init__(self):  # the training knobs were checked by TrainConfig itself
         visual = _names(self.visual_attentions, ATTENTIONS, "--visual-attentions")
         audio = _names(self.audio_attentions, ATTENTIONS, "--audio-attentions")
         fusions = _names(self.fusions, FUSIONS, "--fusions")
@@ -85,34 +88,10 @@ class SweepConfig:
             raise ValueError("--max-concurrent-trials must be >= 1")
         unused = {"visual": ["--audio-attentions", "--fusions"], "audio": ["--visual-attentions", "--fusions"]}
         grids = {"--visual-attentions": visual, "--audio-attentions": audio, "--fusions": fusions}
-        wide = [flag for flag in unused.get(self.modalities, []) if len(grids[flag]) > 1]
+        wide = [flag for flag in unused.get(self.train.model.modalities, []) if len(grids[flag]) > 1]
         if wide:  # their trials would train the same model
-            raise ValueError(f"--modalities {self.modalities} does not use {' or '.join(wide)}: give one name to each")
-        self.base_train_config()  # TrainConfig checks the training knobs
-
-    def base_train_config(self) -> TrainConfig:
-        """The TrainConfig every trial starts from (the grid then sets its attentions, fusion, lr)."""
-        mine = {f.name for f in fields(self)}
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name in mine})
-
-
-def _trial_fields() -> list[tuple]:
-    """TrainConfig's fields as a sweep's training knobs (make_dataclass specs), in its order."""
-    hints = typing.get_type_hints(TrainConfig)
-    out = []
-    for f in fields(TrainConfig):
-        if f.name in SWEPT + NOT_PER_TRIAL:
-            continue
-        metadata = {**f.metadata, "help": SWEEP_HELP.get(f.name, f.metadata["help"])}
-        out.append((f.name, hints[f.name], field(default=SWEEP_DEFAULTS.get(f.name, f.default), metadata=metadata)))
-    return out
-
-
-TuneConfig = make_dataclass("TuneConfig", _trial_fields(), bases=(SweepConfig,), frozen=True,
-                            namespace={"__module__": __name__, "__doc__": "Every knob of jobs/tune.py: the "
-                                       "sweep's own (SweepConfig), then every knob of jobs/train.py with its default "
-                                       "and help, but the swept ones (SWEPT), those that make no sense per trial "
-                                       "(NOT_PER_TRIAL) and the defaults a sweep changes (SWEEP_DEFAULTS)."})
+            raise ValueError(f"--modalities {self.train.model.modalities} does not use {' or '.join(wide)}: give one "
+                             f"name to each")
 
 
 def trial(config: dict) -> None:
@@ -120,9 +99,10 @@ def trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
-    cfg = TrainConfig(**{**config["base"], "visual_attention": config["visual_attention"],
-                         "audio_attention": config["audio_attention"], "fusion": config["fusion"],
-                         "lr": config.get("lr", config["base"]["lr"]), "run_name": trial_name(config)})
+    base = TrainConfig.from_dict(config["base"])
+    model = replace(base.model, visual_attention=config["visual_attention"], audio_attention=config["audio_attention"],
+                    fusion=config["fusion"])
+    cfg = replace(base, model=model, lr=config.get("lr", base.lr), run_name=trial_name(config))
     run_train(cfg, parent_run_id=config["parent_run_id"], callbacks=[TuneReportCallback()], progress=False,
               source="jobs/tune.py")
 
@@ -279,18 +259,18 @@ def write_report(cfg: TuneConfig, name: str, parent: str, results: list[dict], v
                  fusions: list[str]) -> tuple[str, str]:
     """The Table-2 report of a sweep (markdown + heat maps) to the parent run and under
     --output/<sweep>/; returns (its text, that folder)."""
-    cells = best_cells(results, cfg.select_metric)
-    source = store_description(cfg.store)
-    text = report(cells, visual, audio, fusions, cfg.select_metric, source, cfg.epochs)
-    out_dir = storage.join(cfg.output, name)
+    cells = best_cells(results, cfg.train.select_metric)
+    source = store_description(cfg.train.store)
+    text = report(cells, visual, audio, fusions, cfg.train.select_metric, source, cfg.train.epochs)
+    out_dir = storage.join(cfg.train.output, name)
     with tempfile.TemporaryDirectory() as d:
         md = os.path.join(d, "table2.md")
         with open(md, "w") as f:
             f.write(f"# Sweep {name}\n\n{text}")
-        metrics = (cfg.select_metric, *[m for m in SELECT_METRICS if m != cfg.select_metric])
+        metrics = (cfg.train.select_metric, *[m for m in SELECT_METRICS if m != cfg.train.select_metric])
         png = plots.heatmap_png(cells, visual, audio, fusions, os.path.join(d, "table2.png"), metrics,
                                 caption=f"Sweep {name} on {source['kind']} ({source['val_clips']} val clips): "
-                                        f"best epoch by {METRIC_NAMES[cfg.select_metric]} of each cell, in %.")
+                                        f"best epoch by {METRIC_NAMES[cfg.train.select_metric]} of each cell, in %.")
         for path in (md, png):
             tracking.log_artifact(parent, path)
             with open(path, "rb") as src, storage.atomic_write(storage.join(out_dir, os.path.basename(path))) as dst:
@@ -316,20 +296,21 @@ def run_tune(cfg: TuneConfig) -> dict:
     audio = _names(cfg.audio_attentions, ATTENTIONS, "--audio-attentions")
     fusions = _names(cfg.fusions, FUSIONS, "--fusions")
     lrs = [float(x) for x in cfg.lrs.split(",") if x.strip()]
-    local = {k: os.path.abspath(getattr(cfg, k)) for k in ("store", "output") if not storage.is_remote(getattr(cfg, k))}
-    cfg = replace(cfg, **local)
-    base = cfg.base_train_config()
-    require_splits(cfg.store, store_info(cfg.store))
-    init_ray(quiet=cfg.quiet, state_api=True)
+    local = {k: os.path.abspath(getattr(cfg.train, k)) for k in ("store", "output")
+             if not storage.is_remote(getattr(cfg.train, k))}
+    cfg = replace(cfg, train=replace(cfg.train, **local))
+    base = cfg.train
+    require_splits(cfg.train.store, store_info(cfg.train.store))
+    init_ray(quiet=cfg.train.quiet, state_api=True)
     total = len(visual) * len(audio) * len(fusions) * max(len(lrs), 1)
     check_workers_fit(base, min(cfg.max_concurrent_trials, total), TRIAL_CPUS)  # the trials that run at once
     name = cfg.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
     if cfg.sweep_name:
-        tracking.require_new_run_name(cfg.experiment, name, "choose another --sweep-name")
-    parent = tracking.start_run(cfg.experiment, name, tracking.config_params(cfg),
-                                {"store": cfg.store, "kind": "sweep", **tracking.source_tags("jobs/tune.py")},
+        tracking.require_new_run_name(cfg.train.experiment, name, "choose another --sweep-name")
+    parent = tracking.start_run(cfg.train.experiment, name, tracking.config_params(cfg),
+                                {"store": cfg.train.store, "kind": "sweep", **tracking.source_tags("jobs/tune.py")},
                                 purpose=tracking.PURPOSES["train"])
-    link = sweep_view(parent, lrs, cfg.select_metric)
+    link = sweep_view(parent, lrs, cfg.train.select_metric)
     tuner = make_tuner(cfg, base, name, parent, (visual, audio, fusions, lrs), total)
     t0 = time.perf_counter()
     with tracking.ending_runs(parent):
@@ -337,7 +318,7 @@ def run_tune(cfg: TuneConfig) -> dict:
             with sigint_raises():
                 grid = tuner.fit()
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C: the sweep and its open trials end KILLED
-            n = end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store, interrupted=True)
+            n = end_open_trials(parent, cfg.train.select_metric, cfg.train.epochs, cfg.train.output, cfg.train.store, interrupted=True)
             tracking.end_run(parent, "KILLED")
             raise Interrupted(f"interrupted; MLflow sweep run {parent} and {n} open trial run(s) ended as KILLED") from None
         summary = finish_sweep(cfg, name, parent, grid, visual, audio, fusions)
@@ -360,14 +341,14 @@ def make_tuner(cfg: TuneConfig, base: TrainConfig, name: str, parent: str, axes:
     if cfg.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(metric=cfg.select_metric, mode="max", max_t=cfg.epochs, grace_period=min(2, cfg.epochs))
+        scheduler = ASHAScheduler(metric=cfg.train.select_metric, mode="max", max_t=cfg.train.epochs, grace_period=min(2, cfg.train.epochs))
     return tune.Tuner(
         tune.with_resources(trial, {"cpu": TRIAL_CPUS}),
         param_space=space,
         tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=cfg.max_concurrent_trials),
         # Tune's own progress tables stay off: the driver prints one line per trial instead
-        run_config=ray.tune.RunConfig(name=name, storage_path=storage.join(cfg.output, "tune"), verbose=0,
-                                      callbacks=[] if cfg.quiet else [trial_lines_callback(total, cfg.select_metric, cfg.epochs)]),
+        run_config=ray.tune.RunConfig(name=name, storage_path=storage.join(cfg.train.output, "tune"), verbose=0,
+                                      callbacks=[] if cfg.train.quiet else [trial_lines_callback(total, cfg.train.select_metric, cfg.train.epochs)]),
     )
 
 
@@ -376,13 +357,13 @@ def finish_sweep(cfg: TuneConfig, name: str, parent: str, grid, visual: list[str
     """After the grid ran: every trial's run ended, the Table-2 report written, the best trial
     named on the parent run, which ends; the sweep's summary."""
     errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error]
-    end_open_trials(parent, cfg.select_metric, cfg.epochs, cfg.output, cfg.store,
+    end_open_trials(parent, cfg.train.select_metric, cfg.train.epochs, cfg.train.output, cfg.train.store,
                     failed={trial_name(r.config) for r in grid if r.error})
     results = child_results(parent)
     text, out_dir = write_report(cfg, name, parent, results, visual, audio, fusions)
-    best = pick_best(results, cfg.select_metric, "best_epoch")
+    best = pick_best(results, cfg.train.select_metric, "best_epoch")
     best = None if best is None else results[best]
-    rule = BEST_RULE.format(metric=METRIC_NAMES[cfg.select_metric])
+    rule = BEST_RULE.format(metric=METRIC_NAMES[cfg.train.select_metric])
     if best:
         tracking.log_metrics(parent, {"best_val_accuracy": best["val_accuracy"], "best_val_uar": best["val_uar"]}, 0)
         tracking.set_tags(parent, {"best_trial": best["run_name"], "best_trial_run_id": best["run_id"],
