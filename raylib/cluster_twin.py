@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import yaml
+
 # Ray's fake provider names its head node type this way (ray.autoscaler._private.fake_multi_node)
 HEAD_TYPE = "ray.head.default"
 CPUS_PER_NODE = 1  # each twin worker node: one CPU, beside its custom resources
@@ -90,8 +92,6 @@ def __getattr__(name):
 
 
 def main(argv=None) -> int:
-    import yaml
-
     p = argparse.ArgumentParser(description="Print the one-machine twin of a cluster-launcher config "
                                             "(Ray's fake multi-node provider) as YAML.")
     p.add_argument("config", nargs="?", default="cluster.yaml", help="the cluster config (default: cluster.yaml)")

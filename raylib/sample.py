@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -63,8 +64,6 @@ def write_clip(path: str, frames: np.ndarray, audio: np.ndarray | None, fps: int
 
     .mp4 -> h264 + AAC, .avi -> MPEG-4 Part 2 + 16-bit PCM; audio None writes no audio stream.
     """
-    from fractions import Fraction
-
     import av
 
     avi = path.lower().endswith(".avi")

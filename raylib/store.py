@@ -234,8 +234,6 @@ def writable_state(output: str) -> StoreState:
 def store_description(store: str) -> dict:
     """What the numbers of a report come from: kind ("synthetic sample set" or "real data"), the
     number of usable val clips, the datasets named in the store."""
-    from raylib.store import usable
-
     val = usable(read_store(store, ["uri", "dataset", "label_index", "status"], split="val"))
     uris = val.column("uri").to_pylist()
     synthetic = bool(uris) and all(is_sample_clip(u) for u in {uris[0], uris[-1]})

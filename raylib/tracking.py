@@ -21,6 +21,7 @@ import urllib.request
 
 import numpy as np
 
+import raylib
 from raylib.config import flag_values
 from raylib.errors import Interrupted, TrackingError
 from raylib.storage import public_uri
@@ -296,8 +297,6 @@ def experiment_id(name: str, description: str | None = None) -> str:
 
 def code_version() -> str:
     """The git commit of this checkout (with -dirty when it has changes), else the package version."""
-    import raylib
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -313,8 +312,6 @@ def code_version() -> str:
 
 def source_tags(job: str) -> dict[str, str]:
     """MLflow's Source of a run: the job that made it and the code version it ran."""
-    import raylib
-
     version = code_version()
     tags = {"mlflow.source.name": job, "mlflow.source.type": "JOB", "code_version": raylib.__version__}
     if version != raylib.__version__:

@@ -90,28 +90,7 @@ def load_audio(clip: str | Clip, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
             declared = max(declared or 0.0, float(stream.duration * stream.time_base))
         if declared:
             declared *= riff_shortfall(src)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks, skipped = [], 0
-        packets = container.demux(stream)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError:
-                skipped += 1  # damaged container data: keep what decodes
-                if skipped > 1000:
-                    break
-                continue
-            try:
-                for frame in packet.decode():
-                    for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1))
-            except av.error.FFmpegError:
-                skipped += 1  # one damaged packet: skip it, keep the rest of the track
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        samples, skipped = _decode_track(container, stream, sample_rate)
     if samples.size == 0:
         return AudioTrack(uri, samples, sample_rate, AUDIO_MISSING, skipped, declared or 0.0)
     status = AUDIO_OK
@@ -120,6 +99,35 @@ def load_audio(clip: str | Clip, sample_rate: int = SAMPLE_RATE) -> AudioTrack:
     elif float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) < SILENCE_RMS:
         status = AUDIO_SILENT
     return AudioTrack(uri, samples, sample_rate, status, skipped, declared or 0.0)
+
+
+def _decode_track(container, stream, sample_rate: int) -> tuple[np.ndarray, int]:
+    """(mono float32 samples at sample_rate, packets skipped) of an audio stream: what decodes of
+    a damaged track is kept, packet by packet."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    chunks, skipped = [], 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:
+            skipped += 1  # damaged container data: keep what decodes
+            if skipped > 1000:
+                break
+            continue
+        try:
+            for frame in packet.decode():
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError:
+            skipped += 1  # one damaged packet: skip it, keep the rest of the track
+    for out in resampler.resample(None):
+        chunks.append(out.to_ndarray().reshape(-1))
+    return (np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)), skipped
 
 
 def stft_magnitude(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

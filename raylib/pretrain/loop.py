@@ -235,6 +235,20 @@ def train_epoch(cfg: PretrainConfig, model, optimizer, batches, device, gen, epo
             "data_wait_share": wait / max(seconds, 1e-9), "train_seconds": spent + seconds}
 
 
+def score_splits(core, splits: list[str], device, metrics: dict) -> dict:
+    """Rank 0's scores of the val and test splits it holds whole: their metrics added to metrics;
+    returns their confusion matrices."""
+    import ray.train
+
+    confusion = {}
+    for split in ("val", "test"):
+        it = ray.train.get_dataset_shard(split) if split in splits else None
+        if it is not None:
+            m, confusion[split] = evaluate(core, it.iter_torch_batches(batch_size=256), device, split)
+            metrics.update(m)
+    return confusion
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: config = {"cfg": PretrainConfig dict, "run_id", "tracking_uri", "feature_dim",
     "class_weights", "steps_per_epoch", "splits"}. Rank 0 scores val and test after each epoch,
@@ -269,12 +283,7 @@ def train_loop_per_worker(config: dict) -> None:
             torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MAX)  # every worker stops together
         last = epoch == cfg.epochs - 1 or (cfg.time_limit_min and float(done) >= 1.0)
         if rank == 0:
-            confusion = {}
-            for split in ("val", "test"):
-                it = ray.train.get_dataset_shard(split) if split in config["splits"] else None
-                if it is not None:
-                    m, confusion[split] = evaluate(core, it.iter_torch_batches(batch_size=256), device, split)
-                    metrics.update(m)
+            confusion = score_splits(core, config["splits"], device, metrics)
             best = max(best, metrics.get(cfg.select_metric, 0.0))
             metrics["best_" + cfg.select_metric] = best
             if config.get("run_id"):

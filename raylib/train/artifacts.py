@@ -47,6 +47,20 @@ def model_name(run_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-") or "model"
 
 
+def log_attention(run_id: str, model, picked, stats: dict | None, epoch: int, folder: str) -> None:
+    """The attention plot of the picked val clips (one per class) to the run: frame weights over
+    the clip's thumbnails and audio weights per time column."""
+    picked_probs, weights = predict(model, picked, keep_weights=picked.num_rows, stats=stats)
+    clips = [{"title": f"{EMOTIONS[r['label_index']]} ({os.path.basename(r['uri'])}), "
+                       f"predicted {EMOTIONS[int(p.argmax())]}",
+              "thumbnails": thumbnails_array(r), "visual": w.get("visual"), "audio": audio_over_time(w.get("audio"))}
+             for r, w, p in zip(picked.to_pylist(), weights, picked_probs)]
+    if clips:
+        caption = (f"Attention weights of the checkpoint of epoch {epoch} on {len(clips)} val clips, one per "
+                   "class present: frame weights (dashed: uniform 1/n) and audio weights per time column.")
+        tracking.log_artifact(run_id, plots.attention_png(clips, os.path.join(folder, "attention_weights.png"), caption))
+
+
 def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=None) -> None:
     """Confusion matrix PNG, per-class table, attention plot on val, and the model, to the run.
 
@@ -77,16 +91,7 @@ def log_run_artifacts(run_id: str, checkpoint_path: str, store: str, checkpoint=
             for name, support, r in zip(EMOTIONS, m["confusion"].sum(1), m["recall"]):
                 f.write(f"| {name} | {support} | {'-' if not np.isfinite(r) else f'{r:.3f}'} |\n")
         tracking.log_artifact(run_id, table)
-        picked = val.take(one_per_class(labels))
-        picked_probs, weights = predict(model, picked, keep_weights=picked.num_rows, stats=stats)
-        clips = [{"title": f"{EMOTIONS[r['label_index']]} ({os.path.basename(r['uri'])}), "
-                           f"predicted {EMOTIONS[int(p.argmax())]}",
-                  "thumbnails": thumbnails_array(r), "visual": w.get("visual"), "audio": audio_over_time(w.get("audio"))}
-                 for r, w, p in zip(picked.to_pylist(), weights, picked_probs)]
-        if clips:
-            caption = (f"Attention weights of the checkpoint of epoch {epoch} on {len(clips)} val clips, one per "
-                       "class present: frame weights (dashed: uniform 1/n) and audio weights per time column.")
-            tracking.log_artifact(run_id, plots.attention_png(clips, os.path.join(d, "attention_weights.png"), caption))
+        log_attention(run_id, model, val.take(one_per_class(labels)), stats, epoch, d)
     mlflow.set_tracking_uri(tracking.tracking_uri())
     with mlflow.start_run(run_id=run_id) as run:
         # the MLflow model (pickled module, for mlflow.pytorch.load_model), linked to its epoch's metrics

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 from raylib import tracking
 from raylib.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from raylib.metrics import keep_score
@@ -118,7 +120,6 @@ def share_buffers(model) -> None:
 
 def all_summed(counts, device):
     """The element-wise sum of every worker's counts (numpy float64), on every worker."""
-    import numpy as np
     import torch
     import torch.distributed as dist
 
