@@ -180,7 +180,7 @@ def job(args) -> None:
     from raylib.extract.config import ExtractConfig, FeatureRecipe
     from raylib.extract.job import run_extract
 
-    backbone = args.backbone or ExtractConfig().backbone
+    backbone = args.backbone or FeatureRecipe().backbone
     with tempfile.TemporaryDirectory() as store:
         s = run_extract(ExtractConfig(input=args.out, dataset_format="afew", output=store,
                                       cpu_actors=args.cpu_actors, quiet=True,

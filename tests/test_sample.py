@@ -86,10 +86,10 @@ def test_visual_signal_survives_the_default_backbone(sample):
     import torch
 
     from raylib.models.backbones import build_backbone
-    from raylib.extract.config import ExtractConfig
+    from raylib.extract.config import FeatureRecipe
 
     root, _ = sample
-    enc = build_backbone(ExtractConfig().backbone, ExtractConfig().weights)
+    enc = build_backbone(FeatureRecipe().backbone, FeatureRecipe().weights)
     feats, factors = [], []
     for r in list_clips(root):
         chips = align_frames(decode_video(r.uri, "uniform:4").frames).chips
