@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentPars
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             base = typing.get_args(typ)[0] if typing.get_origin(typ) in (typing.Union, type(int | None)) else typ
+            if "choices" not in kwargs:
+                kwargs["metavar"] = f.name.upper()  # an inline part's dest is dotted (model.fbp_k)
             parser.add_argument(flag, type=base, **kwargs)
     return parser
 
