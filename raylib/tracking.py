@@ -85,9 +85,16 @@ def client():
 
 def check_reachable(uri: str | None = None) -> None:
     """TrackingError, within PROBE_TIMEOUT_S, when an http(s) tracking server does not answer (MLflow's
-    own client would retry for minutes); any HTTP answer counts. Once per URI and process."""
+    own client would retry for minutes; any HTTP answer counts) or a local SQLite store cannot be
+    written. Once per URI and process."""
     uri = uri or tracking_uri()
-    if not uri.startswith(("http://", "https://")) or uri in _reachable:
+    if uri in _reachable:
+        return
+    if uri.startswith("sqlite:///"):
+        check_writable(uri[len("sqlite:///"):])
+        _reachable.add(uri)
+        return
+    if not uri.startswith(("http://", "https://")):
         return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
@@ -98,6 +105,22 @@ def check_reachable(uri: str | None = None) -> None:
         raise TrackingError(f"MLflow tracking server {public_uri(uri)} unreachable: {reason} (set MLFLOW_TRACKING_URI "
                             f"to a running server, or unset it for the local store)") from None
     _reachable.add(uri)
+
+
+def check_writable(path: str) -> None:
+    """TrackingError when the SQLite store at path cannot be created or written (a read-only folder:
+    a job submitted to a cluster runs in a read-only copy of its working dir, where the embedded
+    store would be), before any work rather than as SQLite's error midway."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=PROBE_TIMEOUT_S)) as db:
+            db.execute("BEGIN IMMEDIATE")  # the write lock a run's first write takes
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute(f"PRAGMA user_version = {int(version)}")  # a write (of what is there), rolled back
+            db.rollback()
+    except (OSError, sqlite3.Error) as e:
+        raise TrackingError(f"the MLflow store {path} cannot be written ({e}): set MLFLOW_TRACKING_URI to a writable "
+                            f"store or a tracking server (on a cluster, in the job's runtime env: docs/cluster.md)") from None
 
 
 def serve_command() -> str | None:

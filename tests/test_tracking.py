@@ -1,5 +1,10 @@
+import contextlib
 import os
+import sqlite3
+import subprocess
 from dataclasses import dataclass
+
+import pytest
 
 from raylib import tracking
 
@@ -143,3 +148,35 @@ def test_the_ui_script_names_the_newest_sweep_first(monkeypatch, tmp_path):
     assert lines[0] == (f"newest sweep sweep-new: http://127.0.0.1:5001/#/experiments/{eid}/runs?workflowType="
                         f"machine_learning&viewStateShareKey={new}") and old not in lines[0]
     assert sorted(ln.split(":")[0] for ln in lines[1:]) == ["experiment grid", "experiment single"]
+
+
+def test_a_store_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+    # a folder that cannot be made
+    with pytest.raises(tracking.TrackingError, match=r"the MLflow store /proc/nowhere/mlflow.db cannot be written"):
+        tracking.check_reachable("sqlite:////proc/nowhere/mlflow.db")
+    # a store SQLite can only open read-only (the copy of a checkout a cluster job runs in): the run's first write
+    # would fail midway; root writes whatever the mode bits say, so as root the file is made immutable instead
+    path = str(tmp_path / "ro" / "mlflow.db")
+    os.makedirs(os.path.dirname(path))
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE runs (id TEXT)")
+        db.commit()
+    root = os.geteuid() == 0
+    if root and subprocess.run(["chattr", "+i", path], capture_output=True).returncode != 0:
+        pytest.skip("as root a read-only store needs chattr +i, which this filesystem or container refuses")
+    if not root:
+        os.chmod(path, 0o444)
+        os.chmod(os.path.dirname(path), 0o555)
+    try:
+        with pytest.raises(tracking.TrackingError, match=rf"the MLflow store {path} cannot be written \(attempt to "
+                                                         r"write a readonly database\): set MLFLOW_TRACKING_URI"):
+            tracking.check_reachable(f"sqlite:///{path}")
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", path])
+        else:
+            os.chmod(os.path.dirname(path), 0o755)
+            os.chmod(path, 0o644)
+    # a writable one passes, once per process
+    tracking.check_reachable(f"sqlite:///{tmp_path}/store/mlflow.db")
+    assert os.path.exists(tmp_path / "store" / "mlflow.db")
