@@ -55,8 +55,8 @@ def backbones(args):
 
 def fusion_models(args):
     train = TrainConfig()
-    print(f"| FusionModel, jobs/train.py's defaults (m {train.attention_hidden}, FBP k {train.fbp_k} o {train.fbp_o}, "
-          f"dropout {train.dropout}); visual 16 x 128-d, audio 1 x 200 x 200 | params | ms / clip (forward) | "
+    print(f"| FusionModel, jobs/train.py's defaults (m {train.model.attention_hidden}, FBP k {train.model.fbp_k} o "
+          f"{train.model.fbp_o}, dropout {train.model.dropout}); visual 16 x 128-d, audio 1 x 200 x 200 | params | ms / clip (forward) | "
           f"ms / clip (fwd+bwd) |")
     print("|---|---|---|---|")
     visual = torch.randn(args.batch, 16, 128)
@@ -64,7 +64,7 @@ def fusion_models(args):
     audio = torch.randn(args.batch, 1, 200, 200)
     lengths = torch.full((args.batch,), 200)
     for va, aa, fu in (("self", "self", "concat"), ("transformer", "transformer", "fbp"), ("relation", "relation", "fbp")):
-        cfg = replace(train, visual_attention=va, audio_attention=aa, fusion=fu).model_config(128, 1)
+        cfg = replace(train.model, visual_attention=va, audio_attention=aa, fusion=fu, visual_dim=128, audio_channels=1)
         model = build_model(cfg)
         params = sum(p.numel() for p in model.parameters())
         model.eval()

@@ -18,6 +18,7 @@ from raylib.sample import SampleConfig, generate_sample_set
 from raylib.schema import SCHEMA_VERSION
 from raylib.extract.config import ExtractConfig, FeatureRecipe
 from raylib.extract.job import run_extract
+from raylib.models.model_config import ModelConfig
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -428,7 +429,7 @@ def test_cross_validation_by_speaker_selects_inside_and_scores_each_fold_once(st
 
     stats = store_stats(cv_store)
     summary = run_train(TrainConfig(store=cv_store, output=str(tmp_path / "runs"), epochs=2, batch_size=4,
-                                    num_workers=1, folds=2, speaker_norm=True, quiet=True))
+                                    num_workers=1, folds=2, model=ModelConfig(speaker_norm=True), quiet=True))
     parent = client().get_run(summary["run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["cv.fold0.test_speakers"] == "a,b"
     expected = [(("c",), ("d",), ("a", "b")), (("a",), ("b",), ("c", "d"))]  # raylib.folds: train, select, test
