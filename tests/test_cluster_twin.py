@@ -196,5 +196,5 @@ def run_jobs(env, address, ray_tmp, tmp_path, videos, store, n, tracking):
                    == sum(1 for _, w, k in events if k == kind and w == "Removing") for kind in launched)
 
     # idle workers go (twin: after 6 s); the whole timeline (a str, which pytest does not cut) when they do not
-    assert wait_for(all_removed, 120), "; ".join(f"{t} {w} {k}" for t, w, k in autoscaler_events(ray_tmp))
+    assert wait_for(all_removed, 240), "; ".join(f"{t} {w} {k}" for t, w, k in autoscaler_events(ray_tmp))
     print("twin autoscaler timeline: " + "; ".join(f"{t} {w} {k}" for t, w, k in autoscaler_events(ray_tmp)))
