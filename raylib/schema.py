@@ -76,6 +76,16 @@ SCHEMA = pa.schema(
     metadata={METADATA_KEY: SCHEMA_VERSION.encode(), b"raylib.version": raylib.__version__.encode()},
 )
 COLUMNS = tuple(SCHEMA.names)
+# How a shard is written: zstd; a dictionary for the string columns only and statistics for the
+# scalar columns only. Parquet's default tries a dictionary on every column: on the float lists
+# (features, spectrograms, whose values rarely repeat) it builds one, finds it too large and falls
+# back, which made writing ~1.8x slower and the file ~5% larger (64 rows of 3 s speech: 103 ms,
+# 222 KB per row, against 56 ms, 211 KB).
+WRITE_OPTIONS = {
+    "compression": "zstd",
+    "use_dictionary": [f.name for f in SCHEMA if pa.types.is_string(f.type)],
+    "write_statistics": [f.name for f in SCHEMA if not (pa.types.is_list(f.type) or pa.types.is_binary(f.type))],
+}
 
 
 def _list_array(chunks: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from raylib import storage
 from raylib.errors import StoreError
 from raylib.sample import is_sample_clip
-from raylib.schema import METADATA_KEY, SCHEMA, STATUS_ERROR, USABLE_STATUSES
+from raylib.schema import METADATA_KEY, SCHEMA, STATUS_ERROR, USABLE_STATUSES, WRITE_OPTIONS
 
 # What makes two rows' features comparable. The weights URI is not part of it (the digest is):
 # a checkpoint moved to another bucket is the same recipe.
@@ -213,7 +213,7 @@ def drop_rows(output: str, clip_ids_by_file: dict[str, set[str]], retries: int =
 
         def write(keep=keep, uri=uri):
             with storage.atomic_write(uri) as f:
-                pq.write_table(keep, f, compression="zstd")
+                pq.write_table(keep, f, **WRITE_OPTIONS)
 
         storage.with_retries(f"rewriting {storage.public_uri(uri)}", write, retries)
     return removed

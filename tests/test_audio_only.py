@@ -93,6 +93,20 @@ def test_an_audio_file_gives_its_track_s_features_and_no_frames(tmp_path, name, 
     assert out["audio_seconds"] == pytest.approx(1.2, abs=0.05) and out["duration"] == pytest.approx(1.2, abs=0.05)
 
 
+@pytest.mark.parametrize("name, codec", [("speech.wav", "pcm_s16le"), ("speech.flac", "flac")])
+def test_an_audio_file_is_opened_once_and_keeps_its_declared_duration(tmp_path, monkeypatch, name, codec):
+    """No probe before the decoder for an audio file: its container declares the duration (a
+    second open was ~40% of a 3 s wav's CPU stage)."""
+    import av
+
+    path = write_audio(tmp_path / name, tone(1.2), codec=codec)
+    opened, real_open = [], av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    out = preprocess_clip(path, CFG)
+    assert out["status"] == STATUS_AUDIO_ONLY and opened == [path]
+    assert out["duration"] == pytest.approx(1.2, abs=0.03) and out["audio_seconds"] == pytest.approx(1.2, abs=0.03)
+
+
 def test_cover_art_or_a_video_name_never_sends_an_audio_file_to_the_video_decoder(tmp_path):
     tagged = write_audio(tmp_path / "tagged.mp3", tone(1.0), codec="libmp3lame", cover=True)
     with pytest.raises(NoVideoStream):  # the cover picture is not a one-frame video

@@ -409,26 +409,35 @@ def test_predict_job_scores_new_videos_like_the_model_does_on_their_features(loc
     assert not (tmp_path / "out2").exists()
 
 
-def test_clip_dataset_gives_each_task_one_clip_at_any_size_and_short_audio_files_in_groups(local_ray, monkeypatch,
-                                                                                              tmp_path):
-    """Records in blocks of 64 (standing in for RECORD_BLOCK's 8,192): every decode task still
-    gets one video clip or one long audio file; short audio files (local and small, or remote) go
-    up to AUDIO_CLIPS_PER_TASK to a task; every clip comes out once."""
+def test_clip_dataset_gives_each_task_one_long_clip_and_short_clips_in_groups_of_their_kind(local_ray, monkeypatch,
+                                                                                             tmp_path):
+    """Records in blocks of 64 (standing in for RECORD_BLOCK's 8,192): every decode task gets one
+    long clip (a local file over SHORT_CLIP_BYTES, a remote video, a path that cannot be read), or
+    up to AUDIO_CLIPS_PER_TASK short audio files (local and small, or remote), or up to
+    VIDEO_CLIPS_PER_TASK short local video clips, never kinds mixed; every clip comes out once."""
     from raylib.extract import graph
     from raylib.extract.job import shuffled
 
     monkeypatch.setattr(graph, "RECORD_BLOCK", 64)
-    monkeypatch.setattr(graph, "SHORT_AUDIO_BYTES", 100)
-    videos = [{"clip_id": f"c{i:04d}", "uri": f"/nowhere/{i}.mp4", "label": EMOTIONS[i % 7] if i % 5 else "",
-               "split": "train", "dataset": "manifest"} for i in range(300)]
-    audio = []
-    for i in range(43):
-        path = tmp_path / f"a{i}.wav"
-        path.write_bytes(b"x" * (10 if i < 40 else 200))  # the last three are "long"
-        audio.append({"clip_id": f"a{i:04d}", "uri": str(path), "label": "", "split": "test", "dataset": "manifest"})
-    audio += [{"clip_id": f"r{i}", "uri": f"s3://bucket/r{i}.wav", "label": "", "split": "test", "dataset": "manifest"}
-              for i in range(5)]
-    records = shuffled(videos + audio, 0)
+    monkeypatch.setattr(graph, "SHORT_CLIP_BYTES", 100)
+
+    def record(cid, uri, split="test"):
+        return {"clip_id": cid, "uri": uri, "label": "", "split": split, "dataset": "manifest"}
+
+    def local(name, size):
+        path = tmp_path / name
+        path.write_bytes(b"x" * size)
+        return str(path)
+
+    long_ids = {f"c{i:04d}" for i in range(300)} | {f"r{i}" for i in range(3)}
+    records = [record(f"c{i:04d}", f"/nowhere/{i}.mp4", "train") for i in range(290)]  # unreadable: alone
+    records += [record(f"c{i:04d}", local(f"long{i}.mp4", 200)) for i in range(290, 300)]
+    records += [record(f"r{i}", f"s3://bucket/r{i}.mp4") for i in range(3)]  # remote video: size unknown
+    short_video = [record(f"v{i:04d}", local(f"v{i}.avi", 10)) for i in range(21)]
+    short_audio = [record(f"a{i:04d}", local(f"a{i}.wav", 10 if i < 40 else 200)) for i in range(43)]
+    long_ids |= {f"a{i:04d}" for i in range(40, 43)}
+    short_audio += [record(f"s{i}", f"s3://bucket/s{i}.wav") for i in range(5)]
+    records = shuffled(records + short_video + short_audio, 0)
 
     def task(batch):
         n = len(batch["clip_id"])
@@ -441,9 +450,12 @@ def test_clip_dataset_gives_each_task_one_clip_at_any_size_and_short_audio_files
     tasks: dict[str, list[str]] = {}
     for r in out:
         tasks.setdefault(r["task"], []).append(r["clip_id"])
-    short = {f"a{i:04d}" for i in range(40)} | {f"r{i}" for i in range(5)}
-    alone = [ids for ids in tasks.values() if not short & set(ids)]
-    grouped = [ids for ids in tasks.values() if short & set(ids)]
-    assert all(len(ids) == 1 for ids in alone) and len(alone) == 303  # each video and each long file alone
-    assert all(set(ids) <= short for ids in grouped)  # short audio files only with each other
-    assert max(map(len, grouped)) == graph.AUDIO_CLIPS_PER_TASK and len(grouped) == 3  # 45 in 16 + 16 + 13
+    videos = {r["clip_id"] for r in short_video}
+    audio = {r["clip_id"] for r in short_audio} - long_ids
+    alone = [ids for ids in tasks.values() if set(ids) & long_ids]
+    assert all(len(ids) == 1 for ids in alone) and len(alone) == 306  # each long clip alone
+    grouped_video = sorted((ids for ids in tasks.values() if set(ids) & videos), key=len)
+    grouped_audio = sorted((ids for ids in tasks.values() if set(ids) & audio), key=len)
+    assert all(set(ids) <= videos for ids in grouped_video) and all(set(ids) <= audio for ids in grouped_audio)
+    assert [len(ids) for ids in grouped_video] == [1, 4, 4, 4, 4, 4]  # 21 short clips in groups of 4
+    assert [len(ids) for ids in grouped_audio] == [13, 16, 16]  # 45 short audio files in groups of 16

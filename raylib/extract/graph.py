@@ -3,8 +3,8 @@
 
     clip records (minus clips already stored), in a seeded random order (shards mix classes)
         |  clip_dataset: Arrow blocks of RECORD_BLOCK records, split as they stream into blocks of
-        |  CLIPS_PER_TASK clips, so a task holds one clip at any dataset size (short audio files:
-        |  AUDIO_CLIPS_PER_TASK to a task, as their own branch)
+        |  one task's clips at any dataset size: a long clip alone, short clips of one kind a few
+        |  to a task (clips_per_task), each group size its own branch
         v
     cpu_stage        tasks, 1 CPU each: decode, detect, align, spectrogram   (1 row in, 1 row out)
         |
@@ -20,8 +20,8 @@
         |            write attempts, the nodes that ran its stages)
         v
     On one machine (one_machine: a Ray of one node, CPU features, no stage pinned) cpu_stage runs
-    inside the FeatureStage actors instead, one call per block (a clip, or AUDIO_CLIPS_PER_TASK
-    short audio files), one actor per CPU: no task per clip to hand out, no chips through the
+    inside the FeatureStage actors instead, one call per block (a long clip, or a few short
+    ones), one actor per CPU: no task per clip to hand out, no chips through the
     object store, both stages on every core.
 
     driver           (raylib.extract.job) tallies outcomes as they stream (counts, nodes, failures, stage seconds: no
@@ -53,20 +53,23 @@ from raylib.errors import exception_line
 from raylib.extract.config import ExtractConfig, ExtractError, FeatureRecipe
 from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
 from raylib.runtime import autoscaling, check_capacity, cpu_actor_pool, placement
-from raylib.schema import SCHEMA_VERSION, STATUS_ERROR, THUMB_SIZE, stored_label, to_table
+from raylib.schema import SCHEMA_VERSION, STATUS_ERROR, THUMB_SIZE, WRITE_OPTIONS, stored_label, to_table
 from raylib.sources import is_audio_file
 from raylib.storage import public_uri, with_retries
 from raylib.store import StoreState, describe_recipe, recipe_of
 
 CPU_TASK_MEMORY = 768 * 1024**2
-CLIPS_PER_TASK = 1  # clips per decode task at any dataset size: a lost task costs one clip
-# Short audio files go AUDIO_CLIPS_PER_TASK to a task: one costs ~0.01 core-s (a 3 s wav), less
-# than Ray Data spends handing a task out, so one per task left the cores waiting on the driver
-# (2,000 generated 3 s wavs on 2 cores: 19.8 clips/s one per task, 45 at 16). "Short": a local
-# file of at most SHORT_AUDIO_BYTES (about a minute of 16 kHz speech); a remote file's size is not
-# listed, so a remote audio file counts as short. Video clips and long audio files: one per task.
+CLIPS_PER_TASK = 1  # clips per decode task of a long clip, at any dataset size: a lost task costs one clip
+# Short clips go several to a task (a call of the one-machine graph's actors), sized by what they
+# cost: a 3 s wav costs ~0.01 core-s and a 2 s video clip ~0.2 (its sampled frames), each less
+# than Ray Data's per-task (per-call) work is worth. One per task left the cores waiting on the
+# driver (2,000 generated 3 s wavs on 2 cores: 19.8 clips/s one per task, 45 at 16). "Short": a
+# local file of at most SHORT_CLIP_BYTES (about a minute of 16 kHz speech, seconds of video); a
+# remote file's size is not listed, so a remote audio file counts as short, a remote video clip
+# as long. Long clips (a film, a lecture) stay one to a task.
 AUDIO_CLIPS_PER_TASK = 16
-SHORT_AUDIO_BYTES = 2 * 1024**2
+VIDEO_CLIPS_PER_TASK = 4
+SHORT_CLIP_BYTES = 2 * 1024**2
 RECORD_BLOCK = 8192  # clip records per block handed to Ray Data before the streaming split
 # CPU reserved per feature actor of the autoscaling CPU pool. A CPU actor computes faces for
 # ~13x as long per clip as decoding takes (dlib_resnet: ~1.2 s against ~0.09 s): reserving a
@@ -292,7 +295,7 @@ def write_shard(batch: dict, output: str, prov: dict, retries: int = storage.WRI
 
         def write():
             with storage.atomic_write(uri) as f:
-                pq.write_table(table, f, compression="zstd")
+                pq.write_table(table, f, **WRITE_OPTIONS)
 
         _, attempts = with_retries(f"writing {public_uri(uri)}", write, retries)
         for r in part:
@@ -320,34 +323,34 @@ def check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
 RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset", "speaker")
 
 
-def short_audio(uri: str) -> bool:
-    """Whether a clip goes to a decode task with other short audio files (AUDIO_CLIPS_PER_TASK)."""
-    if not is_audio_file(uri):
-        return False
-    if "://" in uri:
-        return True  # a remote file's size is not at hand: speech corpora hold short utterances
+def clips_per_task(uri: str) -> int:
+    """How many clips like this one share a decode task (a call of a one-machine actor): short
+    audio files AUDIO_CLIPS_PER_TASK, short video clips VIDEO_CLIPS_PER_TASK, others one."""
+    audio = is_audio_file(uri)
+    if "://" in uri:  # a remote file's size is not at hand: speech corpora hold short utterances
+        return AUDIO_CLIPS_PER_TASK if audio else CLIPS_PER_TASK
     try:
-        return os.path.getsize(uri) <= SHORT_AUDIO_BYTES
+        short = os.path.getsize(uri) <= SHORT_CLIP_BYTES
     except OSError:
-        return True  # unreadable: its task records the error
+        short = audio  # unreadable: its task records the error
+    if not short:
+        return CLIPS_PER_TASK
+    return AUDIO_CLIPS_PER_TASK if audio else VIDEO_CLIPS_PER_TASK
 
 
 def clip_dataset(pending: list[dict]):
-    """Clip records -> a Ray dataset that feeds each decode task CLIPS_PER_TASK clips (short audio
-    files: AUDIO_CLIPS_PER_TASK), at any size: the records go to Ray Data as Arrow blocks of
-    RECORD_BLOCK rows (columns, not Python objects in the object store), split into blocks of one
-    task's clips as they stream. Short audio files and the other clips stream as two branches of
-    one dataset."""
+    """Clip records -> a Ray dataset that feeds each decode task clips_per_task clips (one long
+    clip, or a few short ones of one kind), at any size: the records go to Ray Data as Arrow
+    blocks of RECORD_BLOCK rows (columns, not Python objects in the object store), split into
+    blocks of one task's clips as they stream. Each group size streams as a branch of one dataset."""
     import pyarrow as pa
     import ray
 
-    short = [short_audio(str(r["uri"])) for r in pending]
-    parts = [(AUDIO_CLIPS_PER_TASK, [r for r, b in zip(pending, short) if b]),
-             (CLIPS_PER_TASK, [r for r, b in zip(pending, short) if not b])]
+    parts: dict[int, list[dict]] = {}
+    for r in pending:
+        parts.setdefault(clips_per_task(str(r["uri"])), []).append(r)
     branches = []
-    for per_task, records in parts:
-        if not records:
-            continue
+    for per_task, records in sorted(parts.items(), reverse=True):
         blocks = []
         for i in range(0, len(records), RECORD_BLOCK):
             part = records[i:i + RECORD_BLOCK]
@@ -360,7 +363,7 @@ def clip_dataset(pending: list[dict]):
         # it reserves none. repartition() takes no resource arguments, so they are set on its operator.
         ray_compat.set_operator_cpus(ds, 0)
         branches.append(ds)
-    return branches[0] if len(branches) == 1 else branches[0].union(branches[1])
+    return branches[0] if len(branches) == 1 else branches[0].union(*branches[1:])
 
 
 def stage_options(env: dict) -> dict:
@@ -408,7 +411,7 @@ def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
     if fused:
         most = max(1, int(ray.cluster_resources().get("CPU", 1)))
         pool = cpu_actor_pool(clips, 1, min(cfg.cpu_workers, most) if cfg.cpu_workers else most)
-        # batch_size None: a call per block, i.e. per clip, or per AUDIO_CLIPS_PER_TASK short audio files
+        # batch_size None: a call per block, i.e. per long clip, or per clips_per_task short ones
         # (one call per 3 s wav spent a third of the actor's time in Ray Data's per-batch work)
         return ds.map_batches(FeatureStage, fn_constructor_kwargs={**stage, "decode": True}, batch_size=None,
                               compute=pool, num_cpus=ONE_MACHINE_ACTOR_CPUS, memory=CPU_TASK_MEMORY, **extra)
