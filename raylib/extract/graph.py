@@ -61,9 +61,10 @@ from raylib.store import StoreState, describe_recipe, recipe_of
 CPU_TASK_MEMORY = 768 * 1024**2
 CLIPS_PER_TASK = 1  # clips per decode task of a long clip, at any dataset size: a lost task costs one clip
 # Short clips go several to a task (a call of the one-machine graph's actors), sized by what they
-# cost: a 3 s wav costs ~0.01 core-s and a 2 s video clip ~0.2 (its sampled frames), each less
-# than Ray Data's per-task (per-call) work is worth. One per task left the cores waiting on the
-# driver (2,000 generated 3 s wavs on 2 cores: 19.8 clips/s one per task, 45 at 16). "Short": a
+# cost: a 3 s wav ~0.005 core-s, a 2 s video clip ~0.2 (its sampled frames), not much beside what
+# Ray Data spends per task. One to a task left the cores waiting on the driver (2,000 generated 3 s
+# wavs on 2 cores: 19.8 clips/s one per task, 45 at 16; 140 generated 2 s clips: 71-74% of the
+# bound after start-up one per task, 83-85% at 4; BENCHMARKS.md). "Short": a
 # local file of at most SHORT_CLIP_BYTES (about a minute of 16 kHz speech, seconds of video); a
 # remote file's size is not listed, so a remote audio file counts as short, a remote video clip
 # as long. Long clips (a film, a lecture) stay one to a task.
