@@ -23,13 +23,15 @@ def extract_cmd(videos, out):
 def test_killed_driver_then_rerun_stores_every_clip_once(tmp_path):
     videos = str(tmp_path / "videos")
     out = str(tmp_path / "store")
-    n = len(generate_sample_set(SampleConfig(out_dir=videos, train_per_class=1, val_per_class=1)))
+    # 21 short clips: 6 calls of up to 4 clips (graph.VIDEO_CLIPS_PER_TASK), each call's shards written
+    # together; the driver dies as soon as the first call's are in
+    n = len(generate_sample_set(SampleConfig(out_dir=videos, train_per_class=2, val_per_class=1)))
     proc = subprocess.Popen(extract_cmd(videos, out), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 180
-        while time.time() < deadline and len(data_files(out)) < 3 and proc.poll() is None:
-            time.sleep(0.2)
+        while time.time() < deadline and not data_files(out) and proc.poll() is None:
+            time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-run
         proc.wait(timeout=30)
     finally:
@@ -39,7 +41,7 @@ def test_killed_driver_then_rerun_stores_every_clip_once(tmp_path):
         except ProcessLookupError:
             pass
     partial = read_store(out, ["clip_id"]).column("clip_id").to_pylist()
-    assert 3 <= len(partial) < n, f"the run was not interrupted part-way ({len(partial)} of {n} stored)"
+    assert 1 <= len(partial) < n, f"the run was not interrupted part-way ({len(partial)} of {n} stored)"
     assert len(set(partial)) == len(partial)
 
     rerun = subprocess.run(extract_cmd(videos, out), cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -84,6 +84,10 @@ CPU_ACTOR_CPUS = 0.25
 # actor per CPU): half, so that the shard writer (and prediction's small tasks) still fit beside a
 # full pool, on one CPU too; the actor runs one thread, so the reservation does not change its speed.
 ONE_MACHINE_ACTOR_CPUS = 0.5
+# Memory reserved per actor of the one-machine graph: the torch, dlib and Ray Data process plus a
+# call's clips. With 4 short 640 x 480 clips a call an actor peaked at 690 MiB (2 clips: below
+# Ray Data's warning at ~80% of 768 MiB), so 1 GiB, not the decode task's 768 MiB.
+ONE_MACHINE_ACTOR_MEMORY = 1024**3
 WRITER_CPUS = 0.5  # per shard-writing task (Parquet encoding, the upload)
 DECODE_TASK_CPUS = 1.0  # per CPU-stage task of the split graph (decode, faces, audio): one thread, a core
 
@@ -376,7 +380,7 @@ def check_feature_actors_fit(cfg: ExtractConfig, fused: bool = False) -> None:
     """ClusterError when the cluster can never run the feature actors together with one decode task
     (fused, the one-machine graph: one actor that decodes too)."""
     if fused:
-        check_capacity("extraction", 1, {"CPU": ONE_MACHINE_ACTOR_CPUS, "memory": CPU_TASK_MEMORY},
+        check_capacity("extraction", 1, {"CPU": ONE_MACHINE_ACTOR_CPUS, "memory": ONE_MACHINE_ACTOR_MEMORY},
                        {"CPU": "start Ray with at least one CPU", "memory": "run on a machine with more memory"},
                        beside=("the shard writer", {"CPU": WRITER_CPUS}))
         return
@@ -415,7 +419,7 @@ def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
         # batch_size None: a call per block, i.e. per long clip, or per clips_per_task short ones
         # (one call per 3 s wav spent a third of the actor's time in Ray Data's per-batch work)
         return ds.map_batches(FeatureStage, fn_constructor_kwargs={**stage, "decode": True}, batch_size=None,
-                              compute=pool, num_cpus=ONE_MACHINE_ACTOR_CPUS, memory=CPU_TASK_MEMORY, **extra)
+                              compute=pool, num_cpus=ONE_MACHINE_ACTOR_CPUS, memory=ONE_MACHINE_ACTOR_MEMORY, **extra)
 
     # The memory reservation bounds how many decoded clips a node holds at once; being a resource
     # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
