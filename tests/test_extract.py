@@ -414,7 +414,8 @@ def test_clip_dataset_gives_each_task_one_long_clip_and_short_clips_in_groups_of
     """Records in blocks of 64 (standing in for RECORD_BLOCK's 8,192): every decode task gets one
     long clip (a local file over SHORT_CLIP_BYTES, a remote video, a path that cannot be read), or
     up to AUDIO_CLIPS_PER_TASK short audio files (local and small, or remote), or up to
-    VIDEO_CLIPS_PER_TASK short local video clips, never kinds mixed; every clip comes out once."""
+    VIDEO_CLIPS_PER_TASK short local video clips (the one-machine graph only), never kinds mixed;
+    every clip comes out once."""
     from raylib.extract import graph
     from raylib.extract.job import shuffled
 
@@ -444,7 +445,7 @@ def test_clip_dataset_gives_each_task_one_long_clip_and_short_clips_in_groups_of
         return {"clip_id": batch["clip_id"], "task": [local_ray.get_runtime_context().get_task_id()] * n,
                 "rows": [n] * n}
 
-    out = graph.clip_dataset(records).map_batches(task, batch_size=1, num_cpus=0.25).take_all()
+    out = graph.clip_dataset(records, fused=True).map_batches(task, batch_size=1, num_cpus=0.25).take_all()
     assert sorted(r["clip_id"] for r in out) == sorted(r["clip_id"] for r in records)  # none lost, none twice
     assert {r["rows"] for r in out} == {1}
     tasks: dict[str, list[str]] = {}
@@ -459,3 +460,5 @@ def test_clip_dataset_gives_each_task_one_long_clip_and_short_clips_in_groups_of
     assert all(set(ids) <= videos for ids in grouped_video) and all(set(ids) <= audio for ids in grouped_audio)
     assert [len(ids) for ids in grouped_video] == [1, 4, 4, 4, 4, 4]  # 21 short clips in groups of 4
     assert [len(ids) for ids in grouped_audio] == [13, 16, 16]  # 45 short audio files in groups of 16
+    # on a cluster (the split graph) a short video clip keeps its own task; short audio files still share
+    assert [graph.clips_per_task(r["uri"], fused=False) for r in short_video + short_audio[:1]] == [1] * 21 + [16]

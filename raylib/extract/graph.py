@@ -4,7 +4,7 @@
     clip records (minus clips already stored), in a seeded random order (shards mix classes)
         |  clip_dataset: Arrow blocks of RECORD_BLOCK records, split as they stream into blocks of
         |  one task's clips at any dataset size: a long clip alone, short clips of one kind a few
-        |  to a task (clips_per_task), each group size its own branch
+        |  to a task (clips_per_task; short video only on one machine), each group size a branch
         v
     cpu_stage        tasks, 1 CPU each: decode, detect, align, spectrogram   (1 row in, 1 row out)
         |
@@ -67,7 +67,7 @@ CLIPS_PER_TASK = 1  # clips per decode task of a long clip, at any dataset size:
 # bound after start-up one per task, 83-85% at 4; BENCHMARKS.md). "Short": a
 # local file of at most SHORT_CLIP_BYTES (about a minute of 16 kHz speech, seconds of video); a
 # remote file's size is not listed, so a remote audio file counts as short, a remote video clip
-# as long. Long clips (a film, a lecture) stay one to a task.
+# as long. Long clips (a film, a lecture) stay one to a task; on a cluster, video clips too.
 AUDIO_CLIPS_PER_TASK = 16
 VIDEO_CLIPS_PER_TASK = 4
 SHORT_CLIP_BYTES = 2 * 1024**2
@@ -328,9 +328,12 @@ def check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
 RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset", "speaker")
 
 
-def clips_per_task(uri: str) -> int:
+def clips_per_task(uri: str, fused: bool) -> int:
     """How many clips like this one share a decode task (a call of a one-machine actor): short
-    audio files AUDIO_CLIPS_PER_TASK, short video clips VIDEO_CLIPS_PER_TASK, others one."""
+    audio files AUDIO_CLIPS_PER_TASK, short video clips VIDEO_CLIPS_PER_TASK in the one-machine
+    graph (fused), others one. On a cluster a video clip keeps a task of its own: decoding spreads
+    over the nodes clip by clip, and a lost node loses one clip per task (grouping video was
+    measured on one machine only)."""
     audio = is_audio_file(uri)
     if "://" in uri:  # a remote file's size is not at hand: speech corpora hold short utterances
         return AUDIO_CLIPS_PER_TASK if audio else CLIPS_PER_TASK
@@ -340,12 +343,12 @@ def clips_per_task(uri: str) -> int:
         short = audio  # unreadable: its task records the error
     if not short:
         return CLIPS_PER_TASK
-    return AUDIO_CLIPS_PER_TASK if audio else VIDEO_CLIPS_PER_TASK
+    return AUDIO_CLIPS_PER_TASK if audio else VIDEO_CLIPS_PER_TASK if fused else CLIPS_PER_TASK
 
 
-def clip_dataset(pending: list[dict]):
+def clip_dataset(pending: list[dict], fused: bool):
     """Clip records -> a Ray dataset that feeds each decode task clips_per_task clips (one long
-    clip, or a few short ones of one kind), at any size: the records go to Ray Data as Arrow
+    clip, or a few short ones of one kind; fused: the one-machine graph), at any size: the records go to Ray Data as Arrow
     blocks of RECORD_BLOCK rows (columns, not Python objects in the object store), split into
     blocks of one task's clips as they stream. Each group size streams as a branch of one dataset."""
     import pyarrow as pa
@@ -353,7 +356,7 @@ def clip_dataset(pending: list[dict]):
 
     parts: dict[int, list[dict]] = {}
     for r in pending:
-        parts.setdefault(clips_per_task(str(r["uri"])), []).append(r)
+        parts.setdefault(clips_per_task(str(r["uri"]), fused), []).append(r)
     branches = []
     for per_task, records in sorted(parts.items(), reverse=True):
         blocks = []
@@ -400,10 +403,10 @@ def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
     (actor pool), placed on the nodes cfg names. Shared by extraction and prediction."""
     import ray
 
-    ds, clips = clip_dataset(pending), len(pending)
+    fused = one_machine(cfg)
+    ds, clips = clip_dataset(pending, fused), len(pending)
     stage = {"cfg": cfg, "faces": not all(is_audio_file(str(r["uri"])) for r in pending)}
     extra = stage_options(env)
-    fused = one_machine(cfg)
     check_feature_actors_fit(cfg, fused)
     for flag, name in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
         if name and name not in ray.cluster_resources():  # an autoscaler may still add such a node
