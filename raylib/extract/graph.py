@@ -348,9 +348,10 @@ def clips_per_task(uri: str, fused: bool) -> int:
 
 def clip_dataset(pending: list[dict], fused: bool):
     """Clip records -> a Ray dataset that feeds each decode task clips_per_task clips (one long
-    clip, or a few short ones of one kind; fused: the one-machine graph), at any size: the records go to Ray Data as Arrow
-    blocks of RECORD_BLOCK rows (columns, not Python objects in the object store), split into
-    blocks of one task's clips as they stream. Each group size streams as a branch of one dataset."""
+    clip, or a few short ones of one kind; fused: the one-machine graph), at any size: the records
+    go to Ray Data as Arrow blocks of RECORD_BLOCK rows (columns, not Python objects in the object
+    store), split into blocks of one task's clips as they stream. Each group size streams as a
+    branch of one dataset."""
     import pyarrow as pa
     import ray
 
