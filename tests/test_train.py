@@ -263,8 +263,12 @@ def mlflow_server(tmp_path_factory):
                     break
             except OSError:
                 time.sleep(0.5)
-        tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
-        listening = {c.laddr for p in tree for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        listening = set()
+        for p in [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]:
+            try:
+                listening |= {c.laddr for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+            except psutil.NoSuchProcess:  # a short-lived helper of the server ended while listed
+                continue
         yield f"http://127.0.0.1:{port}", root, listening
     finally:
         os.killpg(server.pid, 15)
