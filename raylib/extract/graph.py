@@ -335,6 +335,8 @@ def clips_per_task(uri: str, fused: bool) -> int:
     over the nodes clip by clip, and a lost node loses one clip per task (grouping video was
     measured on one machine only)."""
     audio = is_audio_file(uri)
+    if not (audio or fused):
+        return CLIPS_PER_TASK  # no stat of every video clip on the driver of a cluster job
     if "://" in uri:  # a remote file's size is not at hand: speech corpora hold short utterances
         return AUDIO_CLIPS_PER_TASK if audio else CLIPS_PER_TASK
     try:
