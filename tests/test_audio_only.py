@@ -305,6 +305,37 @@ def test_wav_and_video_in_class_folders_extract_to_rows_whose_audio_features_mat
         assert from_wav["audio_seconds"] == from_video["audio_seconds"]
 
 
+def test_on_one_machine_an_audio_only_input_s_actors_write_a_shard_a_call_each_file_once(local_ray, tmp_path):
+    """An input of audio files only on a Ray of one node: the feature actors write their own shards,
+    a call's files to a file. 40 files (one of them text) on 2 CPUs: own_shard_size gives
+    max(16, ceil(40 / (4 calls x 2 actors))) = 16 files a call, so shards of 16, 16 and 8; every
+    file is in exactly one of them, and the summary counts them all."""
+    from raylib.extract.config import ExtractConfig
+    from raylib.extract.job import run_extract
+    from raylib.store import read_store
+
+    root = tmp_path / "wavs"
+    uris = []
+    for i in range(40):
+        folder = root / "Train" / EMOTIONS[i % len(EMOTIONS)]
+        folder.mkdir(parents=True, exist_ok=True)
+        if i == 7:
+            (folder / "notes.wav").write_text("not audio\n" * 50)
+            uris.append(str(folder / "notes.wav"))
+        else:
+            uris.append(write_audio(folder / f"tone{i:02d}.wav", tone(0.5, 200 + 20 * i)))
+    out = str(tmp_path / "store")
+    summary = run_extract(ExtractConfig(input=str(root), output=out, quiet=True, max_failure_rate=0.5))
+    assert summary["graph"] == "one_machine"
+    assert summary["status_counts"] == {"audio_only": 39, "error": 1} and summary["shards_written"] == 3
+    shards = sorted((root_, f) for root_, _, files in os.walk(out) for f in files if f.endswith(".parquet"))
+    sizes = sorted(pq.read_metadata(os.path.join(d, f)).num_rows for d, f in shards)
+    assert sizes == [8, 16, 16]
+    rows = read_store(out).to_pylist()
+    assert sorted(r["uri"] for r in rows) == sorted(uris)  # each file once
+    assert {r["uri"]: r["status"] for r in rows}[uris[7]] == "error"
+
+
 @pytest.mark.slow
 def test_evaluation_and_prediction_take_audio_files_with_audio_models(store, corpus, mlflow_uri, tmp_path):
     from raylib.ensemble.evaluate import EvaluateConfig, run_evaluate

@@ -462,3 +462,30 @@ def test_clip_dataset_gives_each_task_one_long_clip_and_short_clips_in_groups_of
     assert [len(ids) for ids in grouped_audio] == [13, 16, 16]  # 45 short audio files in groups of 16
     # on a cluster (the split graph) a short video clip keeps its own task; short audio files still share
     assert [graph.clips_per_task(r["uri"], fused=False) for r in short_video + short_audio[:1]] == [1] * 21 + [16]
+    # an audio-only input whose one-machine actors write their own shards takes bigger calls
+    out = graph.clip_dataset(short_audio, fused=True, audio_per_task=20).map_batches(task, batch_size=1,
+                                                                                     num_cpus=0.25).take_all()
+    sizes = {}
+    for r in out:
+        sizes[r["task"]] = sizes.get(r["task"], 0) + 1
+    assert sorted(sizes.values()) == [1, 1, 1, 5, 20, 20]  # 45 short files, 3 long ones alone
+
+
+def test_an_audio_only_input_s_calls_are_a_shard_fewer_when_files_are_few_or_big(tmp_path, monkeypatch):
+    """own_shard_size: --shard-size files a call, unless that leaves an actor fewer than
+    CALLS_PER_ACTOR calls (but AUDIO_CLIPS_PER_TASK a call at least), or a call's files would
+    exceed ONE_MACHINE_AUDIO_BYTES (a remote file counts as SHORT_CLIP_BYTES); a smaller shard
+    size is kept."""
+    from raylib.extract.graph import own_shard_size
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"x" * 1000)
+    local = [{"uri": str(wav)}]
+    assert own_shard_size(local * 2000, 64, 2) == 64  # ceil(2000 / 8) = 250 a call: a shard
+    assert own_shard_size(local * 400, 64, 2) == 50  # ceil(400 / 8)
+    assert own_shard_size(local * 400, 64, 4) == 25  # ceil(400 / 16)
+    assert own_shard_size(local * 40, 64, 2) == 16  # ceil(40 / 8) = 5, below 16 files a call
+    assert own_shard_size(local * 2000, 10, 2) == 10  # the shard size caps the call
+    monkeypatch.setattr("raylib.extract.graph.ONE_MACHINE_AUDIO_BYTES", 40_000)
+    assert own_shard_size(local * 2000, 64, 2) == 40  # 40,000 bytes a call, 1,000 a file
+    assert own_shard_size(local * 2000 + [{"uri": "s3://b/a.wav"}], 64, 2) == 1  # 40,000 // 2 MiB: one a call

@@ -22,7 +22,9 @@
     On one machine (one_machine: a Ray of one node, CPU features, no stage pinned) cpu_stage runs
     inside the FeatureStage actors instead, one call per block (a long clip, or a few short
     ones), one actor per CPU: no task per clip to hand out, no chips through the
-    object store, both stages on every core.
+    object store, both stages on every core. An input of audio files only goes further there:
+    a call takes up to a shard of short files and its actor writes that shard itself
+    (own_shard_size), so no spectrogram crosses the object store to a writer task.
 
     driver           (raylib.extract.job) tallies outcomes as they stream (counts, nodes, failures, stage seconds: no
                      per-clip list), prints and stores the summary with the run's efficiency: clips/s
@@ -69,6 +71,15 @@ CLIPS_PER_TASK = 1  # clips per decode task of a long clip, at any dataset size:
 # remote file's size is not listed, so a remote audio file counts as short, a remote video clip
 # as long. Long clips (a film, a lecture) stay one to a task; on a cluster, video clips too.
 AUDIO_CLIPS_PER_TASK = 16
+# An input of audio files only, on one machine: its actors write their own shards, a call of up to
+# --shard-size short files each (own_shard_size). The writer task cost a 3 s wav ~1.5 core-ms, a
+# quarter of its CPU stage, most of it moving the 240 KB spectrogram through the object store
+# (6,000 generated 3 s wavs on 2 cores: 138-165 clips/s before, 165-201 after; BENCHMARKS.md).
+# A call holds at most ONE_MACHINE_AUDIO_BYTES of input files (its spectrograms stay well inside
+# the actor's memory), and an input of few files is cut into CALLS_PER_ACTOR calls per actor at
+# least, so no actor waits on a last big call of another.
+ONE_MACHINE_AUDIO_BYTES = 64 * 1024**2
+CALLS_PER_ACTOR = 4
 VIDEO_CLIPS_PER_TASK = 4
 SHORT_CLIP_BYTES = 2 * 1024**2
 RECORD_BLOCK = 8192  # clip records per block handed to Ray Data before the streaming split
@@ -192,7 +203,8 @@ class FeatureStage:
     only, which have no frames): no backbone, and no torch import, is loaded (~1.5 s of each
     actor's start)."""
 
-    def __init__(self, cfg: ExtractConfig, decode: bool = False, faces: bool = True):
+    def __init__(self, cfg: ExtractConfig, decode: bool = False, faces: bool = True, write: dict | None = None):
+        self.write = write  # write_shard's arguments: the call writes its rows' shard and returns outcomes
         self.preprocess = cfg.preprocess() if decode else None  # one-machine graph: the CPU stage runs here too
         self.actor = actor_id()
         self.mode = cfg.recipe.enhance
@@ -225,7 +237,7 @@ class FeatureStage:
         out["seconds_feature"] = np.full(n, (time.process_time() - used) / max(n, 1))  # the batch's share per clip
         out["feature_actor"] = np.asarray([self.actor] * n)
         out["feature_ready"] = np.full(n, self.ready)
-        return out
+        return write_shard(out, **self.write) if self.write else out
 
     def _one(self, row: dict) -> dict:
         try:
@@ -328,38 +340,57 @@ def check_recipe(cfg: ExtractConfig, state: StoreState, prov: dict) -> None:
 RECORD_COLUMNS = ("clip_id", "uri", "label", "split", "dataset", "speaker")
 
 
-def clips_per_task(uri: str, fused: bool) -> int:
+def clips_per_task(uri: str, fused: bool, audio_per_task: int = AUDIO_CLIPS_PER_TASK) -> int:
     """How many clips like this one share a decode task (a call of a one-machine actor): short
-    audio files AUDIO_CLIPS_PER_TASK, short video clips VIDEO_CLIPS_PER_TASK in the one-machine
+    audio files audio_per_task, short video clips VIDEO_CLIPS_PER_TASK in the one-machine
     graph (fused), others one. On a cluster a video clip keeps a task of its own: decoding spreads
     over the nodes clip by clip, and a lost node loses one clip per task (grouping video was
     measured on one machine only)."""
     audio = is_audio_file(uri)
     if not (audio or fused):
         return CLIPS_PER_TASK  # no stat of every video clip on the driver of a cluster job
-    if "://" in uri:  # a remote file's size is not at hand: speech corpora hold short utterances
-        return AUDIO_CLIPS_PER_TASK if audio else CLIPS_PER_TASK
-    try:
-        short = os.path.getsize(uri) <= SHORT_CLIP_BYTES
-    except OSError:
-        short = audio  # unreadable: its task records the error
-    if not short:
+    size = short_size(uri, audio)
+    if size is None:
         return CLIPS_PER_TASK
-    return AUDIO_CLIPS_PER_TASK if audio else VIDEO_CLIPS_PER_TASK if fused else CLIPS_PER_TASK
+    return audio_per_task if audio else VIDEO_CLIPS_PER_TASK if fused else CLIPS_PER_TASK
 
 
-def clip_dataset(pending: list[dict], fused: bool):
+def short_size(uri: str, audio: bool) -> int | None:
+    """The size of a short clip (None: a long one): a local file of at most SHORT_CLIP_BYTES. A
+    remote file's size is not at hand: remote audio counts as short at SHORT_CLIP_BYTES (speech
+    corpora hold short utterances), remote video as long; an unreadable audio file as short (its
+    task records the error)."""
+    if "://" in uri:
+        return SHORT_CLIP_BYTES if audio else None
+    try:
+        size = os.path.getsize(uri)
+    except OSError:
+        return 0 if audio else None
+    return size if size <= SHORT_CLIP_BYTES else None
+
+
+def own_shard_size(pending: list[dict], shard_size: int, actors: int) -> int:
+    """Short audio files per call of one-machine actors that write their own shards: a shard
+    (shard_size), fewer when the files are few (CALLS_PER_ACTOR calls per actor, but
+    AUDIO_CLIPS_PER_TASK files a call at least) or big (ONE_MACHINE_AUDIO_BYTES of input a call
+    at most: a remote file counts as SHORT_CLIP_BYTES)."""
+    largest = max((short_size(str(r["uri"]), True) or 0 for r in pending), default=0)
+    few = -(-len(pending) // (CALLS_PER_ACTOR * max(actors, 1)))  # ceil
+    return max(1, min(shard_size, ONE_MACHINE_AUDIO_BYTES // max(largest, 1), max(AUDIO_CLIPS_PER_TASK, few)))
+
+
+def clip_dataset(pending: list[dict], fused: bool, audio_per_task: int = AUDIO_CLIPS_PER_TASK):
     """Clip records -> a Ray dataset that feeds each decode task clips_per_task clips (one long
-    clip, or a few short ones of one kind; fused: the one-machine graph), at any size: the records
-    go to Ray Data as Arrow blocks of RECORD_BLOCK rows (columns, not Python objects in the object
-    store), split into blocks of one task's clips as they stream. Each group size streams as a
-    branch of one dataset."""
+    clip, or a few short ones of one kind; fused: the one-machine graph; short audio files
+    audio_per_task at a time), at any size: the records go to Ray Data as Arrow blocks of
+    RECORD_BLOCK rows (columns, not Python objects in the object store), split into blocks of one
+    task's clips as they stream. Each group size streams as a branch of one dataset."""
     import pyarrow as pa
     import ray
 
     parts: dict[int, list[dict]] = {}
     for r in pending:
-        parts.setdefault(clips_per_task(str(r["uri"]), fused), []).append(r)
+        parts.setdefault(clips_per_task(str(r["uri"]), fused, audio_per_task), []).append(r)
     branches = []
     for per_task, records in sorted(parts.items(), reverse=True):
         blocks = []
@@ -401,15 +432,23 @@ def check_feature_actors_fit(cfg: ExtractConfig, fused: bool = False) -> None:
                    fix, beside=("one decode task", {"CPU": DECODE_TASK_CPUS, "memory": CPU_TASK_MEMORY, **placement(cfg.cpu_resource)}))
 
 
-def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
+def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict, write: dict | None = None):
     """Clip records -> a dataset of rows with features: the CPU stage (tasks) and the feature stage
-    (actor pool), placed on the nodes cfg names. Shared by extraction and prediction."""
+    (actor pool), placed on the nodes cfg names. Shared by extraction and prediction. With write
+    (write_shard's arguments: extraction) the rows are written to shards and the dataset holds
+    their outcomes: on one machine an audio-only input's actors write them, else writer tasks."""
     import ray
 
-    fused = one_machine(cfg)
-    ds, clips = clip_dataset(pending, fused), len(pending)
-    stage = {"cfg": cfg, "faces": not all(is_audio_file(str(r["uri"])) for r in pending)}
-    extra = stage_options(env)
+    fused, clips = one_machine(cfg), len(pending)
+    faces = not all(is_audio_file(str(r["uri"])) for r in pending)
+    stage, extra = {"cfg": cfg, "faces": faces}, stage_options(env)
+    if fused:
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = min(cfg.cpu_workers, actors) if cfg.cpu_workers else actors
+        own = write is not None and not faces  # the actors write their shards
+        ds = clip_dataset(pending, True, own_shard_size(pending, cfg.shard_size, actors) if own else AUDIO_CLIPS_PER_TASK)
+    else:
+        ds, own = clip_dataset(pending, False), False
     check_feature_actors_fit(cfg, fused)
     for flag, name in (("--cpu-resource", cfg.cpu_resource), ("--feature-resource", cfg.feature_resource)):
         if name and name not in ray.cluster_resources():  # an autoscaler may still add such a node
@@ -420,22 +459,24 @@ def feature_graph(pending: list[dict], cfg: ExtractConfig, env: dict):
         return {"resources": placement(resource)} if resource else {}
 
     if fused:
-        most = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pool = cpu_actor_pool(clips, 1, min(cfg.cpu_workers, most) if cfg.cpu_workers else most)
         # batch_size None: a call per block, i.e. per long clip, or per clips_per_task short ones
         # (one call per 3 s wav spent a third of the actor's time in Ray Data's per-batch work)
-        return ds.map_batches(FeatureStage, fn_constructor_kwargs={**stage, "decode": True}, batch_size=None,
-                              compute=pool, num_cpus=ONE_MACHINE_ACTOR_CPUS, memory=ONE_MACHINE_ACTOR_MEMORY, **extra)
-
-    # The memory reservation bounds how many decoded clips a node holds at once; being a resource
-    # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
-    # would run decoding inside the (few) actors instead of on every CPU.
-    ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=DECODE_TASK_CPUS,
-                        memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
-                        compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
-    compute, cpus, gpus = feature_pool(cfg, clips)
-    return ds.map_batches(FeatureStage, fn_constructor_kwargs=stage, batch_size=cfg.batch_size,
-                          compute=compute, num_gpus=gpus, num_cpus=cpus, **extra, **placed(cfg.feature_resource))
+        ds = ds.map_batches(FeatureStage, fn_constructor_kwargs={**stage, "decode": True, "write": write if own else None},
+                            batch_size=None, compute=cpu_actor_pool(clips, 1, actors), num_cpus=ONE_MACHINE_ACTOR_CPUS,
+                            memory=ONE_MACHINE_ACTOR_MEMORY, **extra)
+    else:
+        # The memory reservation bounds how many decoded clips a node holds at once; being a resource
+        # the feature actors do not ask for, it also keeps Ray from fusing this stage into them, which
+        # would run decoding inside the (few) actors instead of on every CPU.
+        ds = ds.map_batches(cpu_stage, batch_size=1, fn_kwargs={"cfg": cfg.preprocess()}, num_cpus=DECODE_TASK_CPUS,
+                            memory=CPU_TASK_MEMORY, **extra, **placed(cfg.cpu_resource),
+                            compute=ray.data.TaskPoolStrategy(size=cfg.cpu_workers) if cfg.cpu_workers else None)
+        compute, cpus, gpus = feature_pool(cfg, clips)
+        ds = ds.map_batches(FeatureStage, fn_constructor_kwargs=stage, batch_size=cfg.batch_size,
+                            compute=compute, num_gpus=gpus, num_cpus=cpus, **extra, **placed(cfg.feature_resource))
+    if write is None or own:
+        return ds
+    return ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=WRITER_CPUS, **extra, fn_kwargs=write)
 
 
 def one_machine(cfg: ExtractConfig) -> bool:

@@ -16,15 +16,7 @@ import time
 from raylib import storage
 from raylib.config import flag_values
 from raylib.extract.config import ExtractConfig, ExtractError
-from raylib.extract.graph import (
-    WRITER_CPUS,
-    check_recipe,
-    feature_graph,
-    one_machine,
-    provenance,
-    stage_options,
-    write_shard,
-)
+from raylib.extract.graph import check_recipe, feature_graph, one_machine, provenance
 from raylib.extract.summary import SUMMARY_FILE, Tally, efficiency, judge, plan, root_cause, run_id, write_summary
 from raylib.runtime import init_ray
 from raylib.schema import NO_LABEL
@@ -118,9 +110,7 @@ def process(pending: list[dict], retry: dict[str, set[str]], cfg: ExtractConfig,
 
 
 def _run_graph(pending: list[dict], cfg: ExtractConfig, prov: dict, env: dict, tally: Tally) -> None:
-    ds = feature_graph(pending, cfg, env)
-    ds = ds.map_batches(write_shard, batch_size=cfg.shard_size, num_cpus=WRITER_CPUS, **stage_options(env),
-                        fn_kwargs={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
+    ds = feature_graph(pending, cfg, env, write={"output": cfg.output, "prov": prov, "retries": cfg.write_retries})
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             tally.add(batch)
