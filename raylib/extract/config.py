@@ -81,7 +81,7 @@ class ExtractConfig:
                                                          "that decode too; on a cluster a pool of 1 to one actor per "
                                                          "CPU, a quarter of a CPU reserved each, started at the size "
                                                          "the work can use)"})
-    batch_size: int = field(default=8, metadata={"help": "clips per feature batch of the feature actors when the stages run apart (on one machine each call takes one clip, or 16 short audio files)"})
+    batch_size: int = field(default=8, metadata={"help": "clips per feature batch of the feature actors when the stages run apart (on one machine a call takes one long clip, or a few short ones)"})
     shard_size: int = field(default=64, metadata={"help": "clips per Parquet file (at most)"})
     max_failure_rate: float = field(default=0.2, metadata={"help": "fail the job when more than this fraction of clips are unreadable"})
     write_retries: int = field(default=storage.WRITE_RETRIES, metadata={"help": "extra attempts of a shard write on a storage "
