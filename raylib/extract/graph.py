@@ -74,7 +74,7 @@ AUDIO_CLIPS_PER_TASK = 16
 # An input of audio files only, on one machine: its actors write their own shards, a call of up to
 # --shard-size short files each (own_shard_size). The writer task cost a 3 s wav ~1.5 core-ms, a
 # quarter of its CPU stage, most of it moving the 240 KB spectrogram through the object store
-# (6,000 generated 3 s wavs on 2 cores: 138-165 clips/s before, 165-201 after; BENCHMARKS.md).
+# (10,000 generated 3 s wavs on 2 cores: 172-195 files/s before, 215-221 after; BENCHMARKS.md).
 # A call holds at most ONE_MACHINE_AUDIO_BYTES of input files (its spectrograms stay well inside
 # the actor's memory), and an input of few files is cut into CALLS_PER_ACTOR calls per actor at
 # least, so no actor waits on a last big call of another.
