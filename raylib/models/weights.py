@@ -17,9 +17,7 @@ from torch import nn
 
 from raylib import storage
 from raylib.errors import WeightsError
-from raylib.media.faces import dlib_model_path
 
-RANDOM = "random"  # the only way to ask for random initialisation
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "backbone")
 MAX_LISTED = 12
 
@@ -28,29 +26,6 @@ def _listing(keys) -> str:
     keys = sorted(keys)
     more = f", ... ({len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else ""
     return ", ".join(keys[:MAX_LISTED]) + more
-
-
-def weights_digest(backbone: str, weights: str | None) -> str:
-    """sha256 of a backbone's weights file (streamed, not loaded); "random" for random init."""
-    if weights == RANDOM:
-        return RANDOM
-    if backbone == "dlib_resnet" and weights in (None, "packaged"):
-        weights = dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
-    if backbone == "mini_xception" and weights in (None, "packaged"):
-        from raylib.models.mini_xception import packaged_path
-
-        weights = packaged_path()
-    if not weights:
-        raise WeightsError(f"backbone {backbone} needs weights: a checkpoint path or URI, or 'random'")
-    fs, path = storage.filesystem(weights)
-    h = hashlib.sha256()
-    try:
-        with fs.open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    except FileNotFoundError:
-        raise WeightsError(f"checkpoint {weights} not found") from None
-    return h.hexdigest()
 
 
 def read_blob(uri: str) -> tuple[bytes, str]:

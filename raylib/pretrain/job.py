@@ -158,7 +158,7 @@ def build_datasets(cfg: PretrainConfig, records: list) -> tuple[dict, list[dict]
 def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None) -> dict:
     """Fine-tune (or linear-probe) a backbone with Ray Train; returns {run_id, best_checkpoint,
     backbone_weights, best metrics, skipped, images_per_s, ...}."""
-    from raylib.models.weights import weights_digest
+    from raylib.models.weight_files import weights_digest
 
     local = {k: os.path.abspath(getattr(cfg, k)) for k in ("input", "output", "init", "resume_from")
              if getattr(cfg, k) and getattr(cfg, k) not in ("random", "packaged") and not storage.is_remote(getattr(cfg, k))}

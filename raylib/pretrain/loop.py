@@ -27,7 +27,8 @@ def build_classifier(cfg: PretrainConfig, feature_dim: int = 0):
     import torch
 
     from raylib.models.backbones import SPECS, architecture
-    from raylib.models.weights import RANDOM, load_into, read_checkpoint
+    from raylib.models.weight_files import RANDOM
+    from raylib.models.weights import load_into, read_checkpoint
 
     if cfg.linear_probe:
         return Classifier(nn.Identity(), feature_dim, 0.0)
