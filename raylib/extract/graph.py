@@ -252,7 +252,6 @@ class FeatureStage:
 def provenance(recipe: FeatureRecipe) -> dict:
     """What made the features, stored with every row. Checks that the weights exist without
     loading them on the driver (the feature actors load them)."""
-
     backbone, weights, digest = recipe.backbone, recipe.weights, weights_digest(recipe.backbone, recipe.weights)
     if recipe.input_size:
         backbone += asked_input_size(recipe)
